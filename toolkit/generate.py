@@ -1,0 +1,82 @@
+"""`toolkit generate`: prompts in, streamed text or JSONL out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .backends import Backend, open_backend
+from .errors import ConfigError
+from .params import DEFAULTS, DecodingParams
+
+
+def generate_rows(backend: Backend, examples: Iterable, params: DecodingParams, *, system: str | None = None,
+                  description: str = "Generating") -> Iterator[dict]:
+    """Generate for each example (anything with id/prompt/response), with a progress bar."""
+    from .backends import as_messages
+    from .console import progress
+
+    examples = list(examples)
+    with progress() as bar:
+        task = bar.add_task(description, total=len(examples), info="")
+        tokens = seconds = 0.0
+        for ex in examples:
+            gen = backend.chat(as_messages(ex.prompt, system), params)
+            tokens += gen.completion_tokens
+            seconds += gen.seconds
+            bar.update(task, advance=1, info=f"{tokens / seconds if seconds else 0:.0f} tok/s")
+            yield {"id": ex.id, "prompt": ex.prompt, "reference": ex.response, "output": gen.text} | {
+                k: v for k, v in gen.to_dict().items() if k != "text"}
+
+
+def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None = None, out: Path | None = None,
+             system: str = "", backend: str = "llamacpp", params: DecodingParams = DEFAULTS) -> int:
+    """Generate text from a model: one or more prompts streamed to the terminal, or a file to JSONL.
+
+    Args:
+        prompt: prompt text(s); each is one user turn.
+        model: embedded name (smollm2), a .gguf file, or an exported model directory.
+        file: prompts from a file: a built split or QA/chat file (JSONL/CSV), or plain text with one prompt per line.
+        out: write JSONL (id, prompt, reference, output, finish_reason, tokens, tok/s) here instead of streaming.
+        system: an optional system prompt.
+        backend: which backend runs the model.
+    """
+    from .backends import as_messages
+    from .console import err
+    from .io import write_jsonl
+
+    if not prompt and file is None:
+        raise ConfigError("nothing to generate from", fix="pass a prompt, or --file FILE")
+    examples = _examples(prompt, file)
+    with open_backend(backend, model, n_ctx=params.num_ctx) as engine:
+        if out is not None:
+            rows = list(generate_rows(engine, examples, params, system=system or None))
+            write_jsonl(out, rows)
+            err.print(f"wrote {len(rows)} generations to {out}")
+            return 0
+        for ex in examples:
+            if len(examples) > 1:
+                err.print(f"[bold]>>> {ex.prompt}[/]")
+            for piece in engine.stream(as_messages(ex.prompt, system or None), params):
+                if isinstance(piece, str):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                else:
+                    sys.stdout.write("\n")
+                    err.print(f"[dim]{piece.completion_tokens} tokens, {piece.tokens_per_second:.0f} tok/s, {piece.finish_reason}[/]")
+    return 0
+
+
+def _examples(prompts: Iterable[str], file: Path | None) -> list:
+    from .data import Example, load_examples
+
+    if file is None:
+        return [Example(id=str(i), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(prompts)]
+    file = Path(file)
+    if file.suffix.lower() in {".jsonl", ".json", ".csv"}:
+        return load_examples(file)
+    if not file.exists():
+        raise ConfigError(f"{file} does not exist", fix="check the path")
+    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Example(id=str(i + 1), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(lines)]

@@ -1,0 +1,137 @@
+"""Loading llama.cpp safely on CPUs that report features the machine cannot run.
+
+Some virtual machines report AMX in the CPU flags but trap the instructions: llama.cpp then dies
+(SIGILL/SIGSEGV in `ggml_backend_amx_mul_mat`) on the first quantized matmul, while f16 works. The
+AMX kernels live in llama.cpp's "extra buffer types", so the toolkit probes once per machine and
+llama.cpp build, in a child process that is allowed to crash, whether a quantized model decodes
+with them; if not, every model is loaded with `use_extra_bufts = False`. The answer is cached in
+`$TOOLKIT_HOME/llamacpp-probe.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .io import toolkit_home, write_json
+
+# Runs in a child process: load a quantized GGUF with llama.cpp's defaults, evaluate a prompt of
+# several tokens (a one-token prompt never reaches the batched matmul kernels that crash) and
+# decode a few tokens.
+_PROBE = """
+import os, sys, llama_cpp
+m = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+m.create_completion("A short probe of matrix kernels on this CPU. " * 6, max_tokens=4, temperature=0)
+print("ok")
+"""
+
+
+def cpu_fingerprint() -> str:
+    """CPU model and flags plus the llama.cpp version: the probe result holds for exactly these."""
+    flags = model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    try:
+        from importlib.metadata import version
+
+        llama_version = version("llama-cpp-python")
+    except Exception:
+        llama_version = "?"
+    text = f"{platform.machine()}|{model}|{flags}|{llama_version}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def probe_extra_bufts(gguf: Path | None = None, *, refresh: bool = False) -> dict:
+    """Whether llama.cpp's extra buffer types (AMX, repacking) work here; probed once, then cached.
+
+    Returns {"extra_bufts": bool, "detail": str}. `TOOLKIT_LLAMA_EXTRA_BUFTS=0/1` overrides.
+    """
+    forced = os.environ.get("TOOLKIT_LLAMA_EXTRA_BUFTS")
+    if forced in {"0", "1"}:
+        return {"extra_bufts": forced == "1", "detail": "set by TOOLKIT_LLAMA_EXTRA_BUFTS"}
+    cache = toolkit_home() / "llamacpp-probe.json"
+    key = cpu_fingerprint()
+    if not refresh and cache.exists():
+        with contextlib.suppress(ValueError, OSError):
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return saved["result"]
+    if gguf is None:
+        from .models import embedded_gguf
+
+        gguf = embedded_gguf()
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, text=True, timeout=300)
+    if proc.returncode == 0 and "ok" in proc.stdout:
+        result = {"extra_bufts": True, "detail": "quantized decode works with extra buffer types"}
+    else:
+        sig = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
+        name = signal.Signals(sig).name if 0 < sig < 65 else f"exit {proc.returncode}"
+        amx = " (CPU reports AMX)" if any(f.startswith("amx") for f in cpu_flags()) else ""
+        result = {"extra_bufts": False, "detail": f"quantized decode crashed with {name}{amx}; extra buffer types disabled"}
+    write_json(cache, {"key": key, "result": result})
+    return result
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """`Llama()` does not expose `use_extra_bufts`; set it on the defaults it starts from."""
+    import llama_cpp
+
+    module = llama_cpp.llama.llama_cpp
+    original = module.llama_model_default_params
+
+    def patched():
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    module.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
+def default_threads() -> int:
+    """Physical-ish parallelism: the CPUs this process may run on."""
+    with contextlib.suppress(AttributeError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, **kwargs):
+    """A `llama_cpp.Llama` for `gguf`, safe on this CPU (see the module docstring)."""
+    from llama_cpp import Llama
+
+    from .errors import ModelError
+
+    gguf = Path(gguf)
+    if not gguf.exists():
+        raise ModelError(f"GGUF file {gguf} does not exist", fix="check the path or run `toolkit export`")
+    extra = probe_extra_bufts()["extra_bufts"]
+    with _model_params(extra):
+        try:
+            return Llama(str(gguf), n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=seed,
+                         verbose=False, **kwargs)
+        except ValueError as exc:  # llama-cpp-python reports a bad file as ValueError
+            raise ModelError(f"llama.cpp cannot load {gguf}: {exc}", fix="is it a complete GGUF file?") from None

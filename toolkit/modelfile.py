@@ -1,0 +1,739 @@
+"""Ollama Modelfiles: parse, validate, render and build them exactly as Ollama does.
+
+`parse` is a rune-for-rune port of Ollama's `parser.ParseFile` state machine (ollama/ollama
+`parser/parser.go`), so a file is valid here exactly when `ollama create` can read it, and its
+commands come out as the same `(name, value)` pairs in Ollama's naming (FROM -> "model",
+PARAMETER -> the parameter's own name, MESSAGE -> "role: content"). The parser alone accepts any
+parameter name, like Ollama's; the typed checks that `ollama create` applies afterwards (known
+names, int/float/bool values) live in `check`, `Modelfile.parameters` and `validate_file`.
+
+`render` is Ollama's `Modelfile.String()`. `build_modelfile` is what our export step writes: it
+quotes defensively and proves its output by parsing it back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ConfigError, DataError
+from .io import write_text
+
+# The instruction keywords Ollama accepts (case-insensitively), in the order of its error text.
+INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
+                "parameter", "message", "requires")
+# Command names that are not PARAMETERs (FROM is stored as "model").
+NON_PARAMETER_COMMANDS = frozenset({"model", "license", "template", "system", "adapter", "draft",
+                                    "renderer", "parser", "requires", "message"})
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+# api.Options + api.Runner JSON tags and their Go kinds (what `api.FormatParams` accepts).
+PARAMETER_TYPES: dict[str, type] = {
+    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float,
+    "min_p": float, "typical_p": float, "repeat_last_n": int, "temperature": float,
+    "repeat_penalty": float, "presence_penalty": float, "frequency_penalty": float,
+    "stop": list, "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int,
+    "use_mmap": bool, "num_thread": int, "draft_num_predict": int,
+}
+# `ollama create` drops these with "warning: parameter X is deprecated".
+DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
+                         "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
+
+# Ollama's own error texts, reproduced so users can search for them.
+ERR_INVALID_COMMAND = ('command must be one of "from", "license", "template", "system", "adapter", '
+                       '"draft", "renderer", "parser", "parameter", "message", or "requires"')
+ERR_INVALID_ROLE = 'message role must be one of "system", "user", or "assistant"'
+ERR_MISSING_FROM = "no FROM line"
+ERR_EOF = "unexpected EOF"
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_GO_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)")
+_GO_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_SEMVER = re.compile(r"v?(0|[1-9]\d*)(\.(0|[1-9]\d*)(\.(0|[1-9]\d*))?)?"
+                     r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?")
+
+
+class ModelfileError(DataError):
+    """A Modelfile that Ollama would reject: one line naming the file, line and fix.
+
+    `kind` is Ollama's error class ("ParserError", "ErrUnexpectedEOF", "errMissingFrom", or
+    "FormatParams"/"CreateRequest" for the checks `ollama create` makes after parsing) and
+    `ollama_error` is the exact text Ollama prints for the same input.
+    """
+
+    def __init__(self, message: str, *, path=None, line: int | None = None, fix: str | None = None,
+                 kind: str = "", ollama_error: str = ""):
+        super().__init__(message, path=path, line=line, fix=fix)
+        self.kind = kind
+        self.ollama_error = ollama_error
+
+
+@dataclass
+class Modelfile:
+    """Parsed Modelfile: the ordered `(name, value)` commands, in Ollama's naming.
+
+    Equality compares commands only; `lines` (1-based line of each command's instruction),
+    `path` and `warnings` are bookkeeping for error messages.
+    """
+
+    commands: list[tuple[str, str]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list, compare=False, repr=False)
+    path: str | None = field(default=None, compare=False, repr=False)
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def values(self, name: str) -> list[str]:
+        """Every value of command `name`, in file order."""
+        return [value for cmd, value in self.commands if cmd == name]
+
+    def _last(self, name: str) -> str | None:
+        found = self.values(name)
+        return found[-1] if found else None
+
+    @property
+    def model(self) -> str | None:
+        """The first FROM (the base model; a later FROM is usually a projector)."""
+        found = self.values("model")
+        return found[0] if found else None
+
+    @property
+    def template(self) -> str | None:
+        """The TEMPLATE in force: the last one wins, as in Ollama."""
+        return self._last("template")
+
+    @property
+    def system(self) -> str | None:
+        """The SYSTEM in force: the last one wins."""
+        return self._last("system")
+
+    @property
+    def adapter(self) -> str | None:
+        """The ADAPTER in force: Ollama keeps only the last one."""
+        return self._last("adapter")
+
+    @property
+    def requires(self) -> str | None:
+        return self._last("requires")
+
+    @property
+    def licenses(self) -> list[str]:
+        return self.values("license")
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """MESSAGE seeds as chat messages (split at the first ": ", like CreateRequest)."""
+        out = []
+        for value in self.values("message"):
+            role, _, content = value.partition(": ")
+            out.append({"role": role, "content": content})
+        return out
+
+    @property
+    def stops(self) -> list[str]:
+        """Every `PARAMETER stop` value, in order."""
+        return self.values("stop")
+
+    @property
+    def raw_parameters(self) -> list[tuple[str, str]]:
+        """PARAMETER commands as written (any name, untyped)."""
+        return [(n, v) for n, v in self.commands if n not in NON_PARAMETER_COMMANDS]
+
+    @property
+    def parameters(self) -> dict[str, object]:
+        """Typed parameters as `ollama create` sends them: stop is a list, the last scalar wins.
+
+        Raises ModelfileError for an unknown name or a badly typed value; deprecated names are
+        dropped, as Ollama does.
+        """
+        return typed_parameters(self)[0]
+
+    def create_request(self) -> dict[str, object]:
+        """The `/api/create` body Ollama's CLI builds from this Modelfile.
+
+        FROM goes to "from" as written: uploading local files as blobs (Ollama's "files" digest
+        map) is the caller's job, and ADAPTER/DRAFT paths are left out for the same reason.
+        """
+        req: dict[str, object] = {}
+        for name in ("model", "template", "system", "renderer", "parser"):
+            value = self._last(name)
+            if value is not None:
+                req["from" if name == "model" else name] = value
+        if self.requires is not None:
+            req["requires"] = _check_requires(self, self.requires).removeprefix("v")
+        if self.licenses:
+            req["license"] = self.licenses
+        params = self.parameters
+        if params:
+            req["parameters"] = params
+        if self.messages:
+            req["messages"] = self.messages
+        return req
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------
+
+def decode(data: bytes, *, path=None, strict: bool = False) -> str:
+    """Decode Modelfile bytes like Ollama's `unicode.BOMOverride(UTF8)` reader.
+
+    A UTF-8 BOM is stripped, UTF-16 LE/BE with a BOM is decoded, anything else is UTF-8. Ollama
+    turns undecodable bytes into U+FFFD silently; with `strict` we raise a one-line error instead.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        encoding, data = "utf-8", data[3:]
+    elif data.startswith(b"\xff\xfe"):
+        encoding, data = "utf-16-le", data[2:]
+    elif data.startswith(b"\xfe\xff"):
+        encoding, data = "utf-16-be", data[2:]
+    else:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding, errors="strict" if strict else "replace")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1 if encoding == "utf-8" else None
+        raise ModelfileError(f"not valid {encoding.upper()} (byte {e.start} cannot be decoded)",
+                             path=path or "Modelfile", line=line,
+                             fix="save the Modelfile as UTF-8", kind="encoding") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing: a port of parser.ParseFile
+# ----------------------------------------------------------------------------------------------
+
+_NIL, _NAME, _VALUE, _PARAMETER, _MESSAGE, _COMMENT = range(6)
+
+
+def _is_space(ch: str) -> bool:
+    return ch == " " or ch == "\t"
+
+
+def _is_newline(ch: str) -> bool:
+    return ch == "\r" or ch == "\n"
+
+
+def _is_alpha(ch: str) -> bool:
+    return ("a" <= ch <= "z") or ("A" <= ch <= "Z")
+
+
+def _is_print(ch: str) -> bool:
+    # Python's isprintable() is Go's strconv.IsPrint: letters, marks, numbers, punctuation,
+    # symbols and the ASCII space; other separators and all control/format runes are not.
+    return ch.isprintable()
+
+
+def _unquote(s: str) -> tuple[str, bool]:
+    """Ollama's unquote: strip \"\"\"...\"\"\" or "...", report False while a quote is unclosed."""
+    if s.startswith('"""'):
+        if len(s) >= 6 and s.endswith('"""'):
+            return s[3:-3], True
+        return "", False
+    if s.startswith('"'):
+        if len(s) >= 2 and s.endswith('"'):
+            return s[1:-1], True
+        return "", False
+    return s, True
+
+
+def _go_trim(s: str) -> str:
+    # Only these whitespace runes can reach the buffer (other Unicode spaces are not IsPrint).
+    return s.strip(" \t\r\n")
+
+
+def _next_state(ch: str, state: int) -> tuple[int, str | None, str | None]:
+    """parseRuneForState: (next state, rune to keep or None, error kind or None)."""
+    if state == _NIL:
+        if ch == "#":
+            return _COMMENT, None, None
+        if _is_space(ch) or _is_newline(ch):
+            return _NIL, None, None
+        return _NAME, ch, None
+    if state == _NAME:
+        if _is_alpha(ch):
+            return _NAME, ch, None
+        if _is_space(ch):
+            return _VALUE, None, None
+        return _NIL, None, "ParserError"
+    if state == _VALUE:
+        if _is_newline(ch) or _is_space(ch):
+            return _NIL, ch, None
+        return _VALUE, ch, None
+    if state in (_PARAMETER, _MESSAGE):
+        ok = _is_alpha(ch) or (state == _PARAMETER and ("0" <= ch <= "9" or ch == "_"))
+        if ok:
+            return state, ch, None
+        if _is_space(ch):
+            return _VALUE, None, None
+        return _NIL, None, "ErrUnexpectedEOF"
+    # _COMMENT
+    return (_NIL if _is_newline(ch) else _COMMENT), None, None
+
+
+class _Parser:
+    """State for one ParseFile run, plus the real line numbers Ollama does not track."""
+
+    def __init__(self, text: str, path) -> None:
+        self.text = text
+        self.path = path if path is not None else "Modelfile"
+        self.state = _NIL
+        self.buf: list[str] = []
+        self.name = ""
+        self.role = ""
+        self.keyword = ""  # the instruction as written, for messages
+        self.ollama_line = 1  # Ollama's counter: bumped on every \r and \n read
+        self.line = 1  # the real line (CRLF counts once)
+        self.cmd_line = 1  # the real line where the current instruction starts
+        self.mf = Modelfile(path=None if path is None else str(path))
+
+    def error(self, kind: str, ollama: str, message: str, fix: str, line: int | None = None):
+        raise ModelfileError(message, path=self.path, line=line or self.cmd_line, fix=fix,
+                             kind=kind, ollama_error=ollama)
+
+    def run(self) -> Modelfile:
+        text = self.text
+        for i, ch in enumerate(text):
+            if _is_newline(ch):
+                self.ollama_line += 1
+            self.step(ch)
+            if ch == "\n" or (ch == "\r" and text[i + 1: i + 2] != "\n"):
+                self.line += 1
+        self.flush()
+        if "model" not in (name for name, _ in self.mf.commands):
+            self.error("errMissingFrom", ERR_MISSING_FROM, ERR_MISSING_FROM,
+                       'add "FROM <model name or path/to/model.gguf>"', line=1)
+        return self.mf
+
+    def step(self, ch: str) -> None:
+        state = self.state
+        nxt, keep, err = _next_state(ch, state)
+        if err:
+            self.fail_on_rune(ch, err)
+        if nxt != state:
+            if state == _NIL:
+                self.cmd_line = self.line
+            elif state == _NAME:
+                nxt = self.end_keyword(nxt)
+            elif state == _PARAMETER:
+                self.name = "".join(self.buf)
+            elif state == _MESSAGE:
+                self.end_role()
+            elif state == _VALUE:
+                value, ok = _unquote(_go_trim("".join(self.buf)))
+                if not ok or _is_space(ch):
+                    self.buf.append(ch)  # inner space, or a newline inside an open quote
+                    return
+                self.append(value)
+            self.buf = []
+            self.state = nxt
+        if keep is not None and _is_print(keep):
+            self.buf.append(keep)
+
+    def end_keyword(self, nxt: int) -> int:
+        word = "".join(self.buf)
+        lower = word.lower()
+        if lower not in INSTRUCTIONS:
+            self.error("ParserError", f"(line {self.ollama_line}): {ERR_INVALID_COMMAND}",
+                       f'unknown instruction "{word}"', _instruction_fix(word))
+        self.keyword = word.upper()
+        if lower == "from":
+            self.name = "model"
+        elif lower == "parameter":
+            return _PARAMETER
+        elif lower == "message":
+            self.name = "message"
+            return _MESSAGE
+        else:
+            self.name = lower
+        return nxt
+
+    def end_role(self) -> None:
+        role = "".join(self.buf)
+        if role not in MESSAGE_ROLES:
+            got = f'"{role}"' if role else "an empty role (two spaces after MESSAGE?)"
+            self.error("ParserError", f"(line {self.ollama_line}): {ERR_INVALID_ROLE}",
+                       f"MESSAGE has {got}", ERR_INVALID_ROLE + ", in lowercase")
+        self.role = role
+
+    def append(self, value: str) -> None:
+        if self.role:
+            value = f"{self.role}: {value}"
+            self.role = ""
+        self.mf.commands.append((self.name, value))
+        self.mf.lines.append(self.cmd_line)
+
+    def fail_on_rune(self, ch: str, kind: str) -> None:
+        """An unexpected rune inside an instruction keyword, PARAMETER name or MESSAGE role."""
+        word = "".join(self.buf)
+        shown = "a line break" if _is_newline(ch) else f'"{_one_line(ch)}"'
+        if kind == "ParserError":
+            ollama = f"(line {self.ollama_line}): {ERR_INVALID_COMMAND}"
+            if word.lower() in INSTRUCTIONS and _is_newline(ch):
+                self.error(kind, ollama, f"{word.upper()} has no value",
+                           f'write "{word.upper()} <value>" on one line')
+            if word.lower() in INSTRUCTIONS:
+                self.error(kind, ollama, f"unexpected {shown} after {word}",
+                           "put a space or tab between the instruction and its value")
+            self.error(kind, ollama, f'unknown instruction "{word}{"" if _is_newline(ch) else ch}"',
+                       _instruction_fix(word))
+        ollama = f"{ERR_EOF}: {word}"
+        if _is_newline(ch):
+            what = "PARAMETER" if self.state == _PARAMETER else "MESSAGE"
+            part = "value" if self.state == _PARAMETER else "content"
+            self.error(kind, ollama, f"{what} {word} has no {part}",
+                       f'write "{what} {word} <{part}>" on one line')
+        if self.state == _PARAMETER:
+            self.error(kind, ollama, f'invalid character {shown} in PARAMETER name "{word}{ch}"',
+                       "parameter names use letters, digits and _ (e.g. top_k)")
+        self.error(kind, ollama, f'invalid character {shown} after MESSAGE role "{word}"',
+                   'write "MESSAGE <system|user|assistant> <content>"')
+
+    def flush(self) -> None:
+        """End of input: finish the last value, or report what was left open."""
+        if self.state in (_NIL, _COMMENT):
+            return
+        if self.state == _VALUE:
+            raw = _go_trim("".join(self.buf))
+            value, ok = _unquote(raw)
+            if ok:
+                self.append(value)
+                return
+            quote = '"""' if raw.startswith('"""') else '"'
+            self.error("ErrUnexpectedEOF", ERR_EOF,
+                       f"{self.keyword} value opens {quote} that is never closed",
+                       f"end the value with {quote} and put nothing after the closing quotes")
+        word = "".join(self.buf)
+        if self.state == _NAME:
+            what = f"{word.upper()} has no value" if word.lower() in INSTRUCTIONS else f'unknown instruction "{word}"'
+            self.error("ErrUnexpectedEOF", ERR_EOF, what, f'write "{word.upper() or "FROM"} <value>"')
+        what, part = ("PARAMETER", "value") if self.state == _PARAMETER else ("MESSAGE", "content")
+        self.error("ErrUnexpectedEOF", ERR_EOF, f"{what} {word} has no {part}".replace("  ", " "),
+                   f'write "{what} {word or "<name>"} <{part}>"')
+
+
+def _instruction_fix(word: str) -> str:
+    close = difflib.get_close_matches(word.lower(), INSTRUCTIONS, n=1)
+    hint = f'did you mean {close[0].upper()}? ' if close else ""
+    return (f"{hint}{ERR_INVALID_COMMAND}; comments start with #")
+
+
+def _one_line(s: str) -> str:
+    """Show a value inside a one-line message."""
+    return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def parse(text: str | bytes, *, path=None) -> Modelfile:
+    """Parse Modelfile text exactly like Ollama's `parser.ParseFile`.
+
+    Bytes are decoded as Ollama does (BOM override, lenient UTF-8). Raises ModelfileError (a
+    DataError: `path:line: message (fix)`) for anything Ollama rejects.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = decode(bytes(text), path=path)
+    elif text.startswith("\ufeff"):
+        text = text[1:]
+    return _Parser(text, path).run()
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed checks (what `ollama create` does after parsing)
+# ----------------------------------------------------------------------------------------------
+
+def _float32(value: float) -> float:
+    """Round to float32 and back to the shortest decimal, as Go's JSON encodes a float32."""
+    f32 = struct.unpack("f", struct.pack("f", value))[0]
+    for digits in range(1, 10):
+        text = f"{f32:.{digits}g}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == f32:
+            return float(text)
+    return f32
+
+
+def parse_value(name: str, raw: str) -> object:
+    """Type one PARAMETER value like `api.FormatParams`; raise ValueError with Ollama's text."""
+    kind = PARAMETER_TYPES[name]
+    if kind is list:
+        return [raw]
+    if kind is bool:
+        if raw not in _GO_BOOL:
+            raise ValueError(f"invalid bool value [{raw}]")
+        return _GO_BOOL[raw]
+    if kind is int:
+        if not re.fullmatch(r"[+-]?[0-9]+", raw) or not -2**63 <= int(raw) < 2**63:
+            raise ValueError(f"invalid int value [{raw}]")
+        return int(raw)
+    # Go also accepts inf/nan here, but such a value cannot be sent as JSON, so we refuse it.
+    if not _GO_FLOAT.fullmatch(raw) or abs(float(raw)) > _FLOAT32_MAX * (1 + 2**-25):
+        raise ValueError(f"invalid float value [{raw}]")
+    return _float32(float(raw))
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", list: "a string"}
+
+
+def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
+    """(parameters, warnings) as `Modelfile.CreateRequest` builds them.
+
+    Stop values accumulate into a list; for other names the last line wins. Deprecated names are
+    dropped with a warning. Unknown names and bad values raise ModelfileError.
+    """
+    params: dict[str, object] = {}
+    warnings: list[str] = []
+    for (name, raw), line in zip(mf.commands, _lines(mf)):
+        if name in NON_PARAMETER_COMMANDS:
+            continue
+        where = dict(path=mf.path or "Modelfile", line=line)
+        if name in DEPRECATED_PARAMETERS:
+            warnings.append(f"{where['path']}:{line}: parameter {name} is deprecated; Ollama ignores it")
+            continue
+        if name not in PARAMETER_TYPES:
+            raise _unknown_parameter(name, raw, where)
+        try:
+            value = parse_value(name, raw)
+        except ValueError as e:
+            raise ModelfileError(f'PARAMETER {name} "{_one_line(raw)}" is not {_TYPE_WORDS[PARAMETER_TYPES[name]]}',
+                                 fix=f"Ollama says: {e}", kind="FormatParams",
+                                 ollama_error=str(e), **where) from None
+        if isinstance(value, list):
+            params.setdefault(name, [])
+            params[name].extend(value)  # type: ignore[union-attr]
+        else:
+            params[name] = value
+    return params, warnings
+
+
+def _unknown_parameter(name: str, raw: str, where: dict) -> ModelfileError:
+    ollama = f"unknown parameter '{name}'"
+    valid = ", ".join(PARAMETER_TYPES)
+    if not name:
+        return ModelfileError("empty parameter name (two spaces after PARAMETER?)",
+                              fix=f'write "PARAMETER <name> <value>"; valid: {valid}',
+                              kind="FormatParams", ollama_error=ollama, **where)
+    close = difflib.get_close_matches(name.lower(), PARAMETER_TYPES, n=1, cutoff=0.6)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    return ModelfileError(f'unknown parameter "{name}"', fix=f"{hint}valid: {valid}",
+                          kind="FormatParams", ollama_error=ollama, **where)
+
+
+def _lines(mf: Modelfile) -> list[int | None]:
+    return list(mf.lines) if len(mf.lines) == len(mf.commands) else [None] * len(mf.commands)
+
+
+def _line_of(mf: Modelfile, name: str, last: bool = True) -> int | None:
+    found = [line for (n, _), line in zip(mf.commands, _lines(mf)) if n == name]
+    return (found[-1] if last else found[0]) if found else None
+
+
+def _check_requires(mf: Modelfile, value: str) -> str:
+    if not _SEMVER.fullmatch(value):
+        raise ModelfileError(f'REQUIRES "{_one_line(value)}" is not a version',
+                             path=mf.path or "Modelfile", line=_line_of(mf, "requires"),
+                             fix="requires must be a valid semver (e.g. 0.14.0)", kind="CreateRequest",
+                             ollama_error="requires must be a valid semver (e.g. 0.14.0)")
+    return value
+
+
+def check(mf: Modelfile, *, base_dir: str | os.PathLike | None = None,
+          check_template: bool = True) -> list[str]:
+    """Apply the checks `ollama create` makes after parsing; return warnings, raise on errors.
+
+    Parameters must be known and well typed, REQUIRES must be a version, each TEMPLATE must be
+    a Go template Ollama can parse, and with `base_dir` an ADAPTER must exist there.
+    """
+    _, warnings = typed_parameters(mf)
+    for (name, value), line in zip(mf.commands, _lines(mf)):
+        where = dict(path=mf.path or "Modelfile", line=line)
+        if name == "requires":
+            _check_requires(mf, value)
+        elif name == "template" and check_template:
+            _check_template(value, where)
+        elif name == "adapter" and base_dir is not None:
+            target = Path(value).expanduser()
+            if not target.is_absolute():
+                target = Path(base_dir) / target
+            if not target.exists():
+                raise ModelfileError(f'ADAPTER "{value}" does not exist', fix=f"looked for {target}",
+                                     kind="CreateRequest", ollama_error="no such file or directory",
+                                     **where)
+    return warnings
+
+
+def _check_template(template: str, where: dict) -> None:
+    from . import gotemplate  # local import: only templates need the evaluator
+
+    try:
+        gotemplate.parse(template)
+    except gotemplate.TemplateUnsupported:
+        pass  # valid Go we do not evaluate; Ollama will judge it
+    except gotemplate.TemplateError as e:
+        raise ModelfileError(f"TEMPLATE is not a valid Go template: {e.message}",
+                             fix=e.fix or "see https://pkg.go.dev/text/template",
+                             kind="CreateRequest", ollama_error=f"template error: {e.message}",
+                             **where) from None
+
+
+def _require_template(template: str) -> None:
+    """Builder-side template check: a ConfigError naming the problem."""
+    from . import gotemplate
+
+    try:
+        gotemplate.parse(template)
+    except gotemplate.TemplateUnsupported:
+        pass
+    except gotemplate.TemplateError as e:
+        raise ConfigError(f"TEMPLATE is not a valid Go template: {e.message}",
+                          fix=e.fix or "see https://pkg.go.dev/text/template") from None
+
+
+def validate_file(path: str | os.PathLike) -> Modelfile:
+    """Read and fully check a user's Modelfile; return it with any warnings in `.warnings`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("Modelfile not found", path=path, fix="check the path") from None
+    except IsADirectoryError:
+        raise DataError("is a directory, not a Modelfile", path=path,
+                        fix="pass the Modelfile inside it") from None
+    mf = parse(decode(data, path=path, strict=True), path=path)
+    mf.warnings = check(mf, base_dir=path.parent)
+    return mf
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering and building
+# ----------------------------------------------------------------------------------------------
+
+def quote(value: str) -> str:
+    """Ollama's `quote`: raw unless the value has a newline or a leading/trailing space."""
+    if "\n" in value or value.startswith(" ") or value.endswith(" "):
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
+
+
+def command_line(name: str, value: str) -> str:
+    """One command as Ollama's `Command.String()` writes it."""
+    if name == "model":
+        return f"FROM {value}"
+    if name in NON_PARAMETER_COMMANDS - {"message"}:
+        return f"{name.upper()} {quote(value)}"
+    if name == "message":
+        role, _, content = value.partition(": ")
+        return f"MESSAGE {role} {quote(content)}"
+    return f"PARAMETER {name} {quote(value)}"
+
+
+def render(mf: Modelfile) -> str:
+    """Serialise like Ollama's `Modelfile.String()` (what `ollama show --modelfile` prints).
+
+    Note Ollama's form does not always round-trip (FROM is never quoted; a value that starts with
+    a quote is written raw); `build_modelfile` quotes defensively instead.
+    """
+    return "".join(command_line(name, value) + "\n" for name, value in mf.commands)
+
+
+def write(path: str | os.PathLike, content: Modelfile | str) -> Path:
+    """Write a Modelfile atomically; text is parsed first so an invalid file is never written."""
+    text = render(content) if isinstance(content, Modelfile) else content
+    parse(text, path=path)
+    return write_text(path, text)
+
+
+def safe_value(keyword: str, name: str, value: str, *, prefer_triple: bool = False) -> str:
+    """`keyword value` in the first quoting that Ollama's parser reads back as exactly
+    `(name, value)`: raw, then """...""", then "..." (triple quotes first if `prefer_triple`)."""
+    bad = [ch for ch in value if not (_is_print(ch) or ch in "\t\r\n")]
+    if bad:
+        raise ConfigError(f"{keyword} value contains {bad[0]!r}, which Ollama silently drops",
+                          fix="remove control and invisible characters")
+    forms = ['"""' + value + '"""', '"' + value + '"']
+    if not prefer_triple:
+        forms.insert(0, value)
+    for form in forms:
+        line = f"{keyword} {form}"
+        try:
+            probe = parse("FROM x\n" + line + "\n")
+        except ModelfileError:
+            continue
+        if probe.commands == [("model", "x"), (name, value)]:
+            return line
+    raise ConfigError(f"{keyword} value cannot be written in a Modelfile: {_one_line(value)[:60]!r}",
+                      fix='avoid a line that ends with """ or " inside the value')
+
+
+def format_parameter(name: str, value: object) -> str:
+    """A typed parameter value as Modelfile text, checked against Ollama's parser."""
+    if name in DEPRECATED_PARAMETERS:
+        raise ConfigError(f"parameter {name} is deprecated and Ollama ignores it", fix="drop it")
+    if name not in PARAMETER_TYPES:
+        close = difflib.get_close_matches(name, PARAMETER_TYPES, n=1)
+        hint = f'did you mean "{close[0]}"? ' if close else ""
+        raise ConfigError(f'unknown Ollama parameter "{name}"',
+                          fix=f"{hint}valid: {', '.join(PARAMETER_TYPES)}")
+    kind = PARAMETER_TYPES[name]
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"parameter {name} must be finite, got {value}")
+        text = repr(value)
+    else:
+        text = str(value)
+    try:
+        parse_value(name, text)
+        if kind is bool and not isinstance(value, (bool, str)):
+            raise ValueError(f"invalid bool value [{text}]")
+    except ValueError as e:
+        raise ConfigError(f"parameter {name}={value!r} must be {_TYPE_WORDS[kind]}",
+                          fix=f"Ollama would say: {e}") from None
+    return text
+
+
+def build_modelfile(*, from_: str, template: str, stops: list[str], system: str | None = None,
+                    parameters: dict[str, object] | None = None,
+                    license: str | None = None) -> str:
+    """Modelfile text for an exported model, proven by parsing it back.
+
+    Writes FROM, TEMPLATE (triple-quoted), one `PARAMETER stop` per stop token, SYSTEM, the other
+    PARAMETERs in the given order, then LICENSE. A "stop" entry in `parameters` is appended to
+    `stops`. Raises ConfigError for anything Ollama would reject or that would not round-trip.
+    """
+    params = dict(parameters or {})
+    extra = params.pop("stop", None) or []
+    stops = list(stops) + [s for s in ([extra] if isinstance(extra, str) else extra) if s not in stops]
+    if not from_ or from_ != from_.strip():
+        raise ConfigError(f"FROM {from_!r} is empty or has surrounding spaces",
+                          fix="pass a model name or a path without leading/trailing spaces")
+    if not template.strip():
+        raise ConfigError("TEMPLATE is empty", fix="pass the model's chat template (see gotemplate.CHATML_TEMPLATE)")
+    _require_template(template)
+    for stop in stops:
+        if not isinstance(stop, str) or not stop:
+            raise ConfigError(f"stop token {stop!r} must be a non-empty string")
+    expected: list[tuple[str, str]] = [("model", from_), ("template", template)]
+    lines = [safe_value("FROM", "model", from_),
+             safe_value("TEMPLATE", "template", template, prefer_triple=True)]
+    for stop in stops:
+        lines.append(safe_value("PARAMETER stop", "stop", stop))
+        expected.append(("stop", stop))
+    if system is not None:
+        lines.append(safe_value("SYSTEM", "system", system))
+        expected.append(("system", system))
+    for name, value in params.items():
+        text = format_parameter(name, value)
+        lines.append(safe_value(f"PARAMETER {name}", name, text))
+        expected.append((name, text))
+    if license is not None:
+        lines.append(safe_value("LICENSE", "license", license, prefer_triple="\n" in license))
+        expected.append(("license", license))
+    text = "\n".join(lines) + "\n"
+    parsed = parse(text, path="generated Modelfile")
+    if parsed.commands != expected:  # pragma: no cover - safe_value makes this unreachable
+        raise ConfigError("generated Modelfile does not parse back to its inputs",
+                          fix="report this as a toolkit bug")
+    return text
