@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
             _add_command(sub, parts[0], target)
             continue
         group, word = parts
+        if group in COMMANDS:  # `train search` beside `train`: a top-level `train-search`, see main()
+            _add_command(sub, f"{group}-{word}", target)
+            continue
         if group not in groups:
             gp = sub.add_parser(group, help=GROUP_HELP.get(group), description=GROUP_HELP.get(group))
             groups[group] = gp.add_subparsers(title="commands", metavar="COMMAND")
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here ever needs the hub unless asked
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS and argv[0] in COMMANDS:
+        argv[:2] = [f"{argv[0]}-{argv[1]}"]
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     fn = args.pop("_func", None)

@@ -72,9 +72,9 @@ def _print_table(rows: list[dict], summary: dict) -> None:
 
     table = Table(title="Base model on the dev split: BERTScore (MiniLM-L6, layer 6)")
     for col, justify in (("id", "left"), ("problem", "left"), ("P", "right"), ("R", "right"), ("F1", "right"), ("tokens", "right"), ("stop", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col != "problem")  # type: ignore[arg-type]
     for r in rows:
-        problem = r["prompt"] if len(r["prompt"]) <= 60 else r["prompt"][:57] + "..."
+        problem = r["prompt"] if len(r["prompt"]) <= 40 else r["prompt"][:37] + "..."
         table.add_row(r["id"], problem, f"{r['bertscore_p']:.3f}", f"{r['bertscore_r']:.3f}", f"{r['bertscore_f1']:.3f}",
                       str(r["completion_tokens"]), r["finish_reason"])
     table.add_section()

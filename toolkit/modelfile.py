@@ -20,7 +20,6 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from .errors import ConfigError, DataError
 from .io import write_text
@@ -229,7 +228,7 @@ def _is_print(ch: str) -> bool:
 
 
 def _unquote(s: str) -> tuple[str, bool]:
-    """Ollama's unquote: strip \"\"\"...\"\"\" or "...", report False while a quote is unclosed."""
+    """Ollama's unquote: strip triple or double quotes; False while a quote is still open."""
     if s.startswith('"""'):
         if len(s) >= 6 and s.endswith('"""'):
             return s[3:-3], True
@@ -239,6 +238,25 @@ def _unquote(s: str) -> tuple[str, bool]:
             return s[1:-1], True
         return "", False
     return s, True
+
+
+def _value_closed(buf: list[str]) -> bool:
+    """Whether `_unquote(_go_trim(buf))` succeeds, without joining the buffer.
+
+    Ollama re-checks the whole value at every newline; doing that by joining would make long
+    multi-line values (licenses) quadratic, so only the ends are inspected.
+    """
+    i, j = 0, len(buf) - 1
+    while i <= j and buf[i] in " \t\r\n":
+        i += 1
+    while j >= i and buf[j] in " \t\r\n":
+        j -= 1
+    if i > j or buf[i] != '"':
+        return True
+    length = j - i + 1
+    if length >= 3 and buf[i + 1] == '"' and buf[i + 2] == '"':
+        return length >= 6 and buf[j] == buf[j - 1] == buf[j - 2] == '"'
+    return length >= 2 and buf[j] == '"'
 
 
 def _go_trim(s: str) -> str:
@@ -286,6 +304,7 @@ class _Parser:
         self.name = ""
         self.role = ""
         self.keyword = ""  # the instruction as written, for messages
+        self.pos = 0
         self.ollama_line = 1  # Ollama's counter: bumped on every \r and \n read
         self.line = 1  # the real line (CRLF counts once)
         self.cmd_line = 1  # the real line where the current instruction starts
@@ -298,6 +317,7 @@ class _Parser:
     def run(self) -> Modelfile:
         text = self.text
         for i, ch in enumerate(text):
+            self.pos = i
             if _is_newline(ch):
                 self.ollama_line += 1
             self.step(ch)
@@ -308,6 +328,11 @@ class _Parser:
             self.error("errMissingFrom", ERR_MISSING_FROM, ERR_MISSING_FROM,
                        'add "FROM <model name or path/to/model.gguf>"', line=1)
         return self.mf
+
+    def rest(self) -> str:
+        """The rest of the current word after the rune being read, for messages."""
+        match = re.match(r"[^\s]*", self.text[self.pos + 1:])
+        return _one_line(match.group(0)[:40]) if match else ""
 
     def step(self, ch: str) -> None:
         state = self.state
@@ -324,11 +349,10 @@ class _Parser:
             elif state == _MESSAGE:
                 self.end_role()
             elif state == _VALUE:
-                value, ok = _unquote(_go_trim("".join(self.buf)))
-                if not ok or _is_space(ch):
+                if _is_space(ch) or not _value_closed(self.buf):
                     self.buf.append(ch)  # inner space, or a newline inside an open quote
                     return
-                self.append(value)
+                self.append(_unquote(_go_trim("".join(self.buf)))[0])
             self.buf = []
             self.state = nxt
         if keep is not None and _is_print(keep):
@@ -355,9 +379,9 @@ class _Parser:
     def end_role(self) -> None:
         role = "".join(self.buf)
         if role not in MESSAGE_ROLES:
-            got = f'"{role}"' if role else "an empty role (two spaces after MESSAGE?)"
+            got = f'role "{role}" is invalid' if role else "role is empty (two spaces after MESSAGE?)"
             self.error("ParserError", f"(line {self.ollama_line}): {ERR_INVALID_ROLE}",
-                       f"MESSAGE has {got}", ERR_INVALID_ROLE + ", in lowercase")
+                       f"MESSAGE {got}", ERR_INVALID_ROLE + ", in lowercase")
         self.role = role
 
     def append(self, value: str) -> None:
@@ -379,17 +403,14 @@ class _Parser:
             if word.lower() in INSTRUCTIONS:
                 self.error(kind, ollama, f"unexpected {shown} after {word}",
                            "put a space or tab between the instruction and its value")
-            self.error(kind, ollama, f'unknown instruction "{word}{"" if _is_newline(ch) else ch}"',
+            self.error(kind, ollama, f'unknown instruction "{word}{"" if _is_newline(ch) else ch + self.rest()}"',
                        _instruction_fix(word))
         ollama = f"{ERR_EOF}: {word}"
         if _is_newline(ch):
-            what = "PARAMETER" if self.state == _PARAMETER else "MESSAGE"
-            part = "value" if self.state == _PARAMETER else "content"
-            self.error(kind, ollama, f"{what} {word} has no {part}",
-                       f'write "{what} {word} <{part}>" on one line')
+            self.fail_missing_value(ollama, word)
         if self.state == _PARAMETER:
-            self.error(kind, ollama, f'invalid character {shown} in PARAMETER name "{word}{ch}"',
-                       "parameter names use letters, digits and _ (e.g. top_k)")
+            self.error(kind, ollama, f'invalid character {shown} in PARAMETER name "{word}{ch}{self.rest()}"',
+                       "parameter names use only letters, digits and _, e.g. top_k")
         self.error(kind, ollama, f'invalid character {shown} after MESSAGE role "{word}"',
                    'write "MESSAGE <system|user|assistant> <content>"')
 
@@ -404,22 +425,32 @@ class _Parser:
                 self.append(value)
                 return
             quote = '"""' if raw.startswith('"""') else '"'
-            self.error("ErrUnexpectedEOF", ERR_EOF,
-                       f"{self.keyword} value opens {quote} that is never closed",
-                       f"end the value with {quote} and put nothing after the closing quotes")
+            if quote in raw[len(quote):]:
+                self.error("ErrUnexpectedEOF", ERR_EOF, f"{self.keyword} has text after its closing {quote}",
+                           "a quoted value must end with its closing quotes; quote the whole value")
+            self.error("ErrUnexpectedEOF", ERR_EOF, f"{self.keyword} value opens {quote} that is never closed",
+                       f"end the value with {quote}, with nothing after it on that line")
         word = "".join(self.buf)
+        if self.state == _NAME and word.lower() not in INSTRUCTIONS:
+            self.error("ErrUnexpectedEOF", ERR_EOF, f'unknown instruction "{word}"', _instruction_fix(word))
         if self.state == _NAME:
-            what = f"{word.upper()} has no value" if word.lower() in INSTRUCTIONS else f'unknown instruction "{word}"'
-            self.error("ErrUnexpectedEOF", ERR_EOF, what, f'write "{word.upper() or "FROM"} <value>"')
+            self.error("ErrUnexpectedEOF", ERR_EOF, f"{word.upper()} has no value",
+                       f'write "{word.upper()} <value>"')
+        self.fail_missing_value(ERR_EOF, word)
+
+    def fail_missing_value(self, ollama: str, word: str) -> None:
+        """A PARAMETER name or MESSAGE role with nothing after it."""
         what, part = ("PARAMETER", "value") if self.state == _PARAMETER else ("MESSAGE", "content")
-        self.error("ErrUnexpectedEOF", ERR_EOF, f"{what} {word} has no {part}".replace("  ", " "),
-                   f'write "{what} {word or "<name>"} <{part}>"')
+        word = word or ("<name>" if what == "PARAMETER" else "<role>")
+        self.error("ErrUnexpectedEOF", ollama, f"{what} {word} has no {part}",
+                   f'write "{what} {word} <{part}>" on one line')
 
 
 def _instruction_fix(word: str) -> str:
     close = difflib.get_close_matches(word.lower(), INSTRUCTIONS, n=1)
-    hint = f'did you mean {close[0].upper()}? ' if close else ""
-    return (f"{hint}{ERR_INVALID_COMMAND}; comments start with #")
+    hint = f"did you mean {close[0].upper()}? " if close else ""
+    valid = ", ".join(name.upper() for name in INSTRUCTIONS)
+    return f"{hint}command must be one of {valid}; comments start with #"
 
 
 def _one_line(s: str) -> str:
@@ -533,7 +564,7 @@ def _check_requires(mf: Modelfile, value: str) -> str:
     if not _SEMVER.fullmatch(value):
         raise ModelfileError(f'REQUIRES "{_one_line(value)}" is not a version',
                              path=mf.path or "Modelfile", line=_line_of(mf, "requires"),
-                             fix="requires must be a valid semver (e.g. 0.14.0)", kind="CreateRequest",
+                             fix="use a version like 0.14.0", kind="CreateRequest",
                              ollama_error="requires must be a valid semver (e.g. 0.14.0)")
     return value
 
@@ -571,10 +602,18 @@ def _check_template(template: str, where: dict) -> None:
     except gotemplate.TemplateUnsupported:
         pass  # valid Go we do not evaluate; Ollama will judge it
     except gotemplate.TemplateError as e:
-        raise ModelfileError(f"TEMPLATE is not a valid Go template: {e.message}",
+        line = where["line"]
+        if line is not None and e.line:
+            line += e.line - 1  # the template text starts on the TEMPLATE line
+        raise ModelfileError(f"TEMPLATE is not a valid Go template: {e.detail}",
                              fix=e.fix or "see https://pkg.go.dev/text/template",
-                             kind="CreateRequest", ollama_error=f"template error: {e.message}",
-                             **where) from None
+                             kind="CreateRequest", ollama_error=f"template error: {e.detail}",
+                             path=where["path"], line=line) from None
+
+
+def _template_problem(e) -> str:
+    """A template error located inside the template text."""
+    return f"{e.detail} (template line {e.line})" if e.line else e.detail
 
 
 def _require_template(template: str) -> None:
@@ -586,7 +625,7 @@ def _require_template(template: str) -> None:
     except gotemplate.TemplateUnsupported:
         pass
     except gotemplate.TemplateError as e:
-        raise ConfigError(f"TEMPLATE is not a valid Go template: {e.message}",
+        raise ConfigError(f"TEMPLATE is not a valid Go template: {_template_problem(e)}",
                           fix=e.fix or "see https://pkg.go.dev/text/template") from None
 
 
@@ -645,8 +684,10 @@ def write(path: str | os.PathLike, content: Modelfile | str) -> Path:
 
 
 def safe_value(keyword: str, name: str, value: str, *, prefer_triple: bool = False) -> str:
-    """`keyword value` in the first quoting that Ollama's parser reads back as exactly
-    `(name, value)`: raw, then """...""", then "..." (triple quotes first if `prefer_triple`)."""
+    """`keyword value` in the first quoting that Ollama's parser reads back as `(name, value)`.
+
+    Tries the raw value, then triple quotes, then double quotes (triple first if `prefer_triple`).
+    """
     bad = [ch for ch in value if not (_is_print(ch) or ch in "\t\r\n")]
     if bad:
         raise ConfigError(f"{keyword} value contains {bad[0]!r}, which Ollama silently drops",

@@ -77,6 +77,29 @@ class DecodingParams:
             raise ConfigError(f"{where}: unknown decoding parameter {unknown[0]!r}", fix=f"valid: {', '.join(sorted(known))}")
         return cls(**values)
 
+    @classmethod
+    def from_ollama_options(cls, options: dict[str, Any], base: "DecodingParams | None" = None) -> "DecodingParams":
+        """The inverse of `to_ollama_options`; Ollama options we do not model are ignored, as Ollama does."""
+        names = {spec.ollama: name for name, spec in SPECS.items() if spec.ollama}
+        values = {names[k]: v for k, v in options.items() if k in names and v is not None}
+        if options.get("num_predict") is not None and options["num_predict"] < 0:
+            values.pop("max_tokens")  # -1 means "until the context is full"; keep our bound
+        if options.get("stop"):
+            values["stop"] = tuple(options["stop"])
+        return (base or cls()).replace(**values)
+
+    @classmethod
+    def from_openai(cls, body: dict[str, Any], base: "DecodingParams | None" = None) -> "DecodingParams":
+        """The inverse of `to_openai` (also accepts `max_completion_tokens` and a string `stop`)."""
+        names = {spec.openai: name for name, spec in SPECS.items() if spec.openai}
+        values = {names[k]: v for k, v in body.items() if k in names and v is not None}
+        if body.get("max_completion_tokens") is not None:
+            values["max_tokens"] = body["max_completion_tokens"]
+        stop = body.get("stop")
+        if stop:
+            values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        return (base or cls()).replace(**values)
+
     def replace(self, **changes: Any) -> "DecodingParams":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -38,9 +38,9 @@ NEVER_END = frozenset(
     """.split()
 )
 # ... and those that are abbreviations only when a number follows ("No. 5", "p. 12", "Vol. 3").
-BEFORE_NUMBER = frozenset("no nos p pp vol vols ex art nr".split())
+BEFORE_NUMBER = frozenset("no nos p pp vol vols ex art nr jan feb mar apr jun jul aug sep sept oct nov dec".split())
 # Abbreviations that may well end a sentence: split only before a typical sentence opener.
-MAY_END = frozenset("al resp jr sr inc ltd co corp bros cit".split())
+MAY_END = frozenset("al resp jr sr inc ltd co corp bros cit ph.d".split())
 
 SENTENCE_OPENERS = frozenset(
     """

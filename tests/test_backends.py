@@ -1,0 +1,71 @@
+"""The backend contract: every backend passes the same tests against a real model."""
+
+import pytest
+
+from toolkit.backends import Generation, LlamaCppBackend, ollama_host
+from toolkit.errors import ToolkitError
+from toolkit.params import DecodingParams
+
+PROMPT = "Describe a method to evaluate a language model."
+
+
+@pytest.fixture(params=["llamacpp"])
+def backend(request, llamacpp_backend):
+    return {"llamacpp": llamacpp_backend}[request.param]
+
+
+def test_text_out(backend):
+    gen = backend.chat("Name a primary colour.", DecodingParams(temperature=0, max_tokens=24, num_ctx=1024))
+    assert isinstance(gen, Generation) and gen.text.strip()
+    assert gen.prompt_tokens > 5 and gen.completion_tokens > 0 and gen.seconds > 0
+
+
+def test_max_tokens_is_honoured(backend):
+    gen = backend.chat(PROMPT, DecodingParams(temperature=0, max_tokens=7, num_ctx=1024))
+    assert gen.finish_reason == "length"
+    assert 1 <= gen.completion_tokens <= 8  # re-tokenising the text may merge or split one token
+
+
+def test_same_seed_same_text_at_positive_temperature(backend):
+    params = DecodingParams(temperature=1.0, top_p=0.95, max_tokens=40, seed=123, num_ctx=1024)
+    first = backend.chat(PROMPT, params).text
+    assert backend.chat(PROMPT, params).text == first
+    others = {backend.chat(PROMPT, params.replace(seed=s)).text for s in (1, 2, 3)}
+    assert len(others | {first}) > 1, "different seeds should give different samples"
+
+
+def test_stop_sequences_are_honoured(backend):
+    free = backend.chat("Count from 1 to 10, separated by commas.", DecodingParams(temperature=0, max_tokens=40, num_ctx=1024)).text
+    assert "5" in free
+    cut = backend.chat("Count from 1 to 10, separated by commas.",
+                       DecodingParams(temperature=0, max_tokens=40, num_ctx=1024, stop=("5",))).text
+    assert "5" not in cut and free.startswith(cut.rstrip()[:3])
+    assert len(cut) < len(free)
+
+
+def test_streaming_yields_pieces_then_generation(backend):
+    pieces = list(backend.stream([{"role": "user", "content": "Say hi."}], DecodingParams(temperature=0, max_tokens=10, num_ctx=1024)))
+    assert isinstance(pieces[-1], Generation)
+    assert "".join(p for p in pieces[:-1]) == pieces[-1].text
+
+
+def test_unreachable_or_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ToolkitError, match="does not exist"):
+        LlamaCppBackend(tmp_path / "missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    with pytest.raises(ToolkitError, match="cannot load"):
+        LlamaCppBackend(bad)
+
+
+def test_llamacpp_prompt_uses_the_gguf_chat_template(llamacpp_backend):
+    text = llamacpp_backend.render([{"role": "user", "content": "hi"}])
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("env,url", [("", "http://127.0.0.1:11434"), ("0.0.0.0", "http://127.0.0.1:11434"),
+                                     ("example.test:8080", "http://example.test:8080"),
+                                     ("https://example.test", "https://example.test:443")])
+def test_ollama_host_is_read_like_ollama(monkeypatch, env, url):
+    monkeypatch.setenv("OLLAMA_HOST", env)
+    assert ollama_host() == url
