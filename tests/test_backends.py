@@ -69,3 +69,29 @@ def test_llamacpp_prompt_uses_the_gguf_chat_template(llamacpp_backend):
 def test_ollama_host_is_read_like_ollama(monkeypatch, env, url):
     monkeypatch.setenv("OLLAMA_HOST", env)
     assert ollama_host() == url
+
+
+def test_chat_repl_keeps_history_and_resets():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "chat", "--max-tokens", "8", "--temperature", "0"],
+                          input="Name a colour.\n/reset\nName an animal.\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "history cleared" in proc.stderr and proc.stderr.count("tokens,") == 2
+    assert len([l for l in proc.stdout.splitlines() if l.strip()]) == 2
+
+
+def test_ollama_backend_unreachable_is_a_clear_error():
+    from toolkit.backends import OllamaBackend
+
+    with pytest.raises(ToolkitError, match="no Ollama server at http://127.0.0.1:9") as info:
+        OllamaBackend("smollm2", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))
+    assert "ollama serve" in str(info.value)
+
+
+def test_openai_backend_unreachable_is_a_clear_error():
+    from toolkit.backends import OpenAIBackend
+
+    with pytest.raises(ToolkitError, match="no OpenAI-compatible server"):
+        OpenAIBackend("m", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))

@@ -48,6 +48,16 @@ def as_messages(prompt: str | Messages, system: str | None = None) -> Messages:
     return messages
 
 
+def render_jinja(template: str, messages: Messages, *, bos_token: str = "", eos_token: str = "",
+                 add_generation_prompt: bool = True) -> str:
+    """Render a Hugging Face Jinja chat template the way transformers does."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token=bos_token, eos_token=eos_token)
+
+
 class Backend(abc.ABC):
     """Chat generation with explicit decoding parameters."""
 
@@ -92,13 +102,9 @@ class LlamaCppBackend(Backend):
 
     def render(self, messages: Messages) -> str:
         """The prompt text for `messages`, from the chat template embedded in the GGUF."""
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         if self._template is None:
             raise ConfigError(f"{self.gguf} has no chat template", fix="export it with a tokenizer that has one")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(self._template).render(
-            messages=messages, add_generation_prompt=True, bos_token=self._special("bos"), eos_token=self._special("eos"))
+        return render_jinja(self._template, messages, bos_token=self._special("bos"), eos_token=self._special("eos"))
 
     def _special(self, which: str) -> str:
         tid = self._llm.metadata.get(f"tokenizer.ggml.{which}_token_id")
@@ -135,15 +141,112 @@ class LlamaCppBackend(Backend):
             llm.close()
 
 
-BACKENDS = ("llamacpp",)
+class OllamaBackend(Backend):
+    """An Ollama server (or `toolkit serve`) through the official `ollama` client.
+
+    Every decoding parameter, num_ctx and seed included, is sent explicitly in `options`, so the
+    server's or the Modelfile's defaults never silently change a result.
+    """
+
+    name = "ollama"
+
+    def __init__(self, model: str, host: str | None = None, *, timeout: float = 600):
+        import ollama
+
+        self.model = model
+        self.host = host or ollama_host()
+        self._client = ollama.Client(host=self.host, timeout=timeout)
+
+    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        import httpx
+        import ollama
+
+        start = time.perf_counter()
+        pieces: list[str] = []
+        try:
+            for chunk in self._client.chat(model=self.model, messages=messages, stream=True,
+                                           options=params.to_ollama_options()):
+                text = chunk.message.content or ""
+                if text:
+                    pieces.append(text)
+                    yield text
+                if chunk.done:
+                    yield Generation("".join(pieces), "length" if chunk.done_reason == "length" else "stop",
+                                     chunk.prompt_eval_count or 0, chunk.eval_count or 0,
+                                     (chunk.eval_duration or 0) / 1e9 or time.perf_counter() - start)
+        except (httpx.ConnectError, ConnectionError) as exc:
+            raise BackendError(f"no Ollama server at {self.host} ({exc})",
+                               fix="start one with `ollama serve` (or `toolkit serve`), set OLLAMA_HOST, or use --backend llamacpp") from None
+        except ollama.ResponseError as exc:
+            fix = f"create it with `toolkit ollama create {self.model}`" if exc.status_code == 404 else "see the server's message"
+            raise BackendError(f"Ollama at {self.host}: {exc.error}", fix=fix) from None
 
 
-def open_backend(kind: str, model: str, *, n_ctx: int = 2048) -> Backend:
-    """Open a backend by name: `llamacpp` takes a model spec (embedded name or .gguf path)."""
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible chat server (llama.cpp's llama-server, vLLM, `toolkit serve`)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str, *, api_key: str = "none", timeout: float = 600):
+        import httpx
+
+        self.model = model
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
+
+    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        import json
+
+        import httpx
+
+        body = {"model": self.model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}} | params.to_openai()
+        start = time.perf_counter()
+        pieces: list[str] = []
+        finish, usage = "stop", {}
+        url = f"{self.base_url}/v1/chat/completions"
+        try:
+            with self._http.stream("POST", url, json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise BackendError(f"{url} answered {resp.status_code}: {resp.text[:200]}", fix="check the model name and parameters")
+                for line in resp.iter_lines():
+                    if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices", []):
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            pieces.append(text)
+                            yield text
+                        finish = choice.get("finish_reason") or finish
+        except httpx.ConnectError as exc:
+            raise BackendError(f"no OpenAI-compatible server at {self.base_url} ({exc})",
+                               fix="start one (e.g. `toolkit serve`) or check --url") from None
+        yield Generation("".join(pieces), "length" if finish == "length" else "stop", usage.get("prompt_tokens", 0),
+                         usage.get("completion_tokens", len(pieces)), time.perf_counter() - start)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+BACKENDS = ("llamacpp", "ollama", "openai")
+
+
+def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = None) -> Backend:
+    """Open a backend: `llamacpp` takes a model spec (embedded name, .gguf path, exported dir);
+    `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at `url`."""
     if kind == "llamacpp":
         from .models import resolve
 
         return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx)
+    if kind == "ollama":
+        return OllamaBackend(model, url)
+    if kind == "openai":
+        if not url:
+            raise ConfigError("the openai backend needs a server URL", fix="pass --url http://HOST:PORT")
+        return OpenAIBackend(model, url)
     raise ConfigError(f"unknown backend {kind!r}", fix=f"use one of: {', '.join(BACKENDS)}")
 
 

@@ -29,9 +29,16 @@ COMMANDS: dict[str, str] = {
     "data check": "toolkit.data:check",
     "models": "toolkit.models:show",
     "generate": "toolkit.generate:generate",
+    "export": "toolkit.export:export",
+    "verify": "toolkit.verify:verify",
+    "ollama create": "toolkit.export:ollama_create",
+    "chat": "toolkit.generate:chat",
     "demo": "toolkit.demo:demo",
 }
-GROUP_HELP = {"data": "Read, check and build datasets (arXiv abstracts, QA, chat, preference)."}
+GROUP_HELP = {
+    "data": "Read, check and build datasets (arXiv abstracts, QA, chat, preference).",
+    "ollama": "Register exported models with an Ollama server.",
+}
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -78,14 +85,15 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, hint: Any, help_text: str) -> None:
+def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, hint: Any, help_text: str,
+                  first: bool = False) -> None:
     base, is_list = _base_type(hint)
     kwargs: dict[str, Any] = {"help": help_text or None}
     if typing.get_origin(base) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(base))
         base = type(kwargs["choices"][0])
     flag = "--" + name.replace("_", "-")
-    if is_list and param.default in ((), []):  # an optional list of positional values
+    if is_list and first and param.default in ((), []):  # a leading optional list: positional values
         parser.add_argument(name, type=base, nargs="*", default=list(param.default), **kwargs)
         return
     if param.default is inspect.Parameter.empty:
@@ -109,11 +117,11 @@ def _add_command(sub: argparse._SubParsersAction, word: str, target: str) -> Non
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(fn)
-    for name, param in inspect.signature(fn).parameters.items():
+    for i, (name, param) in enumerate(inspect.signature(fn).parameters.items()):
         if hints.get(name) is DecodingParams:
             _add_decoding_options(parser, name)
             continue
-        _add_argument(parser, name, param, hints.get(name, str), arg_help.get(name, ""))
+        _add_argument(parser, name, param, hints.get(name, str), arg_help.get(name, ""), first=i == 0)
     parser.set_defaults(_func=fn)
 
 

@@ -123,43 +123,194 @@ def quantize(src: Path, dest: Path, quant: str, *, force: bool = False, threads:
     return Exported(dest, quant, False)
 
 
-def gguf_metadata(path: Path) -> dict:
-    """Scalar and string metadata of a GGUF file plus its token list (PyPI `gguf` reader)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    meta: dict = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "tokenizer.ggml.merges":
-            continue
-        try:
-            value = field.contents()
-        except Exception:  # exotic field types we do not need
-            continue
-        meta[name] = value
-    return meta
-
-
 def check_tokens(gguf: Path, hf_dir: Path) -> list[str]:
-    """Differences between the GGUF's tokenizer metadata and the HF tokenizer (empty = all survived).
+    """Differences between what llama.cpp reads from the GGUF and the HF tokenizer (empty = fine).
 
-    Checks the chat template, every added/special token (same id, same text), and that every
-    end-of-turn id the HF generation config stops on is a token llama.cpp knows.
+    Checks the chat template, every added/special token (same id, same text), and that llama.cpp
+    treats every end-of-turn id of the HF generation config as end-of-generation.
     """
+    import llama_cpp
     from transformers import AutoTokenizer
 
-    meta = gguf_metadata(gguf)
+    from .llamacpp import load
+
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    problems = []
-    if (tok.chat_template or None) != meta.get("tokenizer.chat_template"):
-        problems.append("chat template differs from the HF tokenizer's")
-    tokens = meta.get("tokenizer.ggml.tokens") or []
-    for tid, added in tok.added_tokens_decoder.items():
-        if tid >= len(tokens) or tokens[tid] != added.content:
-            problems.append(f"added token {added.content!r} (id {tid}) is missing or moved in the GGUF")
-    gen = json.loads((hf_dir / "generation_config.json").read_text()) if (hf_dir / "generation_config.json").exists() else {}
-    eos = gen.get("eos_token_id", [])
-    for tid in eos if isinstance(eos, list) else [eos]:
-        if tid is None or tid >= len(tokens):
-            problems.append(f"end-of-turn id {tid} is not in the GGUF vocabulary")
-    return problems
+    llm = load(gguf, vocab_only=True)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        problems = []
+        if (tok.chat_template or None) != llm.metadata.get("tokenizer.chat_template"):
+            problems.append("chat template differs from the HF tokenizer's")
+        for tid, added in tok.added_tokens_decoder.items():
+            text = llama_cpp.llama_vocab_get_text(vocab, tid).decode("utf-8", "replace") if tid < n_vocab else None
+            if text != added.content:
+                problems.append(f"added token {added.content!r} (id {tid}) is missing or moved in the GGUF")
+        gen_path = hf_dir / "generation_config.json"
+        eos = json.loads(gen_path.read_text()).get("eos_token_id", []) if gen_path.exists() else []
+        for tid in eos if isinstance(eos, list) else [eos]:
+            if tid is not None and (tid >= n_vocab or not llama_cpp.llama_vocab_is_eog(vocab, tid)):
+                problems.append(f"end-of-turn token id {tid} does not end generation in llama.cpp")
+        return problems
+    finally:
+        llm.close()
+
+
+@dataclass
+class ChatFormat:
+    """What a Modelfile needs from the HF tokenizer: Go TEMPLATE, stop tokens, default SYSTEM."""
+
+    template: str
+    stops: list[str]
+    system: str | None
+    jinja: str
+
+
+def chat_format(hf_dir: Path) -> ChatFormat:
+    """The Ollama chat format for an HF model: its template family, default system prompt, and
+    every end-of-turn token the generation config stops on (e.g. <|im_end|>, <|endoftext|>)."""
+    from transformers import AutoTokenizer
+
+    from .gotemplate import default_system_prompt, ollama_template_for
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    found = ollama_template_for(tok.chat_template or "")
+    if found is None:
+        raise ModelError(f"{hf_dir}: no Ollama template is known for this chat template",
+                         fix="write the Modelfile TEMPLATE yourself and pass --no-modelfile")
+    template, stops = found[0], list(found[1])
+    gen_path = hf_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    ids = gen.get("eos_token_id", tok.eos_token_id)
+    for tid in ids if isinstance(ids, list) else [ids]:
+        text = tok.convert_ids_to_tokens(int(tid)) if tid is not None else None
+        if text and text not in stops:
+            stops.append(text)
+    return ChatFormat(template, stops, default_system_prompt(tok.chat_template), tok.chat_template)
+
+
+def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | None = None) -> Path:
+    """Write `<gguf>.Modelfile` beside the GGUF: FROM, TEMPLATE, stops, SYSTEM, PARAMETERs, LICENSE."""
+    from .modelfile import build_modelfile
+    from .modelfile import write as write_mf
+    from .params import DEFAULTS
+
+    options = (params or DEFAULTS).to_ollama_options()
+    stops = fmt.stops + [s for s in options.pop("stop", []) if s not in fmt.stops]
+    text = build_modelfile(from_=f"./{gguf.name}", template=fmt.template, stops=stops, system=fmt.system,
+                           parameters=options, license=license or _license(gguf))
+    return write_mf(gguf.with_suffix(".Modelfile"), text)
+
+
+def _license(gguf: Path) -> str | None:
+    from .llamacpp import read_metadata
+
+    return read_metadata(gguf).get("general.license")
+
+
+def export(model: str, out: Path | None = None, outtype: str = "f16", quant: list[str] = (), name: str = "",
+           parameters: Path | None = None, modelfile: bool = True, force: bool = False) -> int:
+    """Convert an HF model directory to GGUF with llama.cpp's converter, quantize, write Modelfiles.
+
+    Re-running with the same inputs reuses what exists (each GGUF records the digest of its
+    source) unless --force. Each GGUF gets a Modelfile beside it for `ollama create`.
+
+    Args:
+        model: a merged HF model directory (from `toolkit merge`), or `smollm2` for the default.
+        out: output directory (default: MODEL/gguf).
+        outtype: the converted type: f32, f16, bf16 or q8_0.
+        quant: llama.cpp quantizations to make from it, e.g. Q4_K_M Q5_K_M Q6_K Q8_0.
+        name: file name stem (default: the model directory's name).
+        parameters: a YAML file of decoding parameters for the Modelfile PARAMETER lines (see modelfiles/).
+        modelfile: write an Ollama Modelfile beside each GGUF.
+        force: rebuild even when an up-to-date output exists.
+    """
+    from .console import err, status
+    from .models import resolve
+
+    hf_dir = resolve(model).require_hf()
+    out = Path(out) if out else hf_dir / "gguf"
+    stem = name or _stem(hf_dir)
+    params = load_parameters(parameters) if parameters else None
+    with status(f"Converting {hf_dir.name} to {outtype}"):
+        base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force)
+    results = [base] + [quantize(base.path, out / f"{stem}-{q.upper()}.gguf", q, force=force) for q in quant]
+    problems = [] if base.reused else check_tokens(base.path, hf_dir)
+    if problems:
+        raise ModelError(f"{base.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
+    fmt = chat_format(hf_dir) if modelfile else None
+    for item in results:
+        if fmt is not None:
+            item.modelfile = write_modelfile(item.path, fmt, params)
+        size = item.path.stat().st_size / 2**20
+        err.print(f"{'reused' if item.reused else 'wrote '} {item.path} ({item.type}, {size:.0f} MiB)"
+                  + (f" + {item.modelfile.name}" if item.modelfile else ""))
+    return 0
+
+
+def _stem(hf_dir: Path) -> str:
+    source = hf_dir / "toolkit-source.json"
+    if source.exists():  # the dequantized default: name it after its GGUF, not its cache folder
+        return Path(json.loads(source.read_text())["gguf"]).stem.split(".")[0]
+    return hf_dir.name
+
+
+def load_parameters(path: Path):
+    """Decoding parameters from a YAML file (a mapping, or a `parameters:` key holding one)."""
+    import yaml
+
+    from .params import DecodingParams
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc.__class__.__name__})", fix="check the file") from None
+    data = data.get("parameters", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of decoding parameters")
+    return DecodingParams.from_dict(data, where=str(path))
+
+
+def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
+    """Register an exported model with a reachable Ollama server from its Modelfile.
+
+    The GGUF named by FROM is uploaded as a blob, then the model is created with the Modelfile's
+    TEMPLATE, SYSTEM, PARAMETERs and LICENSE through the official `ollama` client.
+
+    Args:
+        name: the Ollama model name to create, e.g. `smollm2-tuned`.
+        modelfile: the Modelfile written by `toolkit export` (FROM a local .gguf).
+        host: the Ollama server (default: OLLAMA_HOST or 127.0.0.1:11434).
+    """
+    import httpx
+    import ollama
+
+    from .backends import ollama_host
+    from .console import err, status
+    from .modelfile import validate_file
+
+    mf = validate_file(modelfile)
+    host = host or ollama_host()
+    gguf = (Path(modelfile).parent / mf.model).resolve()
+    client = ollama.Client(host=host)
+    try:
+        with status(f"uploading {gguf.name} to {host}"):
+            digest = client.create_blob(gguf) if gguf.suffix == ".gguf" and gguf.exists() else None
+        request = dict(model=name, template=mf.template, system=mf.system, parameters=mf.parameters or None,
+                       license=mf.licenses or None, stream=False)
+        if digest:
+            request["files"] = {gguf.name: digest}
+        else:
+            request["from_"] = mf.model
+        client.create(**request)
+    except (httpx.ConnectError, ConnectionError) as exc:
+        from .errors import BackendError
+
+        raise BackendError(f"no Ollama server at {host} ({exc})",
+                           fix="start one with `ollama serve` and retry, or run the GGUF with `toolkit generate --model FILE.gguf`") from None
+    except ollama.ResponseError as exc:
+        from .errors import BackendError
+
+        raise BackendError(f"Ollama at {host} refused to create {name!r}: {exc.error}") from None
+    err.print(f"created {name} on {host}; try: toolkit generate 'hello' --backend ollama --model {name}")
+    return 0

@@ -31,7 +31,7 @@ def generate_rows(backend: Backend, examples: Iterable, params: DecodingParams, 
 
 
 def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None = None, out: Path | None = None,
-             system: str = "", backend: str = "llamacpp", params: DecodingParams = DEFAULTS) -> int:
+             system: str = "", backend: str = "llamacpp", url: str = "", params: DecodingParams = DEFAULTS) -> int:
     """Generate text from a model: one or more prompts streamed to the terminal, or a file to JSONL.
 
     Args:
@@ -40,7 +40,8 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
         file: prompts from a file: a built split or QA/chat file (JSONL/CSV), or plain text with one prompt per line.
         out: write JSONL (id, prompt, reference, output, finish_reason, tokens, tok/s) here instead of streaming.
         system: an optional system prompt.
-        backend: which backend runs the model.
+        backend: which backend runs the model: llamacpp (in process), ollama or openai.
+        url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
     """
     from .backends import as_messages
     from .console import err
@@ -49,7 +50,7 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
     if not prompt and file is None:
         raise ConfigError("nothing to generate from", fix="pass a prompt, or --file FILE")
     examples = _examples(prompt, file)
-    with open_backend(backend, model, n_ctx=params.num_ctx) as engine:
+    with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None) as engine:
         if out is not None:
             rows = list(generate_rows(engine, examples, params, system=system or None))
             write_jsonl(out, rows)
@@ -80,3 +81,64 @@ def _examples(prompts: Iterable[str], file: Path | None) -> list:
         raise ConfigError(f"{file} does not exist", fix="check the path")
     lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [Example(id=str(i + 1), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(lines)]
+
+
+def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", system: str = "",
+         params: DecodingParams = DEFAULTS) -> int:
+    """Chat with a model in the terminal: streamed replies, the conversation kept as history.
+
+    Type /reset to forget the history, /exit (or Ctrl-D) to leave.
+
+    Args:
+        model: embedded name (smollm2), a .gguf file, an exported model directory, or a server's model name.
+        backend: llamacpp (in process), ollama or openai.
+        url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
+        system: an optional system prompt.
+    """
+    from .console import err
+
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None) as engine:
+        err.print("[dim]/reset forgets the conversation, /exit leaves[/]")
+        while True:
+            try:
+                line = input("you> " if interactive else "")
+            except EOFError:
+                break
+            text = line.strip()
+            if text in {"/exit", "/quit"}:
+                break
+            if text == "/reset":
+                history = history[:1] if system else []
+                err.print("[dim]history cleared[/]")
+                continue
+            if not text:
+                continue
+            history.append({"role": "user", "content": text})
+            reply = _stream_reply(engine, history, params)
+            history.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _stream_reply(engine: Backend, history: list[dict], params: DecodingParams) -> str:
+    from .console import err
+    from .errors import BackendError
+
+    try:
+        for piece in engine.stream(history, params):
+            if isinstance(piece, str):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            else:
+                sys.stdout.write("\n")
+                err.print(f"[dim]{piece.completion_tokens} tokens, {piece.tokens_per_second:.0f} tok/s[/]")
+                return piece.text
+    except BackendError as exc:
+        keep_from = 1 if history[0]["role"] == "system" else 0
+        if "exceed the context" not in str(exc) or len(history) <= keep_from + 1:
+            raise  # not a context problem, or the question alone is too long
+        del history[keep_from:-1]  # keep the system turn and the question
+        err.print("[yellow]the conversation outgrew the context; older turns were dropped[/]")
+        return _stream_reply(engine, history, params)
+    return ""

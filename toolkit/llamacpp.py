@@ -135,3 +135,12 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
                          verbose=False, **kwargs)
         except ValueError as exc:  # llama-cpp-python reports a bad file as ValueError
             raise ModelError(f"llama.cpp cannot load {gguf}: {exc}", fix="is it a complete GGUF file?") from None
+
+
+def read_metadata(gguf: Path) -> dict[str, str]:
+    """A GGUF's key/value metadata as llama.cpp reads it (values as strings; no weights loaded)."""
+    llm = load(gguf, vocab_only=True)
+    try:
+        return dict(llm.metadata)
+    finally:
+        llm.close()

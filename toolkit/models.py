@@ -154,12 +154,28 @@ def _hub_download(repo_id: str) -> Path:
 
 
 def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (hex)."""
+    """sha256 of a file (hex), remembered per (path, size, mtime) so big weights hash once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = toolkit_home() / "digests.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    cache = {k: v for k, v in cache.items() if Path(k.split("|")[0]).exists()}  # forget deleted files
+    cache[key] = h.hexdigest()
+    from .io import write_json
+
+    with contextlib.suppress(OSError):
+        write_json(cache_file, cache)
+    return cache[key]
 
 
 @contextlib.contextmanager

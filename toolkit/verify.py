@@ -47,11 +47,11 @@ class Fidelity:
 
 def gguf_type(path: Path) -> str:
     """The file's quantization type name (F16, Q8_0, Q4_K_M, ...) from its metadata."""
-    from .export import gguf_metadata
-
-    ftype = gguf_metadata(path).get("general.file_type")
     import llama_cpp
 
+    from .llamacpp import read_metadata
+
+    ftype = int(read_metadata(path).get("general.file_type", -1))
     for name in dir(llama_cpp):
         if name.startswith("LLAMA_FTYPE_") and getattr(llama_cpp, name) == ftype:
             return name.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_ALL_")
@@ -108,3 +108,125 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
     top1 = agree / max(1, total)
     return Fidelity(str(gguf), kind, total, top1, sum(kls) / max(1, len(kls)), max(kls, default=0.0), target,
                     target is None or top1 >= target, per_prompt)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is a learning-rate warmup?"}],
+    [{"role": "system", "content": "You are a terse reviewer."}, {"role": "user", "content": "Review my ablation."}],
+    PROBE_CONVERSATION,
+    [{"role": "system", "content": "Answer in one line."}] + PROBE_CONVERSATION,
+]
+
+
+def first_difference(a: str, b: str) -> int | None:
+    """Index of the first differing character, or None when equal."""
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[str]:
+    """Render each probe conversation three ways (HF, GGUF-embedded, Modelfile); list mismatches."""
+    from transformers import AutoTokenizer
+
+    from .backends import render_jinja
+    from .gotemplate import render_chat
+    from .llamacpp import read_metadata
+    from .modelfile import validate_file
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    embedded = read_metadata(gguf).get("tokenizer.chat_template")
+    if not embedded:
+        return [f"{gguf.name} has no tokenizer.chat_template"]
+    mf = validate_file(modelfile) if modelfile else None
+    problems = []
+    for conv in CONVERSATIONS:
+        renders = {"HF chat template": tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
+                   "GGUF template": render_jinja(embedded, conv, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")}
+        if mf is not None:
+            renders["Modelfile TEMPLATE"] = render_chat(mf.template, conv, system=mf.system)
+        reference = renders["HF chat template"]
+        for label, text in renders.items():
+            at = first_difference(reference, text)
+            if at is not None:
+                problems.append(f"{label} differs from the HF chat template at character {at}: "
+                                f"{reference[max(0, at - 15):at + 15]!r} vs {text[max(0, at - 15):at + 15]!r}")
+    if mf is not None:
+        from .export import chat_format
+
+        missing = [t for t in chat_format(hf_dir).stops if t not in mf.stops]
+        if missing:
+            problems.append(f"{modelfile.name}: end-of-turn token {missing[0]!r} is not a PARAMETER stop")
+    return problems
+
+
+DEFAULT_PROMPTS = [
+    "How can we reduce the memory of transformer training on long documents?",
+    "Why do small language models hallucinate citations, and how could we measure it?",
+    "What limits federated learning on mobile phones with unreliable connectivity?",
+    "How should retrieval-augmented generation systems be evaluated?",
+    "Can low-rank adapters match full fine-tuning on code generation tasks?",
+    "How do we detect data leakage between the training and test sets of a benchmark?",
+    "What makes learning-rate warmup necessary for adaptive optimizers?",
+    "How can graph neural networks scale to billion-edge graphs on one machine?",
+]
+
+
+def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts: int = 8, tokens: int = 48,
+           templates: bool = True) -> int:
+    """Check GGUF files against the HF model they came from: fidelity and chat templates.
+
+    Fidelity: the HF model greedily continues N prompts; at every generated position both models'
+    next-token distributions are compared (top-1 agreement, mean KL). Targets: f16/bf16/f32 >= 99%,
+    q8_0 >= 97%; other quantizations are reported. Templates: a conversation rendered by the HF
+    chat template, the template inside the GGUF and the Modelfile beside it must be identical, and
+    every end-of-turn token must be a Modelfile stop. Exits 1 when any check fails.
+
+    Args:
+        model: the HF model directory the GGUFs were exported from (or `smollm2`).
+        gguf: GGUF files to check (default: every .gguf in MODEL/gguf).
+        data: a split JSONL (e.g. validation.jsonl) whose prompts to use (default: built-in prompts).
+        prompts: how many prompts.
+        tokens: how many tokens the HF model generates per prompt.
+        templates: also check the chat templates and Modelfile stops.
+    """
+    from rich.table import Table
+
+    from .console import err, out, status
+    from .models import resolve
+
+    hf_dir = resolve(model).require_hf()
+    files = [Path(g) for g in gguf] or sorted((hf_dir / "gguf").glob("*.gguf"))
+    if not files:
+        raise VerifyError(f"no GGUF files given and none in {hf_dir / 'gguf'}", fix="run `toolkit export` first or pass --gguf FILE")
+    texts = DEFAULT_PROMPTS
+    if data is not None:
+        from .data import load_examples
+
+        texts = [ex.prompt for ex in load_examples(data)]
+    texts = texts[:prompts]
+    with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
+        seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens)
+    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts)")
+    for col in ("file", "type", "positions", "top-1 agreement", "mean KL", "max KL", "target", "templates", "result"):
+        table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right")
+    failures = []
+    for path in files:
+        with status(f"scoring {path.name}"):
+            fid = compare_gguf(path, seqs, starts, logprobs)
+        mf = path.with_suffix(".Modelfile")
+        problems = check_templates(hf_dir, path, mf if mf.exists() else None) if templates else []
+        ok = fid.passed and not problems
+        table.add_row(path.name, fid.type, str(fid.positions), f"{fid.top1_agreement:.1%}", f"{fid.mean_kl:.4f}",
+                      f"{fid.max_kl:.3f}", f">= {fid.target:.0%}" if fid.target else "-",
+                      ("identical" + (" + stops" if mf.exists() else "")) if templates and not problems else ("skipped" if not templates else "MISMATCH"),
+                      "[green]pass[/]" if ok else "[red]FAIL[/]")
+        if not fid.passed:
+            failures.append(f"{path.name}: top-1 agreement {fid.top1_agreement:.1%} below {fid.target:.0%}")
+        failures += [f"{path.name}: {p}" for p in problems]
+    out.print(table)
+    for f in failures:
+        err.print(f"[red]✗[/] {f}", soft_wrap=True)
+    if failures:
+        raise VerifyError(failures[0], fix="see the table above")
+    return 0
