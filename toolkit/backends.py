@@ -77,6 +77,15 @@ class Backend(abc.ABC):
             raise RuntimeError(f"{self.name} backend produced no final generation")
         return final
 
+    def generate_batch(self, conversations: list[Messages], params: DecodingParams, *,
+                       seeds: list[int] | None = None) -> list[Generation]:
+        """Generate one reply per conversation; backends that can decode several at once override this.
+
+        `seeds` gives each conversation its own sampling seed (default: `params.seed` for all).
+        """
+        seeds = seeds or [params.seed] * len(conversations)
+        return [self.chat(conv, params.replace(seed=seed)) for conv, seed in zip(conversations, seeds)]
+
     def close(self) -> None:
         """Release the model or connection."""
 

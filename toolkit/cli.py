@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "verify": "toolkit.verify:verify",
     "ollama create": "toolkit.export:ollama_create",
     "chat": "toolkit.generate:chat",
+    "sweep": "toolkit.sweep:sweep",
     "demo": "toolkit.demo:demo",
 }
 GROUP_HELP = {

@@ -1,0 +1,156 @@
+"""Sweeps: validation before any generation, a real tiny study, resume after kill -9, two workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from toolkit.errors import ConfigError, DataError
+from toolkit.sweep import load_sweep, parse_sweep, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"name": "tiny", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
+        "trials": 3, "prompts": 4, "seed": 7, "fixed": {"max_tokens": 16},
+        "noise": {"rerun_top": 1, "rerun_seeds": [1, 2], "bootstrap": 200},
+        "space": {"temperature": {"low": 0.1, "high": 1.2, "step": 0.05}, "top_p": {"low": 0.6, "high": 1.0, "step": 0.05}}}
+
+
+def write_sweep(path: Path, **changes) -> Path:
+    path.write_text("# test sweep\n" + yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    from toolkit.data import build
+
+    out = tmp_path_factory.mktemp("data")
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
+    return out / "validation.jsonl"
+
+
+def test_every_shipped_sweep_loads_and_says_what_it_is_for():
+    files = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert len(files) >= 7
+    for f in files:
+        head = f.read_text().splitlines()[:3]
+        assert head[0].startswith("# ") and any("toolkit sweep" in line for line in head), f
+        cfg = load_sweep(f)
+        assert cfg.space and cfg.trials > 0
+    assert load_sweep(ROOT / "sweeps" / "temperature-top-p-grid.yaml").trials == 25
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"space": {"temprature": {"low": 0.1, "high": 1.0}}}, "unknown parameter 'temprature'"),
+    ({"space": {"top_p": {"low": 0.5, "high": 1.5}}}, r"top_p=1.5 is outside its valid range"),
+    ({"space": {"temperature": {"low": 1.0, "high": 0.5}}}, "must be below high"),
+    ({"sampler": "annealing"}, "sampler 'annealing' is unknown"),
+    ({"metric": "meteor"}, "unknown metric 'meteor'"),
+    ({"bogus": 1}, "unknown key 'bogus'"),
+])
+def test_bad_sweep_files_fail_in_one_line(change, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_sweep({**TINY, **change}, where="s.yaml")
+    assert "\n" not in str(info.value) and "s.yaml" in str(info.value)
+
+
+def test_empty_split_and_missing_references_fail_before_generation(tmp_path):
+    f = write_sweep(tmp_path / "s.yaml")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        sweep(f, data=empty, out=tmp_path / "o")
+    noref = tmp_path / "noref.jsonl"
+    noref.write_text("\n".join(json.dumps({"id": str(i), "prompt": f"q{i}"}) for i in range(5)) + "\n")
+    with pytest.raises(DataError, match="no reference response"):
+        sweep(f, data=noref, out=tmp_path / "o")
+    assert not (tmp_path / "o" / "study.db").exists()
+
+
+def _study(out: Path, name: str = "tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
+    from toolkit.modelfile import validate_file
+
+    f = write_sweep(tmp_path / "s.yaml")
+    mf = tmp_path / "m.Modelfile"
+    mf.write_text(f'FROM {default_gguf}\nTEMPLATE """{{{{ .Prompt }}}}"""\nPARAMETER stop <|im_end|>\nPARAMETER temperature 0.123\n')
+    assert sweep(f, data=split, out=tmp_path / "a", modelfile=mf) == 0
+    out = tmp_path / "a"
+    for name in ("trials.csv", "best.json", "best.yaml", "per_prompt.csv", "noise.json", "report.md", "plots/history.png", "plots/histogram.png"):
+        assert (out / name).exists(), name
+    best = json.loads((out / "best.json").read_text())
+    assert "beat" in best["verdict"] or "nothing to compare" in best["verdict"]
+    assert set(best["rerun"]) >= {"default"}
+    assert "Verdict" in (out / "report.md").read_text()
+    params = validate_file(mf).parameters
+    assert params["temperature"] != 0.123 and params["num_predict"] == 16  # rewritten, stops kept
+    assert validate_file(mf).stops == ["<|im_end|>"]
+    # a fresh study with the same sweep proposes the same trials and scores them the same
+    sweep(f, data=split, out=tmp_path / "b", noise=False)
+    first = [(t.params, t.value) for t in _study(out).trials]
+    second = [(t.params, t.value) for t in _study(tmp_path / "b").trials]
+    assert first == second
+
+
+def _cmd(sweep_file: Path, split: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit", "sweep", str(sweep_file), "--data", str(split), "--out", str(out), "--no-noise", *extra]
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_continues_the_study(tmp_path, split):
+    import optuna
+
+    f = write_sweep(tmp_path / "s.yaml", trials=4, pruner="none")
+    out = tmp_path / "o"
+    proc = subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    done: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        try:
+            done = [t for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE]
+        except Exception:
+            continue
+        if done:
+            break
+    assert done, "no trial completed before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE}
+    subprocess.run(_cmd(f, split, out), check=True, capture_output=True)
+    trials = _study(out).trials
+    after = {t.number: t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(after) >= 4
+    assert all(after[n] == v for n, v in before.items()), "completed trials must survive the kill intact"
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, split):
+    import optuna
+
+    f = write_sweep(tmp_path / "g.yaml", sampler="grid", pruner="none", prompts=2, fixed={"max_tokens": 8},
+                    space={"temperature": {"values": [0.2, 0.6, 1.0]}, "top_p": {"values": [0.8, 1.0]}})
+    out = tmp_path / "o"
+    out.mkdir()
+    workers = [subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
+    trials = _study(out).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    covered = {(t.params["temperature"], t.params["top_p"]) for t in complete}
+    assert covered == {(a, b) for a in (0.2, 0.6, 1.0) for b in (0.8, 1.0)}, "every grid point evaluated"
+    assert all(len(t.user_attrs["scores"]) == 2 for t in complete)
