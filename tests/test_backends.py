@@ -1,5 +1,7 @@
 """The backend contract: every backend passes the same tests against a real model."""
 
+import os
+
 import pytest
 
 from toolkit.backends import Generation, LlamaCppBackend, ollama_host
@@ -9,9 +11,33 @@ from toolkit.params import DecodingParams
 PROMPT = "Describe a method to evaluate a language model."
 
 
-@pytest.fixture(params=["llamacpp"])
-def backend(request, llamacpp_backend):
-    return {"llamacpp": llamacpp_backend}[request.param]
+@pytest.fixture(scope="module")
+def served():
+    """A real local server (toolkit serve: Ollama's API and OpenAI's /v1) over loopback HTTP."""
+    from toolkit.serve import serve_in_thread
+
+    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024) as url:
+        yield url
+
+
+@pytest.fixture(params=["llamacpp", "ollama", "openai", "ollama-server"])
+def backend(request, llamacpp_backend, served):
+    """Every backend; `ollama-server` is a real Ollama at OLLAMA_HOST, skipped when none runs."""
+    from toolkit.backends import OllamaBackend, OpenAIBackend
+
+    if request.param == "llamacpp":
+        return llamacpp_backend
+    if request.param == "ollama":
+        return OllamaBackend("smollm2", served)
+    if request.param == "openai":
+        return OpenAIBackend("smollm2", served)
+    from toolkit.doctor import check_ollama
+
+    reachable, detail = check_ollama()
+    model = os.environ.get("TOOLKIT_TEST_OLLAMA_MODEL", "")
+    if not reachable or not model:
+        pytest.skip(f"real Ollama contract run needs a server and TOOLKIT_TEST_OLLAMA_MODEL ({detail})")
+    return OllamaBackend(model)
 
 
 def test_text_out(backend):
@@ -24,6 +50,14 @@ def test_max_tokens_is_honoured(backend):
     gen = backend.chat(PROMPT, DecodingParams(temperature=0, max_tokens=7, num_ctx=1024))
     assert gen.finish_reason == "length"
     assert 1 <= gen.completion_tokens <= 8  # re-tokenising the text may merge or split one token
+
+
+def test_batch_generation_matches_the_contract(backend):
+    params = DecodingParams(temperature=0.9, max_tokens=12, seed=5, num_ctx=1024)
+    convs = [[{"role": "user", "content": p}] for p in ("Name a colour.", "Name a fruit.", "Name a tree.")]
+    first = backend.generate_batch(convs, params)
+    assert [g.text for g in first] == [g.text for g in backend.generate_batch(convs, params)]
+    assert all(g.text and g.completion_tokens <= 13 for g in first)
 
 
 def test_same_seed_same_text_at_positive_temperature(backend):

@@ -131,6 +131,10 @@ class LlamaCppBackend(Backend):
         pieces: list[str] = []
         finish = "stop"
         count = 0
+        # llama-cpp-python reuses a cached prompt prefix and re-evaluates only its last token, whose
+        # logits then differ slightly from a full evaluation: same seed, different text. A full
+        # prompt evaluation each time keeps results independent of what ran before.
+        self._llm.reset()
         for chunk in self._llm.create_completion(prompt, stream=True, **params.to_llamacpp()):
             choice = chunk["choices"][0]
             if choice["text"]:

@@ -33,7 +33,9 @@ COMMANDS: dict[str, str] = {
     "verify": "toolkit.verify:verify",
     "ollama create": "toolkit.export:ollama_create",
     "chat": "toolkit.generate:chat",
+    "serve": "toolkit.serve:serve",
     "sweep": "toolkit.sweep:sweep",
+    "compare": "toolkit.compare:compare",
     "demo": "toolkit.demo:demo",
 }
 GROUP_HELP = {

@@ -131,8 +131,11 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
     extra = probe_extra_bufts()["extra_bufts"]
     with _model_params(extra):
         try:
-            return Llama(str(gguf), n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=seed,
-                         verbose=False, **kwargs)
+            threads = n_threads or default_threads()
+            # n_threads_batch defaults to every CPU even when n_threads is lower; on a busy
+            # machine those extra threads spin, so both follow n_threads.
+            kwargs.setdefault("n_threads_batch", threads)
+            return Llama(str(gguf), n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False, **kwargs)
         except ValueError as exc:  # llama-cpp-python reports a bad file as ValueError
             raise ModelError(f"llama.cpp cannot load {gguf}: {exc}", fix="is it a complete GGUF file?") from None
 
