@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "data build": "toolkit.data:build",
     "data check": "toolkit.data:check",
     "models": "toolkit.models:show",
+    "train": "toolkit.train:train",
+    "train search": "toolkit.train:search",
+    "merge": "toolkit.merge:merge",
     "generate": "toolkit.generate:generate",
     "export": "toolkit.export:export",
     "verify": "toolkit.verify:verify",
@@ -110,11 +113,12 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
     parser.add_argument(flag, dest=name, type=base, nargs="+" if is_list else None, default=param.default, **kwargs)
 
 
-def _add_command(sub: argparse._SubParsersAction, word: str, target: str) -> None:
+def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: str | None = None) -> None:
     fn = _load(target)
     desc, arg_help = parse_docstring(fn.__doc__)
     parser = sub.add_parser(
         word,
+        prog=prog,
         help=desc.splitlines()[0] if desc else None,
         description=desc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         group, word = parts
         if group in COMMANDS:  # `train search` beside `train`: a top-level `train-search`, see main()
-            _add_command(sub, f"{group}-{word}", target)
+            _add_command(sub, f"{group}-{word}", target, prog=f"toolkit {group} {word}")
             continue
         if group not in groups:
             gp = sub.add_parser(group, help=GROUP_HELP.get(group), description=GROUP_HELP.get(group))

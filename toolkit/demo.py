@@ -1,45 +1,88 @@
-"""`toolkit demo`: the whole pipeline on the embedded default model and the bundled sample data."""
+"""`toolkit demo`: the whole pipeline on the embedded default model and the bundled sample data.
+
+build data -> base on the dev split -> train LoRA -> merge -> export GGUF (f16, Q4_K_M; the base
+too, for a fair comparison) -> verify -> short sweep -> compare base vs tuned -> report.
+Every stage reuses what an earlier run finished (training resumes, exports are reused, the sweep
+study continues, generations are cached), so an interrupted demo picks up where it stopped.
+"""
 
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 from .params import DEFAULTS
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = 8
+
+
+def _stage(n: int, title: str) -> None:
+    from .console import err
+
+    err.rule(f"[bold]{n}/{STAGES} {title}")
 
 
 def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAMPLE / "abstracts.jsonl",
-         max_tokens: int = 200, limit: int = 0) -> int:
-    """Run the pipeline on the embedded default: build the data, generate on the dev split, score.
+         steps: int = 150, quant: str = "Q4_K_M", sweep_file: str = "demo", max_tokens: int = 200,
+         quick: bool = False) -> int:
+    """Run the whole pipeline on the embedded default and the bundled sample data.
+
+    Builds the data, scores the base model on the dev split, trains a LoRA adapter, merges it,
+    exports GGUF (f16 and a quantization) for the tuned model and the base, verifies the GGUFs,
+    sweeps decoding parameters briefly, and compares base vs tuned (default and swept parameters)
+    on the test split. Re-running continues where an interrupted run stopped.
 
     Args:
-        out: where the demo writes its data, generations and scores.
-        model: the base model (embedded name, .gguf file or HF directory).
-        data: arXiv-style abstracts to build the problem -> approach pairs from.
-        max_tokens: most tokens per generation.
-        limit: use only the first N dev examples (0 = all).
+        out: where everything goes.
+        model: the base model (embedded name, .gguf or HF directory).
+        data: arXiv-style abstracts to build problem -> approach pairs from.
+        steps: LoRA training steps (batch 2 x accumulation 2).
+        quant: the llama.cpp quantization both models are compared in.
+        sweep_file: the sweep to run (a file from sweeps/ or its name).
+        max_tokens: most tokens per generation outside the sweep.
+        quick: a smoke-test run: few steps, few prompts, tiny sweep (minutes, not a result).
     """
-    from .backends import open_backend
     from .console import err
-    from .data import build, load_examples
+
+    start = time.perf_counter()
+    out = Path(out)
+    params = DEFAULTS.replace(max_tokens=max_tokens if not quick else 32)
+    split = _build(out, data)
+    _base_table(out, model, split / "validation.jsonl", params, limit=3 if quick else 0)
+    adapter = _train(out, model, split, steps=4 if quick else steps)
+    merged = _merge(out, adapter, model)
+    tuned_gguf, base_gguf = _export(out, merged, model, quant)
+    _verify(out, merged, split / "validation.jsonl", prompts=2 if quick else 6)
+    best = _sweep(out, tuned_gguf, split / "validation.jsonl", sweep_file, quick)
+    report = _compare(out, base_gguf, tuned_gguf, best, split / "test.jsonl", params, quick)
+    err.rule("[bold green]done")
+    err.print(f"pipeline finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
+    return 0
+
+
+def _build(out: Path, data: Path) -> Path:
+    from .data import build
+
+    _stage(1, "build the dataset")
+    build([Path(data)], out=out / "data", split="80,10,10", seed=0)
+    return out / "data"
+
+
+def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
+    from .backends import open_backend
+    from .data import load_examples
     from .generate import generate_rows
     from .io import write_json, write_jsonl
     from .scoring import BertScorer
 
-    err.rule("[bold]1/3 build the dataset")
-    build([Path(data)], out=out / "data", seed=0)
-    dev = load_examples(out / "data" / "validation.jsonl")
-    dev = dev[:limit] if limit else dev
-
-    err.rule(f"[bold]2/3 generate with the base model on {len(dev)} dev examples")
-    params = DEFAULTS.replace(max_tokens=max_tokens)
+    examples = load_examples(dev)
+    examples = examples[:limit] if limit else examples
+    _stage(2, f"base model on {len(examples)} dev examples, scored with BERTScore")
     with open_backend("llamacpp", model, n_ctx=params.num_ctx) as backend:
-        rows = list(generate_rows(backend, dev, params, description="base model"))
-    write_jsonl(out / "base_generations.jsonl", rows)
-
-    err.rule("[bold]3/3 score with BERTScore (all-MiniLM-L6-v2)")
+        rows = list(generate_rows(backend, examples, params, description="base model"))
     scores = BertScorer().score([r["output"] for r in rows], [r["reference"] for r in rows])
     for row, p, r, f in zip(rows, scores.precision, scores.recall, scores.f1):
         row.update(bertscore_p=p, bertscore_r=r, bertscore_f1=f)
@@ -47,8 +90,71 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
     write_jsonl(out / "base_generations.jsonl", rows)
     write_json(out / "base_scores.json", summary)
     _print_table(rows, summary)
-    err.print(f"results in {out}/")
-    return 0
+
+
+def _train(out: Path, model: str, split: Path, steps: int) -> Path:
+    from .train import train
+
+    _stage(3, f"train a LoRA adapter ({steps} steps)")
+    run = out / "train"
+    options = dict(config="lora-chat", model=model, train_data=str(split / "train.jsonl"),
+                   validation_data=str(split / "validation.jsonl"), out=str(run), max_steps=steps,
+                   eval_every=max(1, steps // 5), save_every=max(1, steps // 5))
+    resume = (run / "config.yaml").exists()
+    result = train(**options, resume=resume)
+    return result.adapter or run / "adapter"
+
+
+def _merge(out: Path, adapter: Path, model: str) -> Path:
+    from .merge import merge
+
+    _stage(4, "merge the adapter into a full-precision base")
+    dest = out / "merged"
+    marker = dest / "toolkit-merge.json"
+    if marker.exists() and marker.stat().st_mtime >= (adapter / "adapter_model.safetensors").stat().st_mtime:
+        from .console import err
+
+        err.print(f"reusing {dest} (merged after the adapter was written)")
+        return dest
+    merge(adapter, dest, base=model)
+    return dest
+
+
+def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path]:
+    from .export import export
+
+    _stage(5, f"export GGUF: tuned f16 + {quant}, and the base in {quant} for a fair comparison")
+    params = ROOT / "modelfiles" / "default.yaml"
+    export(str(merged), out=out / "gguf", quant=[quant], name="tuned", parameters=params)
+    export(model, out=out / "gguf", quant=[quant], name="base", parameters=params)
+    return out / "gguf" / f"tuned-{quant}.gguf", out / "gguf" / f"base-{quant}.gguf"
+
+
+def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
+    from .verify import verify
+
+    _stage(6, "verify the tuned GGUFs against the merged HF model")
+    files = sorted((out / "gguf").glob("tuned-*.gguf"))
+    verify(str(merged), gguf=files, data=dev, prompts=prompts, tokens=32)
+
+
+def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Path:
+    from .sweep import sweep
+
+    _stage(7, f"sweep decoding parameters ({sweep_file})")
+    dest = out / "sweep"
+    sweep(sweep_file, model=str(gguf), data=dev, out=dest, modelfile=gguf.with_suffix(".Modelfile"),
+          trials=3 if quick else 0, prompts=3 if quick else 0)
+    return dest / "best.yaml"
+
+
+def _compare(out: Path, base_gguf: Path, tuned_gguf: Path, best: Path, test: Path, params, quick: bool) -> Path:
+    from .compare import compare
+
+    _stage(8, "compare base vs tuned (default and swept parameters) on the test split")
+    systems = [f"base+swept={base_gguf}@{best}", f"tuned={tuned_gguf}", f"tuned+swept={tuned_gguf}@{best}"]
+    compare(systems, data=test, out=out / "compare", base=str(base_gguf), prompts=3 if quick else 0, params=params)
+    return out / "compare" / "report.html"
 
 
 def _summary(rows: list[dict], params) -> dict:

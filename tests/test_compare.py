@@ -1,0 +1,98 @@
+"""toolkit compare on the real default model: report, cache, fairness, errors."""
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from toolkit.compare import compare, parse_system
+from toolkit.errors import ConfigError, DataError
+from toolkit.params import DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory) -> Path:
+    from toolkit.data import build
+
+    out = tmp_path_factory.mktemp("data")
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
+    return out / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def params_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("params")
+    (d / "hot.yaml").write_text("# hot\nparameters: {temperature: 1.3, top_p: 1.0}\n")
+    (d / "cold.yaml").write_text("# cold\nparameters: {temperature: 0.2}\n")
+    return d
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.srcs.append(attrs.get("src", ""))
+        for key in ("href", "src"):
+            if attrs.get(key, "").startswith(("http:", "https:", "//")):
+                self.links.append(attrs[key])
+
+
+def test_report_and_cache(tmp_path, test_split, params_files):
+    out = tmp_path / "cmp"
+    common = dict(data=test_split, out=out, prompts=3, params=DEFAULTS.replace(max_tokens=12))
+    assert compare([f"hot=smollm2@{params_files / 'hot.yaml'}"], **common) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [s["label"] for s in result["systems"]] == ["base", "hot"]  # the zero-shot base comes first
+    hot = result["systems"][1]
+    assert hot["params"]["temperature"] == 1.3 and hot["params"]["seed"] == DEFAULTS.seed
+    for metric in ("bertscore_f1", "bertscore_p", "bertscore_r", "rouge_l", "bleu"):
+        ci = hot["metrics"][metric]
+        assert ci["low"] <= ci["mean"] <= ci["high"]
+        assert set(hot["vs_reference"][metric]) >= {"diff", "p_value", "win_rate", "significant"}
+    assert len(result["per_example"]) == 3 and set(result["per_example"][0]["outputs"]) == {"base", "hot"}
+    md = (out / "report.md").read_text()
+    assert "BERTScore F1" in md and "95% CI" in md and "## Example generations" in md
+    # self-contained HTML: every image embedded as a real PNG, nothing fetched from the network
+    page = _Images()
+    page.feed((out / "report.html").read_text())
+    assert len(page.srcs) >= 2 and not page.links
+    for src in page.srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # one more system: only that one generates
+    compare([f"hot=smollm2@{params_files / 'hot.yaml'}", f"cold=smollm2@{params_files / 'cold.yaml'}"], **common)
+    again = json.loads((out / "results.json").read_text())
+    assert again["generated"] == {"base": 0, "hot": 0, "cold": 3}
+    assert again["systems"][1]["metrics"] == result["systems"][1]["metrics"]
+
+
+def test_fairness_refuses_mixed_quantization(tmp_path, test_split):
+    from toolkit.export import export
+
+    export("smollm2", out=tmp_path / "g", quant=[])  # f16 next to the embedded Q4_1
+    with pytest.raises(ConfigError, match="different quantization types"):
+        compare([f"tuned={tmp_path / 'g' / 'SmolLM2-135M-Instruct-f16.gguf'}"], data=test_split, out=tmp_path / "c")
+
+
+@pytest.mark.parametrize("spec", ["noequals", "=model", "label="])
+def test_bad_system_spec(spec):
+    with pytest.raises(ConfigError, match="LABEL=MODEL"):
+        parse_system(spec, DEFAULTS)
+
+
+def test_duplicate_labels_and_missing_references(tmp_path, test_split):
+    with pytest.raises(ConfigError, match="labels repeat"):
+        compare(["base=smollm2"], data=test_split, out=tmp_path / "c")
+    noref = tmp_path / "n.jsonl"
+    noref.write_text('{"id": "1", "prompt": "p"}\n')
+    with pytest.raises(DataError, match="reference"):
+        compare([], data=noref, out=tmp_path / "c")
