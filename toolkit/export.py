@@ -132,10 +132,10 @@ def check_tokens(gguf: Path, hf_dir: Path) -> list[str]:
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from .llamacpp import load
+    from .llamacpp import load_vocab
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    llm = load(gguf, vocab_only=True)
+    llm = load_vocab(gguf)
     try:
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)

@@ -140,9 +140,31 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
             raise ModelError(f"llama.cpp cannot load {gguf}: {exc}", fix="is it a complete GGUF file?") from None
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr (llama.cpp logs past `verbose=False` for vocab-only loads)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def load_vocab(gguf: Path):
+    """A `Llama` with only the vocabulary and metadata loaded (no weights), quietly."""
+    with quiet_stderr():
+        return load(gguf, n_ctx=256, vocab_only=True)
+
+
 def read_metadata(gguf: Path) -> dict[str, str]:
     """A GGUF's key/value metadata as llama.cpp reads it (values as strings; no weights loaded)."""
-    llm = load(gguf, vocab_only=True)
+    llm = load_vocab(gguf)
     try:
         return dict(llm.metadata)
     finally:

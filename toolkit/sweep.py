@@ -45,7 +45,8 @@ class Dimension:
             return trial.suggest_categorical(self.name, self.choices)
         if SPECS[self.name].type is int:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        value = trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return round(value, 6)  # a stepped float arrives as 0.7000000000000001
 
     def grid(self) -> list:
         """Every value of this dimension (a grid needs choices or a step)."""

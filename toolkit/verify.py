@@ -207,9 +207,9 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     texts = texts[:prompts]
     with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
         seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens)
-    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts)")
-    for col in ("file", "type", "positions", "top-1 agreement", "mean KL", "max KL", "target", "templates", "result"):
-        table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right")
+    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts x {tokens} tokens)")
+    for col in ("file", "type", "top-1", "mean KL", "max KL", "templates", "result"):
+        table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right", no_wrap=True)
     failures = []
     for path in files:
         with status(f"scoring {path.name}"):
@@ -217,10 +217,10 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         mf = path.with_suffix(".Modelfile")
         problems = check_templates(hf_dir, path, mf if mf.exists() else None) if templates else []
         ok = fid.passed and not problems
-        table.add_row(path.name, fid.type, str(fid.positions), f"{fid.top1_agreement:.1%}", f"{fid.mean_kl:.4f}",
-                      f"{fid.max_kl:.3f}", f">= {fid.target:.0%}" if fid.target else "-",
-                      ("identical" + (" + stops" if mf.exists() else "")) if templates and not problems else ("skipped" if not templates else "MISMATCH"),
-                      "[green]pass[/]" if ok else "[red]FAIL[/]")
+        template_cell = "skipped" if not templates else "MISMATCH" if problems else "same" + (" +stops" if mf.exists() else "")
+        target = f" (>= {fid.target:.0%})" if fid.target else ""
+        table.add_row(path.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
+                      template_cell, ("[green]pass[/]" if ok else "[red]FAIL[/]") + target)
         if not fid.passed:
             failures.append(f"{path.name}: top-1 agreement {fid.top1_agreement:.1%} below {fid.target:.0%}")
         failures += [f"{path.name}: {p}" for p in problems]

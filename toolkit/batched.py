@@ -1,0 +1,358 @@
+"""Several generations in one llama.cpp decode: continuous batching over the low-level C API.
+
+The high-level `llama_cpp.Llama` decodes one sequence at a time, which leaves most of a CPU's
+matmul throughput unused for a small model: one decode of 16 sequences costs little more than one
+of a single sequence. `BatchedGenerator` keeps `n_parallel` slots, each a KV-cache sequence with
+its own sampler chain. A new prompt is prefilled in its own decode; then every step decodes one
+token for each generating slot together, and a finished slot takes the next prompt from the queue.
+
+Sampling mirrors `Llama.create_completion` (penalties, then greedy at temperature 0, else top-k,
+top-p, min-p, temperature and a seeded draw), and the context is set up like `Llama`'s (no flash
+attention), so a batch gives exactly the texts `chat()` gives for the same prompt, parameters and
+seed, whatever else is in the batch. That rests on two batch shapes that were checked to give
+bit-identical logits to decoding alone: one sequence's prompt per decode, and one token for each of
+up to 64 sequences per decode. Mixing several prompts in one decode was measured to be both wrong
+(llama.cpp 0.3.36 shifts logits by up to ~1.0 when prompts of unequal length share a decode) and
+no faster on CPU, so it is not done.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .backends import Generation
+from .errors import BackendError, ModelError
+from .params import DecodingParams
+
+Prompt = str | Sequence[int]
+
+# The high-level Llama penalises repeats over its `last_n_tokens_size` (64); keep the same window
+# so that repeat_penalty means the same thing in chat() and in a batch.
+PENALTY_LAST_N = 64
+
+
+@dataclass
+class Completion:
+    """A generation plus the completion tokens as sampled (the end-of-generation token excluded)."""
+
+    generation: Generation
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Slot:
+    """One running sequence: its KV-cache sequence id, prompt, sampler and output so far."""
+
+    seq_id: int
+    job: int
+    prompt: list[int]
+    params: DecodingParams
+    sampler: object  # llama_sampler_p
+    start: float
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    pending: int | None = None  # the last sampled token, to be decoded next step
+    last_index: int = 0  # where this sequence's logits are in the last decoded batch
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
+
+    @property
+    def prefilling(self) -> bool:  # prompt tokens not yet in the KV cache
+        return self.n_past < len(self.prompt)
+
+
+class BatchedGenerator:
+    """Generate many completions at once from one GGUF with continuous batching.
+
+    Args:
+        gguf: the model file (loaded with the CPU-safety probe of `toolkit.llamacpp`).
+        n_ctx_per_seq: KV-cache room for each sequence: prompt + max_tokens must fit.
+        n_parallel: sequences decoded together (slots); exactness checked up to 64.
+        n_threads: CPU threads (default: all this process may use).
+        n_batch: most prompt tokens in one prefill decode (longer prompts take several).
+    """
+
+    def __init__(self, gguf: str | Path, *, n_ctx_per_seq: int = 1024, n_parallel: int = 16,
+                 n_threads: int | None = None, n_batch: int = 512):
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
+
+        from .llamacpp import default_threads, probe_extra_bufts
+
+        self._model = self._ctx = self._batch = None  # close() and __del__ work whatever fails below
+        self.gguf = Path(gguf)
+        if not self.gguf.exists():
+            raise ModelError(f"GGUF file {self.gguf} does not exist", fix="check the path or run `toolkit export`")
+        if not 1 <= n_parallel <= llama_cpp.llama_max_parallel_sequences():
+            raise BackendError(f"n_parallel={n_parallel} is outside 1..{llama_cpp.llama_max_parallel_sequences()}")
+        self.n_parallel = n_parallel
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.n_batch = max(n_batch, n_parallel)  # every generating slot must fit one decode
+        set_verbose(False)  # llama.cpp's load chatter goes through this logger
+        llama_cpp.llama_backend_init()
+
+        mparams = llama_cpp.llama_model_default_params()
+        # Never assume: quantized kernels in the extra buffer types crash on some CPUs (see llamacpp.py)
+        mparams.use_extra_bufts = probe_extra_bufts()["extra_bufts"]
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp cannot load {self.gguf}", fix="is it a complete GGUF file?")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx_per_seq * n_parallel
+        cparams.n_seq_max = n_parallel
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = min(self.n_batch, 512)
+        cparams.n_threads = cparams.n_threads_batch = n_threads or default_threads()
+        cparams.kv_unified = False  # one KV stream per sequence: attention never scans the others
+        # Llama() runs without flash attention; llama.cpp's "auto" turns it on for CPU, and its
+        # different summation order makes texts drift from chat(). Off, a batch reproduces chat().
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise BackendError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {self.gguf}",
+                               fix="lower n_parallel or n_ctx_per_seq")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt tokens for already-rendered chat text (special tokens parsed, no BOS added: the
+        chat template writes its own), exactly as `LlamaCppBackend` tokenizes."""
+        import llama_cpp
+
+        data = text.encode()
+        size = len(data) + 8
+        buf = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, size, False, True)
+        if n < 0:  # cannot happen with one token per byte of room, but never read past the buffer
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, -n, False, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as text (special tokens render as nothing, as in `Llama`)."""
+        import llama_cpp
+
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "ignore")
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], params: DecodingParams,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """One `Generation` per prompt (text or token list), in order; see `complete`."""
+        return [c.generation for c in self.complete(prompts, params, seeds)]
+
+    def complete(self, prompts: Sequence[Prompt], params: DecodingParams,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        """Generate a completion for every prompt, `n_parallel` at a time.
+
+        `seeds[i]` seeds prompt i's sampler (default: `params.seed` for all). A completion stops at
+        an end-of-generation token or a stop string (both "stop"; the stop string is cut from the
+        text) or after `params.max_tokens` tokens ("length"). `completion_tokens` counts the tokens
+        sampled, the one that completed a stop string included, the end-of-generation token not.
+        """
+        if self._ctx is None:
+            raise BackendError("the batched generator is closed")
+        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise BackendError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        tokenized = [self.tokenize(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        for i, toks in enumerate(tokenized):
+            self._check_fits(i, toks, params)
+        # each seed goes through DecodingParams so it is validated like any other
+        jobs = deque((i, toks, params.replace(seed=seed)) for i, (toks, seed) in enumerate(zip(tokenized, seeds)))
+        results: list[Completion | None] = [None] * len(prompts)
+        slots: list[_Slot | None] = [None] * self.n_parallel
+        try:
+            while jobs or any(slots):
+                for seq_id, slot in enumerate(slots):
+                    if slot is None and jobs:
+                        job, toks, job_params = jobs.popleft()
+                        slots[seq_id] = _Slot(seq_id, job, toks, job_params, self._sampler(job_params), time.perf_counter())
+                for slot in slots:  # new prompts: prefilled one sequence per decode (see _prefill)
+                    if slot is not None and slot.pending is None:
+                        self._prefill(slot)
+                        self._collect(slot, results, slots)
+                live = [slot for slot in slots if slot is not None]
+                if live:  # one token for every generating sequence, all in one decode
+                    self._step(live)
+                    for slot in live:
+                        self._collect(slot, results, slots)
+        finally:
+            for slot in slots:  # an error mid-way must not leak samplers or stale KV entries
+                if slot is not None:
+                    self._release(slot)
+        return results  # type: ignore[return-value]
+
+    def _check_fits(self, i: int, tokens: list[int], params: DecodingParams) -> None:
+        if not tokens:
+            raise BackendError(f"prompt {i} is empty", fix="give every prompt some text")
+        if len(tokens) + params.max_tokens > self.n_ctx_per_seq:
+            raise BackendError(f"prompt {i} ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceed the "
+                               f"context per sequence ({self.n_ctx_per_seq})",
+                               fix="shorten the prompt, lower max_tokens or raise n_ctx_per_seq")
+
+    def _sampler(self, params: DecodingParams):
+        """A sampler chain in the same order as `Llama._init_sampler`, seeded for this sequence."""
+        import llama_cpp
+
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        chain = llama_cpp.llama_sampler_chain_init(chain_params)
+        add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+        add(llama_cpp.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
+        if params.temperature == 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            # Llama also adds typical_p=1.0 here, which llama.cpp skips as a no-op
+            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(llama_cpp.llama_sampler_init_dist(params.seed))
+        return chain
+
+    def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq_id
+        batch.logits[n] = logits
+
+    def _prefill(self, slot: _Slot) -> None:
+        """Decode one slot's whole prompt, in chunks of n_batch, with logits for its last token.
+
+        Never together with other sequences: llama.cpp (0.3.36 here) computes wrong logits, off by
+        up to ~1.0, when one decode holds prompt chunks of several sequences of unequal lengths
+        (it splits them into ubatches internally). One sequence per prefill decode is exact and, on
+        CPU, no slower: a prompt of ~40 tokens already keeps the matrix kernels busy.
+        """
+        while slot.prefilling:
+            take = min(len(slot.prompt) - slot.n_past, self.n_batch)
+            for i in range(take):
+                pos = slot.n_past + i
+                self._put(i, slot.prompt[pos], pos, slot.seq_id, pos == len(slot.prompt) - 1)
+            self._batch.n_tokens = take
+            self._decode()
+            slot.n_past += take
+        slot.last_index = self._batch.n_tokens - 1
+
+    def _step(self, live: list[_Slot]) -> None:
+        """One decode with exactly one token per generating sequence (batch index = list index);
+        this shape gives bit-identical logits to decoding each sequence alone."""
+        for i, slot in enumerate(live):
+            self._put(i, slot.pending, slot.n_past, slot.seq_id, True)
+            slot.n_past += 1
+            slot.last_index = i
+        self._batch.n_tokens = len(live)
+        self._decode()
+
+    def _collect(self, slot: _Slot, results: list, slots: list) -> None:
+        """Sample the slot's next token from its logits; retire the slot if it finished."""
+        done = self._advance(slot, slot.last_index)
+        if done is not None:
+            results[slot.job] = done
+            self._release(slot)
+            slots[slot.seq_id] = None
+
+    def _decode(self) -> None:
+        import llama_cpp
+
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:  # 1: no KV room (prevented by _check_fits), 2: aborted, <0: error
+            raise BackendError(f"llama_decode failed with status {status} on a batch of {self._batch.n_tokens} tokens")
+
+    def _advance(self, slot: _Slot, index: int) -> Completion | None:
+        """Sample the slot's next token from batch position `index`; its Completion if finished."""
+        import llama_cpp
+
+        token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(slot, "stop", slot.text + slot.decoder.decode(b"", final=True))
+        slot.tokens.append(token)
+        before = len(slot.text)
+        slot.text += slot.decoder.decode(self.piece(token))
+        cut = _find_stop(slot.text, slot.params.stop, before)
+        if cut is not None:
+            return self._finish(slot, "stop", slot.text[:cut])
+        if len(slot.tokens) >= slot.params.max_tokens:
+            return self._finish(slot, "length", slot.text + slot.decoder.decode(b"", final=True))
+        slot.pending = token
+        return None
+
+    def _finish(self, slot: _Slot, reason: str, text: str) -> Completion:
+        seconds = time.perf_counter() - slot.start
+        return Completion(Generation(text, reason, len(slot.prompt), len(slot.tokens), seconds), slot.tokens)
+
+    def _release(self, slot: _Slot) -> None:
+        """Free the slot's sampler and its KV-cache entries so the sequence id can be reused."""
+        import llama_cpp
+
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the batch, context and model (safe to call twice)."""
+        import llama_cpp
+
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "BatchedGenerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the bindings may already be gone
+            pass
+
+
+def _find_stop(text: str, stops: Sequence[str], checked: int) -> int | None:
+    """Where the earliest stop string starts in `text`, looking only where new text could complete
+    one (everything before `checked` was already searched); None if there is none."""
+    best = None
+    for stop in stops:
+        at = text.find(stop, max(0, checked - len(stop) + 1))
+        if at >= 0 and (best is None or at < best):
+            best = at
+    return best
