@@ -2,6 +2,7 @@
 
 import pytest
 
+from toolkit.backends import LlamaCppBackend
 from toolkit.batched import BatchedGenerator
 from toolkit.errors import BackendError
 from toolkit.params import DecodingParams
@@ -12,10 +13,20 @@ PROMPTS = ["Explain the water cycle in a short paragraph.", "Explain gradient de
            "Say hi.", "Write a haiku about CPUs.", "Count from 1 to 10, separated by commas."]
 
 
+# One thread everywhere here: when other jobs share the 2 cores, llama.cpp's spinning thread
+# barriers make 2 threads ~10x slower than 1 (measured), and these tests must stay short.
+
+
+@pytest.fixture(scope="module")
+def llamacpp_backend(default_gguf):
+    with LlamaCppBackend(default_gguf, n_ctx=1024, n_threads=1) as backend:
+        yield backend
+
+
 @pytest.fixture(scope="module")
 def generator(default_gguf):
     # fewer slots than prompts, so finished slots must take queued prompts
-    with BatchedGenerator(default_gguf, n_ctx_per_seq=256, n_parallel=3) as gen:
+    with BatchedGenerator(default_gguf, n_ctx_per_seq=256, n_parallel=3, n_threads=1) as gen:
         yield gen
 
 
@@ -42,7 +53,7 @@ def test_same_seed_same_text_across_calls_and_batch_compositions(generator, rend
     # reversed order, and each prompt alone: other sequences in the batch do not change a result
     assert [g.text for g in generator.generate(rendered[::-1], params, seeds[::-1])][::-1] == first
     assert generator.generate([rendered[3]], params, [seeds[3]])[0].text == first[3]
-    with BatchedGenerator(default_gguf, n_ctx_per_seq=128, n_parallel=5) as other:
+    with BatchedGenerator(default_gguf, n_ctx_per_seq=128, n_parallel=5, n_threads=1) as other:
         assert [g.text for g in other.generate(rendered, params, seeds)] == first
     assert len(set(first)) > 1
 
@@ -96,7 +107,7 @@ def test_backend_generate_batch_honours_the_chat_contract(llamacpp_backend):
 
 
 def test_closed_generator_is_a_clear_error(default_gguf, tmp_path):
-    gen = BatchedGenerator(default_gguf, n_ctx_per_seq=128, n_parallel=1)
+    gen = BatchedGenerator(default_gguf, n_ctx_per_seq=128, n_parallel=1, n_threads=1)
     gen.close()
     gen.close()  # twice is fine
     with pytest.raises(BackendError, match="closed"):

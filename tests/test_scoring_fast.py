@@ -8,13 +8,25 @@ from toolkit.scoring import BertScorer
 CANDS = ["", "a model learns to stop", "   ", "Gradient accumulation trades memory for time.",
          "Ünïcödé — émojis 🚀 and CJK 漢字", "the the the the", "LoRA adapters", "We fine-tune a small language model.",
          "x", "Paris is the capital of France.", "numbers 1 2 3 4 5", "A sentence about cooking pasta.",
-         "tabs\tand\nnewlines", "short", "It is.", "word " * 600, "The quick brown fox jumps over the lazy dog.",
+         "tabs\tand\nnewlines", "short", "It is.", "A longer candidate. " * 12, "The quick brown fox jumps over the lazy dog.",
          "same", "?", "Evaluation with BERTScore uses greedy matching."]
 REFS = ["the model learns when to stop", "the model learns when to stop", "reference", "accumulating gradients saves memory",
         "unicode text with emojis", "repetition", "low-rank adapters", "We fine-tune a small language model.", "y",
         "France's capital is Paris.", "one two three", "tuning hyperparameters with Optuna", "tabs and newlines",
-        "a much longer reference sentence than the candidate", "It is not.", "word " * 550,
+        "a much longer reference sentence than the candidate", "It is not.", "A longer reference, " * 10,
         "A fast brown fox leaps over a sleepy dog.", "same", "!", ""]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """When other jobs share the 2 cores, torch with 2 threads was measured ~2.7x slower than with
+    one; the setting is process-wide, so it is restored after this module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +58,13 @@ def test_equals_bert_score_on_varied_pairs(bert_score_fixed, scorer, idf):
     assert ours.recall == pytest.approx(r.tolist(), abs=1e-5)
     assert ours.f1 == pytest.approx(f.tolist(), abs=1e-5)
     assert ours.f1[0] == ours.f1[2] == ours.f1[-1] == 0.0  # empty candidate or reference scores 0
+
+
+def test_truncation_to_the_encoder_maximum_equals_bert_score(bert_score_fixed, scorer):
+    cands, refs = ["word " * 600, "a short one"], ["word " * 550 + "end", "a short reference"]
+    ours = scorer.score(cands, refs)
+    _, _, f = bert_score_fixed.score(cands, refs, model_type=str(scorer.path), num_layers=6, lang="en")
+    assert ours.f1 == pytest.approx(f.tolist(), abs=1e-5)
 
 
 def test_baseline_rescaling_equals_bert_score(bert_score_fixed, scorer, tmp_path):

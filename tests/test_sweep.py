@@ -113,7 +113,8 @@ def test_kill_and_rerun_continues_the_study(tmp_path, split):
 
     f = write_sweep(tmp_path / "s.yaml", trials=4, pruner="none")
     out = tmp_path / "o"
-    proc = subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen(_cmd(f, split, out), stdout=log, stderr=log)
     deadline = time.time() + 600
     done: list = []
     while time.time() < deadline and proc.poll() is None:
@@ -124,7 +125,7 @@ def test_kill_and_rerun_continues_the_study(tmp_path, split):
             continue
         if done:
             break
-    assert done, "no trial completed before the kill"
+    assert done, "no trial completed before the kill: " + (tmp_path / "worker.log").read_text()[-1500:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {t.number: t.value for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE}
@@ -143,7 +144,8 @@ def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, spl
                     space={"temperature": {"values": [0.2, 0.6, 1.0]}, "top_p": {"values": [0.8, 1.0]}})
     out = tmp_path / "o"
     out.mkdir()
-    workers = [subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    env = {**os.environ, "TOOLKIT_THREADS": "1"}  # two workers share two cores
+    workers = [subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
     trials = _study(out).trials

@@ -113,7 +113,10 @@ def _model_params(use_extra_bufts: bool) -> Iterator[None]:
 
 
 def default_threads() -> int:
-    """Physical-ish parallelism: the CPUs this process may run on."""
+    """The CPUs this process may run on (`TOOLKIT_THREADS` overrides: llama.cpp's threads spin, so
+    processes sharing the cores, like several sweep workers on one machine, want fewer each)."""
+    if os.environ.get("TOOLKIT_THREADS", "").isdigit() and int(os.environ["TOOLKIT_THREADS"]) > 0:
+        return int(os.environ["TOOLKIT_THREADS"])
     with contextlib.suppress(AttributeError):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)

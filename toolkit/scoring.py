@@ -61,6 +61,7 @@ class BertScorer:
     # batch_size); padding inside a chunk adds zero-similarity cells that the max can pick when
     # every real similarity is negative, so the chunking is kept for identical results
     MATCH_CHUNK = 64
+    MAX_BATCH_TOKENS = 4096  # padded tokens per encoder pass (64 sentences of 64 tokens)
 
     def __init__(self, model: str | Path = DEFAULT_SCORER, layer: int | None = None, *, idf: bool = False,
                  baseline: str | Path | None = None, batch_size: int = 64, cache_tokens: int = 131_072):
@@ -140,8 +141,7 @@ class BertScorer:
         pad = self._tokenizer.pad_token_id or 0
         out: dict[str, tuple] = {}
         with torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
+            for chunk in self._batches(order, ids):
                 width = len(ids[chunk[0]])
                 x = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -155,6 +155,18 @@ class BertScorer:
                     emb = hidden[row, : len(ids[s])]
                     out[s] = (emb / torch.norm(emb, dim=-1).unsqueeze(-1), ids[s])
         return out
+
+    def _batches(self, order: list[str], ids: dict[str, list[int]]) -> list[list[str]]:
+        """Consecutive runs of the length-sorted sentences: at most `batch_size` sentences and at
+        most MAX_BATCH_TOKENS padded tokens, so one long text does not pad a whole batch to 512."""
+        batches: list[list[str]] = []
+        for s in order:
+            if batches and len(batches[-1]) < self.batch_size and \
+                    (len(batches[-1]) + 1) * len(ids[batches[-1][0]]) <= self.MAX_BATCH_TOKENS:
+                batches[-1].append(s)
+            else:
+                batches.append([s])
+        return batches
 
     def _cached_embed(self, sentences: list[str]) -> dict[str, tuple]:
         """Embeddings of `sentences`, encoding only those not seen recently. A sweep scores many
