@@ -339,23 +339,33 @@ def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: 
 
 
 def _storage(url: str):
-    import warnings
-
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        # Heartbeats let a rerun (or another worker) notice a trial whose process was killed and
-        # retry it with the same parameters instead of leaving it RUNNING forever.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeats are marked experimental
-            return RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                              heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
-                              engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
-    except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or an unreachable server
-        raise ConfigError(f"cannot open study storage {url} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
-                          fix="check the URL; PostgreSQL needs `pip install psycopg[binary]` and a reachable server") from None
+    for attempt in range(5):
+        try:
+            return _open_rdb(url)
+        except Exception as exc:
+            # workers starting together race to create the schema ("table ... already exists"):
+            # the loser simply opens what the winner created
+            if "already exists" not in str(exc) or attempt == 4:
+                raise ConfigError(f"cannot open study storage {url} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                                  fix="check the URL; PostgreSQL needs `pip install psycopg[binary]` and a reachable server") from None
+            time.sleep(0.5 + attempt)
+
+
+def _open_rdb(url: str):
+    import warnings
+
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    # Heartbeats let a rerun (or another worker) notice a trial whose process was killed and
+    # retry it with the same parameters instead of leaving it RUNNING forever.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are marked experimental
+        return RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
 
 
 def finished(study) -> list:
