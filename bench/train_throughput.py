@@ -75,7 +75,7 @@ def run_baseline(train_path: Path, steps: int, max_length: int, workdir: Path) -
     model.register_forward_pre_hook(count, with_kwargs=True)
     args = TrainingArguments(
         output_dir=str(workdir / "baseline"), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=steps,
-        learning_rate=1e-4, warmup_ratio=0.03, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
+        learning_rate=1e-4, warmup_steps=0.03, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=pad_to_max)
     start = time.perf_counter()

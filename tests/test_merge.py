@@ -9,6 +9,8 @@ import pytest
 
 from toolkit.errors import ConfigError, ModelError
 
+pytestmark = pytest.mark.slow  # every test here merges a real adapter trained on the real model
+
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):

@@ -109,7 +109,8 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
         parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=param.default, **kwargs)
         return
     shown = param.default if not isinstance(param.default, (list, tuple)) else " ".join(map(str, param.default))
-    kwargs["help"] = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+    if param.default is not None:  # None means "not given": the help text states the real default
+        kwargs["help"] = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
     parser.add_argument(flag, dest=name, type=base, nargs="+" if is_list else None, default=param.default, **kwargs)
 
 

@@ -361,9 +361,12 @@ class Tokenized:
 
 def tokenize_dataset(tokenizer, examples: Sequence, cfg: TrainConfig, path: str | os.PathLike) -> Tokenized:
     """Tokenize `examples`; a DataError names the file when no row is usable."""
+    from .console import track
+
     data = Tokenized([])
     eot = end_of_turn_id(tokenizer)
-    for ex in examples:
+    # a bar only where tokenizing takes noticeable time (a Kaggle-sized split: minutes)
+    for ex in track(examples, f"Tokenizing {Path(path).name}") if len(examples) > 5000 else examples:
         if not str(ex.response).strip():
             data.empty += 1
             continue
@@ -831,6 +834,9 @@ def run_training(cfg: TrainConfig, resume: bool = False, on_eval: Callable[[int,
     ckpts = _open_run_dir(out, cfg, resume)
     train_set, val_set = _load_data(cfg, main)  # before the model: a bad file fails in a second
     model, tokenizer, resolved, new_ids = _build_model(cfg, accelerator, precision)
+    if math.ceil(len(train_set.rows) / cfg.batch_size) < accelerator.num_processes:
+        raise DataError(f"{len(train_set.rows)} usable rows make fewer batches than the {accelerator.num_processes} processes",
+                        path=cfg.train_data, fix="use more data, a smaller --batch-size or fewer processes")
     order = DataOrder(train_set.lengths, cfg.batch_size, cfg.seed, cfg.group_by_length,
                       accelerator.process_index, accelerator.num_processes)
     total_steps = _total_steps(cfg, order.per_epoch)
@@ -1403,4 +1409,5 @@ __all__ = [
     "load_config", "recipe_path", "coerce", "field_docs", "prepare_tokenizer", "messages_for", "render", "tokenize_example",
     "tokenize_dataset", "end_of_turn_id", "epoch_batches", "load_for_training", "linear_module_names", "check_target_modules",
     "base_identity", "same_base", "save_adapter", "plot_losses", "evaluate", "run_training", "train", "search", "load_space",
+    "added_token_ids", "load_rows", "adapter_meta", "resolve_precision",
 ]
