@@ -175,6 +175,9 @@ class LlamaCppBackend(Backend):
         return batched.generate(prompts, params, seeds)
 
     def close(self) -> None:
+        batched, self._batched = getattr(self, "_batched", None), None
+        if batched is not None:  # the batched engine holds its own llama.cpp context
+            batched.close()
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()

@@ -59,14 +59,23 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
         for ex in examples:
             if len(examples) > 1:
                 err.print(f"[bold]>>> {ex.prompt}[/]")
-            for piece in engine.stream(as_messages(ex.prompt, system or None), params):
-                if isinstance(piece, str):
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                else:
-                    sys.stdout.write("\n")
-                    err.print(f"[dim]{piece.completion_tokens} tokens, {piece.tokens_per_second:.0f} tok/s, {piece.finish_reason}[/]")
+            print_stream(engine, as_messages(ex.prompt, system or None), params)
     return 0
+
+
+def print_stream(engine: Backend, messages: list[dict], params: DecodingParams) -> str:
+    """Write a reply to stdout as it streams, then its token count and speed to stderr; return its text."""
+    from .console import err
+
+    for piece in engine.stream(messages, params):
+        if isinstance(piece, str):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        else:
+            sys.stdout.write("\n")
+            err.print(f"[dim]{piece.completion_tokens} tokens, {piece.tokens_per_second:.0f} tok/s, {piece.finish_reason}[/]")
+            return piece.text
+    return ""
 
 
 def _examples(prompts: Iterable[str], file: Path | None) -> list:
@@ -126,14 +135,7 @@ def _stream_reply(engine: Backend, history: list[dict], params: DecodingParams) 
     from .errors import BackendError
 
     try:
-        for piece in engine.stream(history, params):
-            if isinstance(piece, str):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            else:
-                sys.stdout.write("\n")
-                err.print(f"[dim]{piece.completion_tokens} tokens, {piece.tokens_per_second:.0f} tok/s[/]")
-                return piece.text
+        return print_stream(engine, history, params)
     except BackendError as exc:
         keep_from = 1 if history[0]["role"] == "system" else 0
         if "exceed the context" not in str(exc) or len(history) <= keep_from + 1:
@@ -141,4 +143,3 @@ def _stream_reply(engine: Backend, history: list[dict], params: DecodingParams) 
         del history[keep_from:-1]  # keep the system turn and the question
         err.print("[yellow]the conversation outgrew the context; older turns were dropped[/]")
         return _stream_reply(engine, history, params)
-    return ""
