@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 from toolkit.cli import build_parser, parse_docstring
 

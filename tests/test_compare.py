@@ -2,7 +2,6 @@
 
 import base64
 import json
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -96,3 +95,38 @@ def test_duplicate_labels_and_missing_references(tmp_path, test_split):
     noref.write_text('{"id": "1", "prompt": "p"}\n')
     with pytest.raises(DataError, match="reference"):
         compare([], data=noref, out=tmp_path / "c")
+
+
+def _no_browser() -> bool:
+    from toolkit.browser import find_browser
+
+    return find_browser() is None
+
+
+@pytest.mark.skipif(_no_browser(), reason="no headless Chromium (Debian: apt-get install chromium; .ci/run installs it)")
+def test_report_renders_with_its_plots_in_a_real_browser(tmp_path, test_split, params_files):
+    from PIL import Image
+
+    from toolkit.browser import render
+
+    out = tmp_path / "cmp"
+    compare([f"hot=smollm2@{params_files / 'hot.yaml'}"], data=test_split, out=out, prompts=2,
+            params=DEFAULTS.replace(max_tokens=8), screenshot=True)
+    shot = Image.open(out / "report.png").convert("RGB")
+    assert shot.size == (1280, 2400)
+    assert len(shot.getcolors(maxcolors=1 << 20)) > 100, "a page of plots has many colours, a blank one a few"
+    # the check can fail: an image the page cannot load is not counted as shown
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!doctype html><html><body><img src='missing.png'><img src='" + _tiny_png() + "'></body></html>")
+    shown = render(broken)
+    assert (shown.images, shown.decoded) == (2, 1)
+
+
+def _tiny_png() -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

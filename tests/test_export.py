@@ -1,6 +1,5 @@
 """Export the real default model to GGUF, quantize it, and verify it against the HF model."""
 
-import shutil
 import subprocess
 import sys
 

@@ -37,7 +37,6 @@ def test_dequantized_model_is_the_real_llama_and_agrees_with_llama_cpp(default_h
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
     hf_text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    from toolkit.params import DecodingParams
 
     assert "Paris" in hf_text
     # Q4_1 arithmetic in llama.cpp is not fp32: its chat answer may differ, its plain completion may not

@@ -92,15 +92,33 @@ def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
     best = json.loads((out / "best.json").read_text())
     assert "beat" in best["verdict"] or "nothing to compare" in best["verdict"]
     assert set(best["rerun"]) >= {"default"}
+    import csv
+
+    temps = [r["temperature"] for r in csv.DictReader((out / "trials.csv").open())]
+    assert all(len(t.split(".")[-1]) <= 6 for t in temps), temps  # stepped values, not 0.30000000000000004
+    assert best["search_trials"] == 3 and 0 < best["search_generations"] <= 3 * 4
     assert "Verdict" in (out / "report.md").read_text()
     params = validate_file(mf).parameters
-    assert params["temperature"] != 0.123 and params["num_predict"] == 16  # rewritten, stops kept
+    assert params["temperature"] != 0.123 and "top_p" in params  # the searched parameters rewritten ...
+    assert "num_predict" not in params and "seed" not in params  # ... not the sweep's fixed conditions
+    assert set(yaml.safe_load((out / "best.yaml").read_text())["parameters"]) == {"temperature", "top_p"}
     assert validate_file(mf).stops == ["<|im_end|>"]
     # a fresh study with the same sweep proposes the same trials and scores them the same
     sweep(f, data=split, out=tmp_path / "b", noise=False)
     first = [(t.params, t.value) for t in _study(out).trials]
     second = [(t.params, t.value) for t in _study(tmp_path / "b").trials]
     assert first == second
+
+
+def test_report_sets_the_search_beside_another_sweep(tmp_path):
+    from toolkit.sweep import _load_against, render_against
+
+    tpe = {"study": "tpe", "search_best_value": 0.57, "search_generations": 200, "search_trials": 30}
+    grid = {"study": "grid", "search_best_value": 0.56, "search_generations": 300, "search_trials": 25}
+    assert "reaches the best of `grid` (+0.0100) with fewer generations (67% of them)" in "\n".join(render_against(tpe, grid))
+    assert "does not reach" in "\n".join(render_against({**tpe, "search_best_value": 0.5}, grid))
+    with pytest.raises(ConfigError, match="best.json"):
+        _load_against(tmp_path)
 
 
 def _cmd(sweep_file: Path, split: Path, out: Path, *extra: str) -> list[str]:
@@ -136,19 +154,39 @@ def test_kill_and_rerun_continues_the_study(tmp_path, split):
     assert all(after[n] == v for n, v in before.items()), "completed trials must survive the kill intact"
 
 
+def _storages():
+    pg = os.environ.get("TOOLKIT_TEST_POSTGRES")
+    return [pytest.param(None, id="sqlite"),
+            pytest.param(pg, id="postgresql", marks=pytest.mark.skipif(
+                not pg, reason="set TOOLKIT_TEST_POSTGRES=postgresql://... (.ci/run starts a local server)"))]
+
+
 @pytest.mark.slow
-def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, split):
+@pytest.mark.parametrize("storage", _storages())
+def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, split, storage):
+    import uuid
+
     import optuna
 
     f = write_sweep(tmp_path / "g.yaml", sampler="grid", pruner="none", prompts=2, fixed={"max_tokens": 8},
                     space={"temperature": {"values": [0.2, 0.6, 1.0]}, "top_p": {"values": [0.8, 1.0]}})
     out = tmp_path / "o"
     out.mkdir()
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+    extra = ["--storage", storage, "--study", name] if storage else ["--study", name]
+    url = storage or f"sqlite:///{out / 'study.db'}"
     env = {**os.environ, "TOOLKIT_THREADS": "1"}  # two workers share two cores
-    workers = [subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    workers = [subprocess.Popen(_cmd(f, split, out, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+               for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
-    trials = _study(out).trials
+    from toolkit.sweep import sqlalchemy_url
+
+    try:
+        trials = optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).trials
+    finally:
+        if storage:
+            optuna.delete_study(study_name=name, storage=sqlalchemy_url(url))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))

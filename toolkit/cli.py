@@ -188,12 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to our users (configuration only: no heavy import)."""
+    import logging
+    import warnings
+
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub on import (peft imports it)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft still asks transformers 5 for the renamed `is_gradient_checkpointing`
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `toolkit` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here ever needs the hub unless asked
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own rich bars show progress
+    quiet_libraries()
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS and argv[0] in COMMANDS:
         argv[:2] = [f"{argv[0]}-{argv[1]}"]
     parser = build_parser()

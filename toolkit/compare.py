@@ -164,33 +164,30 @@ def make_plots(systems: list[System], folder: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .io import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    made = {}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for s in systems:
-        ax.hist(s.scores["bertscore_f1"], bins=15, alpha=0.55, label=f"{s.label} (mean {statistics.fmean(s.scores['bertscore_f1']):.3f})")
-    ax.set_xlabel("BERTScore F1 per example")
-    ax.set_ylabel("examples")
-    ax.set_title("Per-example BERTScore F1 by system")
-    ax.legend()
-    made["histogram"] = folder / "bertscore_f1_hist.png"
-    fig.tight_layout()
-    with atomic_path(made["histogram"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    scores = [s.scores["bertscore_f1"] for s in systems]
+    lo, hi = min(map(min, scores)), max(map(max, scores))
+    bins = [lo + (hi - lo) * i / 15 for i in range(16)] if hi > lo else 15
+    # one panel per system on shared axes: overlaid histograms of 4 systems are unreadable
+    fig, axes = plt.subplots(len(systems), 1, figsize=(8, 1.2 + 1.3 * len(systems)), sharex=True, sharey=True, squeeze=False)
+    for i, (ax, s, values) in enumerate(zip(axes[:, 0], systems, scores)):
+        mean = statistics.fmean(values)
+        ax.hist(values, bins=bins, color=f"C{i}", alpha=0.85)
+        ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+        ax.set_title(f"{s.label}: mean {mean:.3f}", fontsize=9, loc="left")
+        ax.set_ylabel("examples")
+    axes[-1, 0].set_xlabel("BERTScore F1 per example (dashed: mean)")
+    fig.suptitle("Per-example BERTScore F1 by system")
+    made = {"histogram": save_figure(fig, folder / "bertscore_f1_hist.png")}
     metrics = ["bertscore_f1", "rouge_l", "bleu"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
     for ax, m in zip(axes, metrics):
         ax.boxplot([s.scores[m] for s in systems], tick_labels=[s.label for s in systems], showmeans=True)
         ax.set_title(METRIC_LABELS[m])
         ax.tick_params(axis="x", rotation=20)
-    made["boxplots"] = folder / "boxplots.png"
-    fig.tight_layout()
-    with atomic_path(made["boxplots"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    made["boxplots"] = save_figure(fig, folder / "boxplots.png")
     return made
 
 
@@ -301,7 +298,7 @@ def print_table(result: dict) -> None:
 def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl"), out: Path = Path("runs/compare"),
             base: str = "smollm2", no_base: bool = False, backend: str = "llamacpp", url: str = "", prompts: int = 0,
             scorer: str = "minilm", scorer_layer: int = 0, allow_mixed_quant: bool = False,
-            params: DecodingParams = DEFAULTS) -> int:
+            screenshot: bool = False, params: DecodingParams = DEFAULTS) -> int:
     """Compare systems (model + decoding parameters) on the same test prompts: metrics, significance, report.
 
     The zero-shot base model is always the first system (the reference for differences) unless
@@ -320,6 +317,7 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         scorer: BERTScore encoder: minilm or a local HF encoder directory.
         scorer_layer: BERTScore layer (0 = the encoder's default).
         allow_mixed_quant: allow systems whose GGUFs have different quantization types.
+        screenshot: open report.html in headless Chromium, check every plot renders, save report.png.
     """
     from .console import err
     from .data import load_examples
@@ -352,6 +350,14 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     write_text(out / "report.md", render_markdown(result, {k: f"plots/{v.name}" for k, v in plots.items()}))
     write_text(out / "report.html", render_html(result, plots))
     print_table(result)
+    if screenshot:
+        from .browser import BrowserError, render
+
+        shown = render(out / "report.html", out / "report.png")
+        if shown.decoded != shown.images:
+            raise BrowserError(f"{out / 'report.html'}: the browser decoded {shown.decoded} of {shown.images} plots",
+                              fix="open the report in a browser; re-run compare to rewrite it")
+        err.print(f"rendered in headless Chromium: {shown.decoded} of {shown.images} plots shown; screenshot: {out / 'report.png'}")
     err.print(f"generated {sum(generated.values())} new outputs ({', '.join(f'{k}: {v}' for k, v in generated.items())}); "
               f"report: {out / 'report.html'}")
     return 0

@@ -85,3 +85,18 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_figure(fig, dest: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure and write it as PNG atomically; the figure is closed."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's colour bars trip tight_layout's warning
+        fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(dest)

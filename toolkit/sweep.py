@@ -13,13 +13,12 @@ the report says plainly whether the best beats the default beyond noise.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ConfigError, DataError
 from .metrics import ScorerConfig, parse_objective
@@ -354,10 +353,21 @@ def _storage(url: str):
             time.sleep(0.5 + attempt)
 
 
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` means psycopg 3 (our `postgres` extra), not SQLAlchemy's default psycopg2."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg2") is None:
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 def _open_rdb(url: str):
     import warnings
 
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    url = sqlalchemy_url(url)
 
     # Heartbeats let a rerun (or another worker) notice a trial whose process was killed and
     # retry it with the same parameters instead of leaving it RUNNING forever.
@@ -412,7 +422,7 @@ def noise_check(study, cfg: SweepConfig, ev: Evaluator) -> dict:
     base = cfg.base_params()
     complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                       key=lambda t: (-t.value, t.number))[: cfg.rerun_top]
-    candidates = [("default", base)] + [(f"trial {t.number}", base.replace(**t.params)) for t in complete]
+    candidates = [("default", base)] + [(f"trial {t.number}", base.replace(**trial_params(t))) for t in complete]
     everyone = list(range(len(ev.prompts)))
     rows = {}
     with status(f"re-running the default and the top {len(complete)} trials with seeds {cfg.rerun_seeds}"):
@@ -425,6 +435,22 @@ def noise_check(study, cfg: SweepConfig, ev: Evaluator) -> dict:
     best_label = max((k for k in rows if k != "default"), key=lambda k: rows[k]["ci"]["mean"], default="default")
     cmp = paired(rows["default"]["per_prompt"], rows[best_label]["per_prompt"], resamples=max(cfg.bootstrap, 2000))
     return {"candidates": rows, "best": best_label, "comparison": cmp.to_dict(), "verdict": verdict(cmp, best_label)}
+
+
+def trial_params(trial) -> dict:
+    """A trial's parameters as suggested: Optuna stores a stepped float as 0.30000000000000004."""
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in trial.params.items()}
+
+
+def chosen_params(noise: dict, cfg: SweepConfig) -> tuple[str, dict]:
+    """The searched parameters to use: the best's if it beats the default beyond noise, else the default's.
+
+    Only the searched ones: the sweep's fixed parameters (a short max_tokens, its generation seed)
+    are conditions of the search, not findings about the model.
+    """
+    c = noise["comparison"]
+    label = noise["best"] if c["significant"] and c["diff"]["mean"] > 0 else "default"
+    return label, {k: v for k, v in noise["candidates"][label]["params"].items() if k in cfg.space}
 
 
 def verdict(cmp, best_label: str) -> str:
@@ -443,7 +469,13 @@ def verdict(cmp, best_label: str) -> str:
             f"[{d.low:+.4f}, {d.high:+.4f}] over {cmp.n} prompts includes zero (Wilcoxon p={cmp.p_value:.3g}){need}.")
 
 
-def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generations: int, seconds: float) -> dict:
+def search_generations(study) -> int:
+    """Generations the search ran, over every worker and resume (pruned trials count what they ran)."""
+    return sum(len(t.user_attrs.get("scores", [])) for t in study.get_trials(deepcopy=False))
+
+
+def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generations: int, seconds: float,
+                  against: dict | None = None) -> dict:
     """trials.csv, best.json, best.yaml, per_prompt.csv, noise.json, plots and report.md."""
     import csv
     import io as _io
@@ -460,7 +492,7 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
     w.writerow(["number", "state", *names, "value", "ci_low", "ci_high", "prompts_scored", "tokens", "seconds"])
     for t in trials:
         ci = t.user_attrs.get("ci", [None, None])
-        w.writerow([t.number, t.state.name, *[t.params.get(n) for n in names], t.value, ci[0], ci[1],
+        w.writerow([t.number, t.state.name, *[trial_params(t).get(n) for n in names], t.value, ci[0], ci[1],
                     len(t.user_attrs.get("scores", [])), t.user_attrs.get("tokens"), t.user_attrs.get("seconds")])
     write_text(out / "trials.csv", buf.getvalue())
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -471,12 +503,12 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
             "search_best_value": study.best_value if complete else None,
             "rerun": {k: v["ci"] for k, v in noise["candidates"].items()},
             "comparison": noise["comparison"], "verdict": noise["verdict"],
+            "search_trials": len(trials), "search_generations": search_generations(study),
             "generations": generations, "seconds": round(seconds, 1)}
     write_json(out / "best.json", best)
-    chosen = best_params if best_label != "default" and noise["comparison"]["significant"] else noise["candidates"]["default"]["params"]
-    keep = {k: v for k, v in chosen.items() if k != "stop" and k in SPECS}
     write_text(out / "best.yaml", f"# Decoding parameters chosen by `toolkit sweep` ({cfg.name}): {best['verdict']}\n"
-               f"# Use: toolkit export MODEL_DIR --parameters {out / 'best.yaml'}\n" + yaml.safe_dump({"parameters": keep}, sort_keys=False))
+               f"# Use: toolkit export MODEL_DIR --parameters {out / 'best.yaml'}\n"
+               + yaml.safe_dump({"parameters": chosen_params(noise, cfg)[1]}, sort_keys=False))
     buf = _io.StringIO()
     w = csv.writer(buf)
     w.writerow(["prompt", "default", best_label])
@@ -485,7 +517,7 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
     write_text(out / "per_prompt.csv", buf.getvalue())
     write_json(out / "noise.json", noise)
     plots = make_plots(study, cfg, out / "plots", noise)
-    write_text(out / "report.md", render_report(study, cfg, best, noise, plots, out))
+    write_text(out / "report.md", render_report(study, cfg, best, noise, plots, out, against))
     return best
 
 
@@ -498,6 +530,8 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
+
+    from .io import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
@@ -515,9 +549,8 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
         if ax is None:
             continue
         fig = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
-        _save(fig, folder / f"{name}.png")
+        save_figure(fig, folder / f"{name}.png")
         made[name] = f"plots/{name}.png"
-        plt.close(fig)
     fig, axis = plt.subplots(figsize=(7, 4))
     best = noise["best"]
     for label in dict.fromkeys(["default", best]):
@@ -526,25 +559,28 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
     axis.set_ylabel("prompts")
     axis.set_title(f"{cfg.name}: default vs best")
     axis.legend()
-    _save(fig, folder / "histogram.png")
+    save_figure(fig, folder / "histogram.png")
     made["histogram"] = "plots/histogram.png"
-    plt.close(fig)
     return made
 
 
-def _save(fig, path: Path) -> None:
-    from .io import atomic_path
+def render_against(best: dict, other: dict) -> list[str]:
+    """Report lines: this search's best and cost beside another sweep's on the same prompts and seed."""
+    a, b = best["search_best_value"], other["search_best_value"]
+    ga, gb = best["search_generations"], other["search_generations"]
+    reached = "reaches" if a >= b else "does not reach"
+    cheaper = "fewer" if ga < gb else "no fewer"
+    return [f"## Against `{other['study']}`", "",
+            "| study | best search value | trials | generations |", "|---|---|---|---|",
+            f"| {best['study']} (this) | {a:.4f} | {best['search_trials']} | {ga} |",
+            f"| {other['study']} | {b:.4f} | {other['search_trials']} | {gb} |", "",
+            f"This search {reached} the best of `{other['study']}` ({a - b:+.4f}) with {cheaper} generations "
+            f"({ga / max(1, gb):.0%} of them). Both are single-seed search values over the same prompts; "
+            "the re-runs above say how much such a difference can be noise.", ""]
 
-    import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's colour bars trip tight_layout's warning
-        fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict, out: Path) -> str:
+def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict, out: Path,
+                  against: dict | None = None) -> str:
     import optuna
 
     trials = study.get_trials(deepcopy=False)
@@ -566,12 +602,14 @@ def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict,
               f"[{c['diff']['low']:+.4f}, {c['diff']['high']:+.4f}], Wilcoxon p={c['p_value']:.3g}, "
               f"win rate {c['win_rate']:.0%}, sd of differences {c['sd_diff']:.4f}"
               + (f"; prompts needed to detect this difference: {c['prompts_needed']}" if c["prompts_needed"] else "") + ".", ""]
+    if against:
+        lines += render_against(best, against)
     lines += ["## Top trials of the search", "", "| trial | value | 95% CI | " + " | ".join(cfg.space) + " |",
               "|---|---|---|" + "---|" * len(cfg.space)]
     complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)
     for t in complete[:10]:
         ci = t.user_attrs.get("ci", [float("nan")] * 2)
-        lines.append(f"| {t.number} | {t.value:.4f} | [{ci[0]:.4f}, {ci[1]:.4f}] | " + " | ".join(str(t.params.get(k)) for k in cfg.space) + " |")
+        lines.append(f"| {t.number} | {t.value:.4f} | [{ci[0]:.4f}, {ci[1]:.4f}] | " + " | ".join(str(trial_params(t).get(k)) for k in cfg.space) + " |")
     lines.append("")
     for name, rel in plots.items():
         lines += [f"![{name}]({rel})", ""]
@@ -579,8 +617,9 @@ def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict,
     return "\n".join(lines)
 
 
-def rewrite_modelfile(path: Path, params: DecodingParams) -> Path:
-    """Rewrite a Modelfile's PARAMETER lines with `params`, keeping FROM, TEMPLATE, stops, SYSTEM, LICENSE."""
+def rewrite_modelfile(path: Path, params: DecodingParams, only: Iterable[str] | None = None) -> Path:
+    """Rewrite a Modelfile's PARAMETER lines with `params` (or just the fields in `only`), keeping
+    FROM, TEMPLATE, stops, SYSTEM, LICENSE and the other PARAMETERs."""
     from .modelfile import build_modelfile, validate_file
     from .modelfile import write as write_mf
 
@@ -588,9 +627,22 @@ def rewrite_modelfile(path: Path, params: DecodingParams) -> Path:
     existing = {k: v for k, v in mf.parameters.items() if k != "stop"}
     options = params.to_ollama_options()
     options.pop("stop", None)
+    if only is not None:
+        options = {SPECS[k].ollama: options[SPECS[k].ollama] for k in only if SPECS[k].ollama}
     text = build_modelfile(from_=mf.model, template=mf.template, stops=mf.stops, system=mf.system,
                            parameters={**existing, **options}, license="\n".join(mf.licenses) or None)
     return write_mf(path, text)
+
+
+def _load_against(folder: Path) -> dict:
+    try:
+        other = json.loads((folder / "best.json").read_text())
+    except (OSError, ValueError):
+        other = {}
+    if not {"study", "search_best_value", "search_generations", "search_trials"} <= set(other):
+        raise ConfigError(f"{folder / 'best.json'} is missing or from an older toolkit",
+                          fix="pass the results directory of a finished sweep (run it without --no-noise)")
+    return other
 
 
 def _examples_with_references(data: Path, n: int) -> list:
@@ -608,7 +660,8 @@ def _examples_with_references(data: Path, n: int) -> list:
 
 def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo/data/validation.jsonl"),
           backend: str = "llamacpp", url: str = "", out: Path | None = None, storage: str = "", study: str = "",
-          trials: int = 0, prompts: int = 0, modelfile: Path | None = None, noise: bool = True) -> int:
+          trials: int = 0, prompts: int = 0, modelfile: Path | None = None, noise: bool = True,
+          against: Path | None = None) -> int:
     """Search decoding parameters with Optuna, scored by BERTScore (or ROUGE-L/BLEU) against references.
 
     Re-running the same command continues the study (completed trials are kept); several workers
@@ -628,6 +681,8 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
         prompts: override the prompts per trial.
         modelfile: a Modelfile to rewrite with the chosen PARAMETER values.
         noise: re-run the top trials and the default with several seeds and compare them.
+        against: another sweep's results directory (same prompts and seed): the report sets this
+            search's best value and generation count beside its own.
     """
     from .backends import open_backend
     from .console import err
@@ -639,6 +694,7 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
     examples = _examples_with_references(Path(data), cfg.prompts)
     if modelfile is not None and not Path(modelfile).exists():
         raise ConfigError(f"Modelfile {modelfile} does not exist", fix="export the model first or drop --modelfile")
+    other = _load_against(Path(against)) if against else None
     out = Path(out) if out else Path("runs") / "sweeps" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -653,12 +709,14 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
             err.print(f"{len(finished(optuna_study))} trials in {storage}")
             return 0
         result = noise_check(optuna_study, cfg, ev)
-    best = write_outputs(optuna_study, cfg, out, result, generations=ev.generations, seconds=time.perf_counter() - start)
+    best = write_outputs(optuna_study, cfg, out, result, generations=ev.generations, seconds=time.perf_counter() - start,
+                         against=other)
     print_summary(optuna_study, cfg, result)
     if modelfile is not None:
-        chosen = result["candidates"][result["best"]]["params"] if result["comparison"]["significant"] and result["comparison"]["diff"]["mean"] > 0 else result["candidates"]["default"]["params"]
-        rewrite_modelfile(Path(modelfile), DecodingParams.from_dict(chosen))
-        err.print(f"rewrote the PARAMETER lines of {modelfile}")
+        label, chosen = chosen_params(result, cfg)
+        rewrite_modelfile(Path(modelfile), DEFAULTS.replace(**chosen), only=chosen)
+        why = f"{label}'s values" if label != "default" else "the default values: no trial beat them beyond noise"
+        err.print(f"{modelfile}: PARAMETER {', '.join(f'{k} {v}' for k, v in chosen.items())} ({why})")
     err.print(f"[bold]{best['verdict']}[/]", soft_wrap=True)
     err.print(f"report: {out / 'report.md'}")
     return 0

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from .errors import ConfigError, DataError, ModelError
-from .io import atomic_dir, atomic_path, write_json, write_text
+from .io import atomic_dir, save_figure, write_json, write_text
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "lora-chat"
@@ -788,11 +788,7 @@ def plot_losses(rows: list[dict], dest: Path) -> Path:
     ax.set_ylabel("loss (per response token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return dest
+    return save_figure(fig, dest)
 
 
 def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
@@ -1259,7 +1255,7 @@ def load_space(spec: str | os.PathLike) -> list[Dimension]:
     path = recipe_path(spec)
     raw = read_yaml(path)
     if not raw:
-        raise ConfigError(f"{path}: the search space is empty", fix=f"name options to search, e.g. lr: {{low: 1.0e-5, high: 1.0e-3, log: true}}")
+        raise ConfigError(f"{path}: the search space is empty", fix="name options to search, e.g. lr: {low: 1.0e-5, high: 1.0e-3, log: true}")
     dims = []
     for name, body in raw.items():
         if name not in SEARCHABLE:

@@ -16,6 +16,10 @@ from .errors import ToolkitError
 
 # Minimum top-1 agreement per GGUF type on the default model (issue 4); other types are reported.
 TARGETS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
+# A position is "decisive" when the HF model's top-1 token leads its runner-up by this many nats
+# (about 1.65x as likely). A small model has many near-ties, where any rounding flips the argmax;
+# agreement on decisive positions shows whether a quantization changes what the model clearly prefers.
+DECISIVE_MARGIN = 0.5
 
 PROBE_CONVERSATION = [
     {"role": "user", "content": "What is a learning-rate warmup?"},
@@ -43,6 +47,8 @@ class Fidelity:
     target: float | None = None
     passed: bool = True
     per_prompt: list[float] = field(default_factory=list)
+    decisive_positions: int = 0
+    decisive_agreement: float = 1.0
 
 
 def gguf_type(path: Path) -> str:
@@ -87,7 +93,7 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
 
     kind = gguf_type(gguf)
     llm = load(gguf, n_ctx=max(len(s) for s in seqs) + 8, logits_all=True)
-    agree = total = 0
+    agree = total = decisive = decisive_agree = 0
     kls: list[float] = []
     per_prompt = []
     try:
@@ -96,7 +102,12 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
             llm.eval(seq[:-1])
             scores = torch.from_numpy(np.array(llm.scores[start - 1 : len(seq) - 1], dtype=np.float64))
             gg = torch.log_softmax(scores, dim=-1)
-            same = (gg.argmax(-1) == hf.argmax(-1)).sum().item()
+            matches = gg.argmax(-1) == hf.argmax(-1)
+            top2 = hf.topk(2, dim=-1).values
+            clear = (top2[:, 0] - top2[:, 1]) >= DECISIVE_MARGIN
+            decisive += int(clear.sum())
+            decisive_agree += int((matches & clear).sum())
+            same = int(matches.sum())
             kl = (hf.exp() * (hf - gg)).sum(-1)
             agree += same
             total += len(kl)
@@ -107,7 +118,7 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
     target = TARGETS.get(kind)
     top1 = agree / max(1, total)
     return Fidelity(str(gguf), kind, total, top1, sum(kls) / max(1, len(kls)), max(kls, default=0.0), target,
-                    target is None or top1 >= target, per_prompt)
+                    target is None or top1 >= target, per_prompt, decisive, decisive_agree / max(1, decisive))
 
 
 CONVERSATIONS = [
@@ -177,7 +188,8 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     """Check GGUF files against the HF model they came from: fidelity and chat templates.
 
     Fidelity: the HF model greedily continues N prompts; at every generated position both models'
-    next-token distributions are compared (top-1 agreement, mean KL). Targets: f16/bf16/f32 >= 99%,
+    next-token distributions are compared (top-1 agreement, agreement on decisive positions where
+    the HF model's top token clearly leads, mean KL). Targets: f16/bf16/f32 >= 99%,
     q8_0 >= 97%; other quantizations are reported. Templates: a conversation rendered by the HF
     chat template, the template inside the GGUF and the Modelfile beside it must be identical, and
     every end-of-turn token must be a Modelfile stop. Exits 1 when any check fails.
@@ -207,8 +219,9 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     texts = texts[:prompts]
     with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
         seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens)
-    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts x {tokens} tokens)")
-    for col in ("file", "type", "top-1", "mean KL", "max KL", "templates", "result"):
+    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts x {tokens} tokens)",
+                  caption=f"decisive: top-1 agreement where the HF model's top token leads by >= {DECISIVE_MARGIN} nats")
+    for col in ("file", "type", "top-1", "decisive", "mean KL", "max KL", "templates", "result"):
         table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right", no_wrap=True)
     failures = []
     for path in files:
@@ -219,7 +232,7 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         ok = fid.passed and not problems
         template_cell = "skipped" if not templates else "MISMATCH" if problems else "same" + (" +stops" if mf.exists() else "")
         target = f" (>= {fid.target:.0%})" if fid.target else ""
-        table.add_row(path.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
+        table.add_row(path.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.decisive_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
                       template_cell, ("[green]pass[/]" if ok else "[red]FAIL[/]") + target)
         if not fid.passed:
             failures.append(f"{path.name}: top-1 agreement {fid.top1_agreement:.1%} below {fid.target:.0%}")
