@@ -1,9 +1,9 @@
 """Sweep speed: the seed study's naive harness vs ours, the same trials over the same prompts, one run.
 
 Naive (as the seed ran it): per trial, generate one prompt at a time and call `bert_score.score`
-afresh (which loads the encoder and embeds the references again). Ours: the model and scorer
-loaded once, reference embeddings cached, prompts decoded together in one llama.cpp batch, and
-median pruning over prompt chunks. Prints the speed-up (target >= 4x) and the objective values
+afresh (which loads the encoder and embeds the references again). Ours (`toolkit.sweep.run_trials`):
+the model and scorer loaded once, reference embeddings cached, trials run in waves whose prompt
+chunks are decoded together in llama.cpp's parallel slots, and median pruning over prompt chunks. Prints the speed-up (target >= 4x) and the objective values
 of both for the trials both completed (they should agree within sampling noise).
 
 Run: make bench   (or .venv/bin/python bench/sweep.py [--trials 8] [--prompts 12] [--max-tokens 96])
@@ -46,21 +46,22 @@ def naive(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], b
 def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], base, prune: bool) -> tuple[list[float | None], float, int]:
     import optuna
 
-    from toolkit.metrics import MetricSuite
-    from toolkit.sweep import Dimension, Evaluator, SweepConfig, make_objective
     from toolkit.backends import LlamaCppBackend
+    from toolkit.metrics import MetricSuite
+    from toolkit.sweep import Dimension, Evaluator, SweepConfig, run_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = SweepConfig(name="bench", space={"temperature": Dimension("temperature", 0.1, 1.5), "top_p": Dimension("top_p", 0.5, 1.0)},
                       pruner="median" if prune else "none", chunks=3, startup_trials=3, trials=len(trials),
-                      prompts=len(prompts), seed=base.seed, fixed={"max_tokens": base.max_tokens})
+                      prompts=len(prompts), seed=base.seed, fixed={"max_tokens": base.max_tokens, "num_ctx": base.num_ctx})
     start = time.perf_counter()
     with LlamaCppBackend(gguf, n_ctx=1024) as backend:
         ev = Evaluator(backend, prompts, refs, {"bertscore_f1": 1.0}, MetricSuite())
-        study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=3) if prune else optuna.pruners.NopPruner())
-        for t in trials:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3) if prune else optuna.pruners.NopPruner()
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for t in trials:  # the same trials as the naive harness, in the same order
             study.enqueue_trial(t)
-        study.optimize(make_objective(cfg, ev), n_trials=len(trials))
+        run_trials(study, cfg, ev)
     values = [t.value if t.state == optuna.trial.TrialState.COMPLETE else None for t in study.trials]
     return values, time.perf_counter() - start, ev.generations
 
@@ -82,7 +83,7 @@ def main() -> None:
     examples = (load_examples(data / "validation.jsonl") + load_examples(data / "test.jsonl"))[: args.prompts]
     prompts, refs = [e.prompt for e in examples], [e.response for e in examples]
     gguf = resolve(args.model, hf=False).require_gguf()
-    base = DEFAULTS.replace(max_tokens=args.max_tokens, seed=1234)
+    base = DEFAULTS.replace(max_tokens=args.max_tokens, seed=1234, num_ctx=1024)
     trials = trial_params(args.trials)
     print(f"{len(trials)} trials x {len(prompts)} prompts x <= {args.max_tokens} tokens on {gguf.name}")
     ours_vals, ours_s, gens = ours(gguf, trials, prompts, refs, base, prune=True)

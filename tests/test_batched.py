@@ -103,6 +103,13 @@ def test_backend_generate_batch_honours_the_chat_contract(llamacpp_backend):
     assert "5" not in batch[1].text and batch[1].finish_reason == "stop" and batch[1].text.strip()
     seeded = llamacpp_backend.generate_batch(convs[:1] * 2, params.replace(temperature=1.0, max_tokens=12), seeds=[3, 4])
     assert seeded[0].text == llamacpp_backend.chat(convs[0], params.replace(temperature=1.0, max_tokens=12, seed=3)).text
+    # one parameter set per conversation (a sweep decodes several trials together): each as if alone
+    each = [params.replace(temperature=1.1, top_p=0.9, max_tokens=10, seed=5), params.replace(max_tokens=6, stop=())]
+    mixed = llamacpp_backend.generate_batch(convs, each)
+    assert [g.text for g in mixed] == [llamacpp_backend.chat(c, p).text for c, p in zip(convs, each)]
+    assert mixed[1].completion_tokens <= 6
+    with pytest.raises(BackendError, match="2 prompts but 1 parameter sets"):
+        llamacpp_backend.generate_batch(convs, each[:1])
     assert llamacpp_backend.generate_batch([], params) == []
 
 

@@ -11,7 +11,7 @@ import abc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .errors import BackendError, ConfigError
 from .params import DecodingParams
@@ -58,10 +58,21 @@ def render_jinja(template: str, messages: Messages, *, bos_token: str = "", eos_
                                             bos_token=bos_token, eos_token=eos_token)
 
 
+def per_item(params: DecodingParams | Sequence[DecodingParams], n: int) -> list[DecodingParams]:
+    """One parameter set per item: a single set repeated, or a list of exactly `n`."""
+    if isinstance(params, DecodingParams):
+        return [params] * n
+    each = list(params)
+    if len(each) != n:
+        raise BackendError(f"{n} prompts but {len(each)} parameter sets")
+    return each
+
+
 class Backend(abc.ABC):
     """Chat generation with explicit decoding parameters."""
 
     name = "backend"
+    parallel = 1  # sequences one generate_batch call decodes at once
 
     @abc.abstractmethod
     def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
@@ -77,14 +88,16 @@ class Backend(abc.ABC):
             raise RuntimeError(f"{self.name} backend produced no final generation")
         return final
 
-    def generate_batch(self, conversations: list[Messages], params: DecodingParams, *,
+    def generate_batch(self, conversations: list[Messages], params: DecodingParams | Sequence[DecodingParams], *,
                        seeds: list[int] | None = None) -> list[Generation]:
         """Generate one reply per conversation; backends that can decode several at once override this.
 
-        `seeds` gives each conversation its own sampling seed (default: `params.seed` for all).
+        `params` is one set for all, or one per conversation; `seeds` gives each conversation its
+        own sampling seed (default: its parameters' seed).
         """
-        seeds = seeds or [params.seed] * len(conversations)
-        return [self.chat(conv, params.replace(seed=seed)) for conv, seed in zip(conversations, seeds)]
+        each = per_item(params, len(conversations))
+        seeds = seeds or [p.seed for p in each]
+        return [self.chat(conv, p.replace(seed=seed)) for conv, p, seed in zip(conversations, each, seeds)]
 
     def close(self) -> None:
         """Release the model or connection."""
@@ -100,6 +113,7 @@ class LlamaCppBackend(Backend):
     """llama.cpp in process through llama-cpp-python; the GGUF's own chat template formats turns."""
 
     name = "llamacpp"
+    parallel = 16
 
     def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
         from . import llamacpp
@@ -154,15 +168,17 @@ class LlamaCppBackend(Backend):
         several times the throughput. `completion_tokens` is the exact count of sampled tokens."""
         from .batched import BatchedGenerator
 
-        if params.num_ctx > self.n_ctx:
-            raise ConfigError(f"num_ctx={params.num_ctx} exceeds the loaded context {self.n_ctx}",
+        each = per_item(params, len(conversations))
+        widest = max(each, key=lambda p: p.num_ctx, default=None)
+        if widest is not None and widest.num_ctx > self.n_ctx:
+            raise ConfigError(f"num_ctx={widest.num_ctx} exceeds the loaded context {self.n_ctx}",
                               fix="open the backend with a larger n_ctx")
         prompts = [self._llm.tokenize(self.render(as_messages(c)).encode(), add_bos=False, special=True) for c in conversations]
         if not prompts:
             return []
-        need = max(map(len, prompts)) + params.max_tokens
+        need = max(len(t) + p.max_tokens for t, p in zip(prompts, each))
         if need > self.n_ctx:
-            raise BackendError(f"a prompt ({need - params.max_tokens} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
+            raise BackendError(f"a prompt + its max_tokens need {need} tokens, more than the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
         batched = getattr(self, "_batched", None)
         if batched is None or batched.n_ctx_per_seq < need:
@@ -171,8 +187,8 @@ class LlamaCppBackend(Backend):
             if batched is not None:
                 batched.close()
             batched = self._batched = BatchedGenerator(self.gguf, n_ctx_per_seq=min(self.n_ctx, -(-need // 256) * 256),
-                                                       n_parallel=16, n_threads=self._llm.n_threads)
-        return batched.generate(prompts, params, seeds)
+                                                       n_parallel=self.parallel, n_threads=self._llm.n_threads)
+        return batched.generate(prompts, each, seeds)
 
     def close(self) -> None:
         batched, self._batched = getattr(self, "_batched", None), None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .backends import Generation
+from .backends import Generation, per_item
 from .errors import BackendError, ModelError
 from .params import DecodingParams
 
@@ -161,30 +161,32 @@ class BatchedGenerator:
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], params: DecodingParams,
+    def generate(self, prompts: Sequence[Prompt], params: DecodingParams | Sequence[DecodingParams],
                  seeds: Sequence[int] | None = None) -> list[Generation]:
         """One `Generation` per prompt (text or token list), in order; see `complete`."""
         return [c.generation for c in self.complete(prompts, params, seeds)]
 
-    def complete(self, prompts: Sequence[Prompt], params: DecodingParams,
+    def complete(self, prompts: Sequence[Prompt], params: DecodingParams | Sequence[DecodingParams],
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         """Generate a completion for every prompt, `n_parallel` at a time.
 
-        `seeds[i]` seeds prompt i's sampler (default: `params.seed` for all). A completion stops at
+        `params` is one set for all prompts or one per prompt (a sweep decodes several trials'
+        settings together). `seeds[i]` seeds prompt i's sampler (default: its parameters' seed). A completion stops at
         an end-of-generation token or a stop string (both "stop"; the stop string is cut from the
         text) or after `params.max_tokens` tokens ("length"). `completion_tokens` counts the tokens
         sampled, the one that completed a stop string included, the end-of-generation token not.
         """
         if self._ctx is None:
             raise BackendError("the batched generator is closed")
-        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        each = per_item(params, len(prompts))
+        seeds = list(seeds) if seeds is not None else [p.seed for p in each]
         if len(seeds) != len(prompts):
             raise BackendError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         tokenized = [self.tokenize(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         for i, toks in enumerate(tokenized):
-            self._check_fits(i, toks, params)
+            self._check_fits(i, toks, each[i])
         # each seed goes through DecodingParams so it is validated like any other
-        jobs = deque((i, toks, params.replace(seed=seed)) for i, (toks, seed) in enumerate(zip(tokenized, seeds)))
+        jobs = deque((i, toks, p.replace(seed=seed)) for i, (toks, p, seed) in enumerate(zip(tokenized, each, seeds)))
         results: list[Completion | None] = [None] * len(prompts)
         slots: list[_Slot | None] = [None] * self.n_parallel
         try:

@@ -261,18 +261,28 @@ class Evaluator:
     suite: Any
     generations: int = 0
 
-    def evaluate(self, params: DecodingParams, indices: list[int], seeds: list[int] | None = None) -> tuple[list[float], dict]:
+    def evaluate(self, params: DecodingParams, indices: list[int]) -> tuple[list[float], dict]:
         """Objective per prompt for `indices`, plus metric means and token counts."""
+        return self.evaluate_many([(params, indices)])[0]
+
+    def evaluate_many(self, requests: list[tuple[DecodingParams, list[int]]]) -> list[tuple[list[float], dict]]:
+        """Several (parameters, prompt indices) requests decoded in one batch and scored in one call:
+        a backend with parallel slots keeps them full across trials."""
         from .metrics import objective_scores
 
-        conversations = [[{"role": "user", "content": self.prompts[i]}] for i in indices]
-        gens = self.backend.generate_batch(conversations, params, seeds=seeds)
+        jobs = [(r, params, i) for r, (params, indices) in enumerate(requests) for i in indices]
+        gens = self.backend.generate_batch([[{"role": "user", "content": self.prompts[i]}] for _, _, i in jobs],
+                                           [params for _, params, _ in jobs])
         self.generations += len(gens)
-        texts = [g.text for g in gens]
-        scores = self.suite.score(texts, [self.references[i] for i in indices], tuple(self.metric))
-        info = {"tokens": sum(g.completion_tokens for g in gens), "seconds": sum(g.seconds for g in gens),
-                "texts": texts, "finish": [g.finish_reason for g in gens]}
-        return objective_scores(scores, self.metric), info
+        scores = objective_scores(self.suite.score([g.text for g in gens], [self.references[i] for _, _, i in jobs],
+                                                   tuple(self.metric)), self.metric)
+        results = []
+        for r in range(len(requests)):
+            mine = [k for k, (owner, _, _) in enumerate(jobs) if owner == r]
+            results.append(([scores[k] for k in mine],
+                            {"tokens": sum(gens[k].completion_tokens for k in mine), "seconds": sum(gens[k].seconds for k in mine),
+                             "texts": [gens[k].text for k in mine], "finish": [gens[k].finish_reason for k in mine]}))
+        return results
 
 
 def _chunks(n: int, k: int) -> list[list[int]]:
@@ -281,36 +291,16 @@ def _chunks(n: int, k: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 
 
-def make_objective(cfg: SweepConfig, ev: Evaluator):
-    """The Optuna objective: generate in chunks, report the running mean, prune, record per-prompt scores."""
+def _grid_sampler(space: dict, seed: int):
+    """Optuna's GridSampler without its stop(): `run_trials` stops when the grid is covered, and
+    Study.stop() only works inside Study.optimize()."""
     import optuna
 
-    from .stats import bootstrap_mean
+    class GridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
 
-    base = cfg.base_params()
-
-    def objective(trial: optuna.Trial) -> float:
-        params = base.replace(**{name: dim.suggest(trial) for name, dim in cfg.space.items()})
-        scores: list[float] = []
-        tokens = 0
-        start = time.perf_counter()
-        for step, idx in enumerate(_chunks(len(ev.prompts), cfg.chunks)):
-            chunk_scores, info = ev.evaluate(params, idx)
-            scores += chunk_scores
-            tokens += info["tokens"]
-            trial.set_user_attr("scores", scores)
-            trial.set_user_attr("tokens", tokens)
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-            running = sum(scores) / len(scores)
-            if cfg.pruner != "none" and step < cfg.chunks - 1:
-                trial.report(running, step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        ci = bootstrap_mean(scores, resamples=cfg.bootstrap, seed=trial.number)
-        trial.set_user_attr("ci", [ci.low, ci.high])
-        return ci.mean
-
-    return objective
+    return GridSampler(space, seed=seed)
 
 
 def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: dict):
@@ -318,9 +308,11 @@ def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: 
     import optuna
 
     sampler = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.sampler_seed, n_startup_trials=min(10, max(1, cfg.trials // 3))),
+        # constant_liar: trials decoded together in one wave do not all propose the same point
+        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.sampler_seed, n_startup_trials=min(10, max(1, cfg.trials // 3)),
+                                                  constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=cfg.sampler_seed),
-        "grid": lambda: optuna.samplers.GridSampler(cfg.grid_space(), seed=cfg.sampler_seed),
+        "grid": lambda: _grid_sampler(cfg.grid_space(), cfg.sampler_seed),
     }[cfg.sampler]()
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
               if cfg.pruner == "median" else optuna.pruners.NopPruner())
@@ -386,25 +378,93 @@ def finished(study) -> list:
 
 
 def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
-    """Run trials until the study (across all workers) has `cfg.trials` finished ones."""
+    """Run trials until the study (across all workers) has `cfg.trials` finished ones.
+
+    Trials run in waves: a few are asked at once and their prompt chunks decoded together, so a
+    backend with parallel slots stays busy while median pruning still stops a weak trial after its
+    first chunk. Waves are asked and told in a fixed order, so the same sweep gives the same trials.
+    """
     import optuna
-    from optuna.study import MaxTrialsCallback
 
     from .console import progress
 
-    remaining = cfg.trials - len(finished(study))
-    if remaining <= 0:
+    chunks = _chunks(len(ev.prompts), cfg.chunks if cfg.pruner != "none" else 1)
+    # enough trials per wave to fill the backend's slots (continuous batching refills them)
+    width = max(1, -(-getattr(ev.backend, "parallel", 1) // len(chunks[0])))
+    if cfg.trials - len(finished(study)) <= 0:
         return
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     with progress() as bar:
-        task = bar.add_task(f"sweep {cfg.name}", total=cfg.trials, completed=cfg.trials - remaining, info="")
+        task = bar.add_task(f"sweep {cfg.name}", total=cfg.trials, completed=len(finished(study)), info="")
+        waited = 0.0
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial is retried (heartbeats)
+            done = len(finished(study))
+            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            if done >= cfg.trials:
+                break
+            # other workers' running trials count towards the total, unless they never finish
+            k = min(width, cfg.trials - done - (running if waited < STALE_WAIT else 0))
+            if k <= 0:
+                time.sleep(5)
+                waited += 5
+                continue
+            waited = 0.0
+            _run_wave(study, cfg, ev, [study.ask() for _ in range(k)], chunks)
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            bar.update(task, completed=len(finished(study)),
+                       info=f"best {max(t.value for t in complete):.4f}" if complete else "")
 
-        def tick(study, trial):
-            best = study.best_value if any(t.state == states[0] for t in study.get_trials(deepcopy=False, states=(states[0],))) else float("nan")
-            bar.update(task, completed=len(finished(study)), info=f"best {best:.4f}")
 
-        study.optimize(make_objective(cfg, ev), n_trials=remaining,
-                       callbacks=[MaxTrialsCallback(cfg.trials, states=states), tick], catch=())
+# How long to wait for other workers' running trials before running more trials here: longer than
+# the heartbeat grace period, after which a dead worker's trial is failed and retried.
+STALE_WAIT = 60.0
+
+
+def _run_wave(study, cfg: SweepConfig, ev: Evaluator, wave: list, chunks: list[list[int]]) -> None:
+    """Evaluate a wave of asked trials chunk by chunk, pruning after each chunk but the last."""
+    import contextlib
+
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from .stats import bootstrap_mean
+
+    base = cfg.base_params()
+    params = {t.number: base.replace(**{name: dim.suggest(t) for name, dim in cfg.space.items()}) for t in wave}
+    scores: dict[int, list[float]] = {t.number: [] for t in wave}
+    tokens = dict.fromkeys(params, 0)
+    start = time.perf_counter()
+    live = list(wave)
+    with contextlib.ExitStack() as stack:
+        for t in wave:
+            stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
+        try:
+            for step, idx in enumerate(chunks):
+                results = ev.evaluate_many([(params[t.number], idx) for t in live])
+                survivors = []
+                for t, (chunk_scores, info) in zip(live, results):
+                    scores[t.number] += chunk_scores
+                    tokens[t.number] += info["tokens"]
+                    t.set_user_attr("scores", scores[t.number])
+                    t.set_user_attr("tokens", tokens[t.number])
+                    t.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+                    if step < len(chunks) - 1:
+                        t.report(sum(scores[t.number]) / len(scores[t.number]), step)
+                        if t.should_prune():
+                            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                            continue
+                    survivors.append(t)
+                live = survivors
+            while live:
+                t = live[0]
+                ci = bootstrap_mean(scores[t.number], resamples=cfg.bootstrap, seed=t.number)
+                t.set_user_attr("ci", [ci.low, ci.high])
+                study.tell(t, ci.mean)
+                live.pop(0)
+        except BaseException:
+            for t in live:  # not told yet: mark failed so no trial stays RUNNING
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,8 +486,9 @@ def noise_check(study, cfg: SweepConfig, ev: Evaluator) -> dict:
     everyone = list(range(len(ev.prompts)))
     rows = {}
     with status(f"re-running the default and the top {len(complete)} trials with seeds {cfg.rerun_seeds}"):
-        for label, params in candidates:
-            per_seed = [ev.evaluate(params.replace(seed=s), everyone)[0] for s in cfg.rerun_seeds]
+        runs = ev.evaluate_many([(params.replace(seed=s), everyone) for _, params in candidates for s in cfg.rerun_seeds])
+        for c, (label, params) in enumerate(candidates):
+            per_seed = [scores for scores, _ in runs[c * len(cfg.rerun_seeds):(c + 1) * len(cfg.rerun_seeds)]]
             per_prompt = [sum(col) / len(col) for col in zip(*per_seed)]
             rows[label] = {"params": params.to_dict(), "per_prompt": per_prompt,
                            "seed_means": [sum(s) / len(s) for s in per_seed],
