@@ -121,6 +121,13 @@ def test_report_sets_the_search_beside_another_sweep(tmp_path):
         _load_against(tmp_path)
 
 
+def test_reports_never_show_a_storage_password():
+    from toolkit.sweep import _without_password
+
+    assert _without_password("postgresql://u:s3cr@t@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert _without_password("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+
+
 def _cmd(sweep_file: Path, split: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "toolkit", "sweep", str(sweep_file), "--data", str(split), "--out", str(out), "--no-noise", *extra]
 

@@ -145,6 +145,13 @@ def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Pa
     dest = out / "sweep"
     sweep(sweep_file, model=str(gguf), data=dev, out=dest, modelfile=gguf.with_suffix(".Modelfile"),
           trials=3 if quick else 0, prompts=3 if quick else 0)
+    import json
+
+    from .console import err
+
+    best = json.loads((dest / "best.json").read_text())
+    if not (best["comparison"]["significant"] and best["comparison"]["diff"]["mean"] > 0):
+        err.print("the sweep kept the default values, so the +swept systems below decode exactly as the default ones")
     return dest / "best.yaml"
 
 

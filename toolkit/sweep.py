@@ -384,6 +384,8 @@ def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
     backend with parallel slots stays busy while median pruning still stops a weak trial after its
     first chunk. Waves are asked and told in a fixed order, so the same sweep gives the same trials.
     """
+    import warnings
+
     import optuna
 
     from .console import progress
@@ -393,11 +395,14 @@ def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
     width = max(1, -(-getattr(ev.backend, "parallel", 1) // len(chunks[0])))
     if cfg.trials - len(finished(study)) <= 0:
         return
-    with progress() as bar:
+    with progress() as bar, warnings.catch_warnings():
+        # heartbeats are "experimental" and "meant for Study.optimize": we record them ourselves
+        # (see _run_wave), so a killed worker's trial is still noticed and retried
+        warnings.filterwarnings("ignore", message=".*(experimental|Heartbeat of storage).*")
         task = bar.add_task(f"sweep {cfg.name}", total=cfg.trials, completed=len(finished(study)), info="")
         waited = 0.0
         while True:
-            optuna.storages.fail_stale_trials(study)  # a killed worker's trial is retried (heartbeats)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial is retried
             done = len(finished(study))
             running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
             if done >= cfg.trials:
@@ -536,7 +541,7 @@ def search_generations(study) -> int:
 
 
 def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generations: int, seconds: float,
-                  against: dict | None = None) -> dict:
+                  storage: str = "", against: dict | None = None) -> dict:
     """trials.csv, best.json, best.yaml, per_prompt.csv, noise.json, plots and report.md."""
     import csv
     import io as _io
@@ -564,7 +569,7 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
             "search_best_value": study.best_value if complete else None,
             "rerun": {k: v["ci"] for k, v in noise["candidates"].items()},
             "comparison": noise["comparison"], "verdict": noise["verdict"],
-            "search_trials": len(trials), "search_generations": search_generations(study),
+            "search_trials": len(trials), "search_generations": search_generations(study), "storage": storage,
             "generations": generations, "seconds": round(seconds, 1)}
     write_json(out / "best.json", best)
     write_text(out / "best.yaml", f"# Decoding parameters chosen by `toolkit sweep` ({cfg.name}): {best['verdict']}\n"
@@ -648,10 +653,10 @@ def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict,
     count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     lines = [f"# Sweep `{cfg.name}`", "", f"**Verdict:** {best['verdict']}", "",
              f"- metric: {', '.join(f'{k} x{v:g}' for k, v in cfg.metric.items())}; {cfg.prompts} prompts; generation seed {cfg.seed}",
-             f"- sampler {cfg.sampler} (seed {cfg.sampler_seed}), pruner {cfg.pruner} over {cfg.chunks} prompt chunks",
+             f"- sampler {cfg.sampler} (seed {cfg.sampler_seed}), pruner {cfg.pruner}" + (f" over {cfg.chunks} prompt chunks" if cfg.pruner != "none" else ""),
              f"- trials: {count[optuna.trial.TrialState.COMPLETE]} complete, {count[optuna.trial.TrialState.PRUNED]} pruned, "
              f"{count[optuna.trial.TrialState.FAIL]} failed; {best['generations']} generations in {best['seconds']} s",
-             f"- storage: open it with `optuna-dashboard {study._storage.url if hasattr(study._storage, 'url') else ''}`", "",
+             f"- storage: `{best['storage']}` (browse it with `optuna-dashboard {best['storage']}`)", "",
              "## Re-run with seeds " + ", ".join(map(str, cfg.rerun_seeds)), "",
              "| candidate | mean | 95% CI | " + " | ".join(cfg.space) + " |", "|---|---|---|" + "---|" * len(cfg.space)]
     for label, row in noise["candidates"].items():
@@ -693,6 +698,13 @@ def rewrite_modelfile(path: Path, params: DecodingParams, only: Iterable[str] | 
     text = build_modelfile(from_=mf.model, template=mf.template, stops=mf.stops, system=mf.system,
                            parameters={**existing, **options}, license="\n".join(mf.licenses) or None)
     return write_mf(path, text)
+
+
+def _without_password(url: str) -> str:
+    """The storage URL for reports: a PostgreSQL password does not belong in a shared report."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^/]*@", r"://\1:***@", url)
 
 
 def _load_against(folder: Path) -> dict:
@@ -771,6 +783,7 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
             return 0
         result = noise_check(optuna_study, cfg, ev)
     best = write_outputs(optuna_study, cfg, out, result, generations=ev.generations, seconds=time.perf_counter() - start,
+                         storage=_without_password(storage),
                          against=other)
     print_summary(optuna_study, cfg, result)
     if modelfile is not None:
