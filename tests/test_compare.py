@@ -53,6 +53,7 @@ def test_report_and_cache(tmp_path, test_split, params_files):
     assert [s["label"] for s in result["systems"]] == ["base", "hot"]  # the zero-shot base comes first
     hot = result["systems"][1]
     assert hot["params"]["temperature"] == 1.3 and hot["params"]["seed"] == DEFAULTS.seed
+    assert hot["params"]["max_tokens"] == 12  # the params file goes on top of this run's options
     for metric in ("bertscore_f1", "bertscore_p", "bertscore_r", "rouge_l", "bleu"):
         ci = hot["metrics"][metric]
         assert ci["low"] <= ci["mean"] <= ci["high"]

@@ -45,7 +45,9 @@ def parse_system(spec: str, base_params: DecodingParams) -> System:
         raise ConfigError(f"system {spec!r} is not LABEL=MODEL[@PARAMS.yaml]", fix="e.g. --system tuned=model.gguf@best.yaml")
     model, _, params_file = rest.partition("@")
     if params_file:
-        return System(label, model, load_parameters(Path(params_file)).replace(seed=base_params.seed, stop=base_params.stop), params_file)
+        # the file's values on top of this run's options; every system keeps the same seed and stops
+        params = load_parameters(Path(params_file), base=base_params).replace(seed=base_params.seed, stop=base_params.stop)
+        return System(label, model, params, params_file)
     return System(label, model, base_params)
 
 

@@ -263,8 +263,9 @@ def _stem(hf_dir: Path) -> str:
     return hf_dir.name
 
 
-def load_parameters(path: Path):
-    """Decoding parameters from a YAML file (a mapping, or a `parameters:` key holding one)."""
+def load_parameters(path: Path, base=None):
+    """Decoding parameters from a YAML file (a mapping, or a `parameters:` key holding one); the
+    file's values go on top of `base` (default: the toolkit's defaults)."""
     import yaml
 
     from .params import DecodingParams
@@ -276,7 +277,8 @@ def load_parameters(path: Path):
     data = data.get("parameters", data) if isinstance(data, dict) else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of decoding parameters")
-    return DecodingParams.from_dict(data, where=str(path))
+    parsed = DecodingParams.from_dict(data, where=str(path))  # names and ranges checked here
+    return parsed if base is None else base.replace(**{k: getattr(parsed, k) for k in data})
 
 
 def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
