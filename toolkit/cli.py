@@ -140,10 +140,10 @@ def _add_decoding_options(parser: argparse.ArgumentParser, name: str) -> None:
         default = getattr(DEFAULTS, field)
         group.add_argument(
             "--" + field.replace("_", "-"), dest=f"{DECODING_PREFIX}{name}.{field}", type=spec.type, default=None,
-            help=f"{spec.help} (default: {default}; range {spec.low}..{spec.high})",
+            metavar=field.upper(), help=f"{spec.help} (default: {default}; range {spec.low}..{spec.high})",
         )
     group.add_argument("--stop", dest=f"{DECODING_PREFIX}{name}.stop", action="append", default=None,
-                       help="stop sequence (repeatable)")
+                       metavar="TEXT", help="stop sequence (repeatable)")
 
 
 def _collect_decoding(args: dict[str, Any]) -> dict[str, Any]:
