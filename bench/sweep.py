@@ -3,8 +3,9 @@
 Naive (as the seed ran it): per trial, generate one prompt at a time and call `bert_score.score`
 afresh (which loads the encoder and embeds the references again). Ours (`toolkit.sweep.run_trials`):
 the model and scorer loaded once, reference embeddings cached, trials run in waves whose prompt
-chunks are decoded together in llama.cpp's parallel slots, and median pruning over prompt chunks. Prints the speed-up (target >= 4x) and the objective values
-of both for the trials both completed (they should agree within sampling noise).
+chunks are decoded together in llama.cpp's parallel slots, and median pruning over prompt chunks.
+Prints the speed-up (target >= 4x) and the objective values of both for the trials both completed
+(they should agree within sampling noise).
 
 Run: make bench   (or .venv/bin/python bench/sweep.py [--trials 8] [--prompts 12] [--max-tokens 96])
 """
@@ -48,7 +49,7 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
 
     from toolkit.backends import LlamaCppBackend
     from toolkit.metrics import MetricSuite
-    from toolkit.sweep import Dimension, Evaluator, SweepConfig, run_trials
+    from toolkit.sweep import Dimension, Evaluator, SweepConfig, make_pruner, run_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = SweepConfig(name="bench", space={"temperature": Dimension("temperature", 0.1, 1.5), "top_p": Dimension("top_p", 0.5, 1.0)},
@@ -57,8 +58,7 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
     start = time.perf_counter()
     with LlamaCppBackend(gguf, n_ctx=1024) as backend:
         ev = Evaluator(backend, prompts, refs, {"bertscore_f1": 1.0}, MetricSuite())
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3) if prune else optuna.pruners.NopPruner()
-        study = optuna.create_study(direction="maximize", pruner=pruner)
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
         for t in trials:  # the same trials as the naive harness, in the same order
             study.enqueue_trial(t)
         run_trials(study, cfg, ev)

@@ -92,6 +92,7 @@ def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
     best = json.loads((out / "best.json").read_text())
     assert "beat" in best["verdict"] or "nothing to compare" in best["verdict"]
     assert set(best["rerun"]) >= {"default"}
+    assert best["chosen"] in best["rerun"]  # the candidate whose values best.yaml holds
     import csv
 
     temps = [r["temperature"] for r in csv.DictReader((out / "trials.csv").open())]

@@ -162,7 +162,7 @@ class LlamaCppBackend(Backend):
         yield Generation(text, "length" if finish == "length" else "stop", len(prompt), max(completion, count) if finish == "length" else completion,
                          time.perf_counter() - start)
 
-    def generate_batch(self, conversations: list[Messages], params: DecodingParams, *,
+    def generate_batch(self, conversations: list[Messages], params: DecodingParams | Sequence[DecodingParams], *,
                        seeds: list[int] | None = None) -> list[Generation]:
         """Decode up to 16 conversations at once (`toolkit.batched`): same texts as `chat()` per seed,
         several times the throughput. `completion_tokens` is the exact count of sampled tokens."""

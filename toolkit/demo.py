@@ -149,8 +149,7 @@ def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Pa
 
     from .console import err
 
-    best = json.loads((dest / "best.json").read_text())
-    if not (best["comparison"]["significant"] and best["comparison"]["diff"]["mean"] > 0):
+    if json.loads((dest / "best.json").read_text())["chosen"] == "default":
         err.print("the sweep kept the default values, so the +swept systems below decode exactly as the default ones")
     return dest / "best.yaml"
 

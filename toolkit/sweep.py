@@ -261,10 +261,6 @@ class Evaluator:
     suite: Any
     generations: int = 0
 
-    def evaluate(self, params: DecodingParams, indices: list[int]) -> tuple[list[float], dict]:
-        """Objective per prompt for `indices`, plus metric means and token counts."""
-        return self.evaluate_many([(params, indices)])[0]
-
     def evaluate_many(self, requests: list[tuple[DecodingParams, list[int]]]) -> list[tuple[list[float], dict]]:
         """Several (parameters, prompt indices) requests decoded in one batch and scored in one call:
         a backend with parallel slots keeps them full across trials."""
@@ -303,6 +299,15 @@ def _grid_sampler(space: dict, seed: int):
     return GridSampler(space, seed=seed)
 
 
+def make_pruner(cfg: SweepConfig):
+    """Median pruning over prompt chunks after `startup_trials` complete ones, or none."""
+    import optuna
+
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
 def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: dict):
     """Create or load the study; refuse to continue a study that was run with different settings."""
     import optuna
@@ -314,8 +319,7 @@ def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: 
         "random": lambda: optuna.samplers.RandomSampler(seed=cfg.sampler_seed),
         "grid": lambda: _grid_sampler(cfg.grid_space(), cfg.sampler_seed),
     }[cfg.sampler]()
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
-              if cfg.pruner == "median" else optuna.pruners.NopPruner())
+    pruner = make_pruner(cfg)
     rdb = _storage(storage)
     study = optuna.create_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
@@ -564,7 +568,8 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best_label = noise["best"]
     best_params = noise["candidates"][best_label]["params"]
-    best = {"study": study.study_name, "best": best_label, "params": best_params,
+    chosen_label, chosen = chosen_params(noise, cfg)
+    best = {"study": study.study_name, "best": best_label, "params": best_params, "chosen": chosen_label,
             "search_best_trial": study.best_trial.number if complete else None,
             "search_best_value": study.best_value if complete else None,
             "rerun": {k: v["ci"] for k, v in noise["candidates"].items()},
@@ -574,7 +579,7 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
     write_json(out / "best.json", best)
     write_text(out / "best.yaml", f"# Decoding parameters chosen by `toolkit sweep` ({cfg.name}): {best['verdict']}\n"
                f"# Use: toolkit export MODEL_DIR --parameters {out / 'best.yaml'}\n"
-               + yaml.safe_dump({"parameters": chosen_params(noise, cfg)[1]}, sort_keys=False))
+               + yaml.safe_dump({"parameters": chosen}, sort_keys=False))
     buf = _io.StringIO()
     w = csv.writer(buf)
     w.writerow(["prompt", "default", best_label])
