@@ -60,6 +60,27 @@ def test_batch_generation_matches_the_contract(backend):
     assert all(g.text and g.completion_tokens <= 13 for g in first)
 
 
+def test_streamed_jobs_match_chat_and_can_be_added_while_running(backend):
+    """generate_stream takes jobs as they come (a sweep queues a trial's next chunk once it is
+    scored) and gives each the text chat() gives; a repeated prompt is one a batched backend shares."""
+    from collections import deque
+
+    params = DecodingParams(temperature=0.9, max_tokens=10, seed=3, num_ctx=1024)
+    convs = [[{"role": "user", "content": p}] for p in ("Name a colour.", "Name a fruit.")]
+    queue = deque([("a", convs[0], params), ("b", convs[1], params.replace(seed=4)), ("c", convs[0], params.replace(seed=5))])
+    later = deque([("d", convs[1], params.replace(temperature=0.5)), ("e", convs[0], params.replace(seed=6))])
+    got = {}
+    for key, gen in backend.generate_stream(lambda: queue.popleft() if queue else None):
+        got[key] = gen
+        if later:
+            queue.append(later.popleft())
+    assert sorted(got) == ["a", "b", "c", "d", "e"]
+    expected = {"a": (0, params), "b": (1, params.replace(seed=4)), "c": (0, params.replace(seed=5)),
+                "d": (1, params.replace(temperature=0.5)), "e": (0, params.replace(seed=6))}
+    for key, (conv, p) in expected.items():
+        assert got[key].text == backend.chat(convs[conv], p).text, key
+
+
 def test_same_seed_same_text_at_positive_temperature(backend):
     params = DecodingParams(temperature=1.0, top_p=0.95, max_tokens=40, seed=123, num_ctx=1024)
     first = backend.chat(PROMPT, params).text

@@ -58,6 +58,48 @@ def test_same_seed_same_text_across_calls_and_batch_compositions(generator, rend
     assert len(set(first)) > 1
 
 
+def test_shared_prompts_give_the_texts_of_unshared_ones(generator, rendered):
+    """A prompt a running slot holds is copied, not prefilled again, and its first token is sampled
+    from the saved logits: every text equals the one generated alone (where nothing is shared).
+    Short max_tokens make sources finish (and slots get reused) while their copies run."""
+    params = DecodingParams(temperature=0.9, top_p=0.95, max_tokens=12, seed=1, num_ctx=1024)
+    order = [0, 0, 2, 0, 2, 2, 0, 4, 0, 2]
+    each = [params.replace(temperature=round(0.5 + 0.1 * k, 2), max_tokens=(1, 3, 12)[k % 3]) for k in range(len(order))]
+    seeds = [20 + k for k in range(len(order))]
+    before = (generator.prefills, generator.shared_prefills)
+    batch = generator.generate([rendered[i] for i in order], each, seeds)
+    prefills, shared = generator.prefills - before[0], generator.shared_prefills - before[1]
+    assert shared >= 3 and prefills + shared == len(order)
+    alone = [generator.generate([rendered[i]], p, [seed])[0] for i, p, seed in zip(order, each, seeds)]
+    assert [g.text for g in batch] == [g.text for g in alone]
+    assert [g.completion_tokens for g in batch] == [g.completion_tokens for g in alone]
+
+
+def test_repeat_penalty_matches_chat(generator, rendered, llamacpp_backend):
+    """The repeat penalty is applied to the logits outside llama.cpp's sampler chain (for speed):
+    strong penalties and a reward (< 1) on repetitive prompts still give chat()'s texts."""
+    for penalty in (1.5, 0.8):
+        params = DecodingParams(temperature=0.7, repeat_penalty=penalty, max_tokens=40, seed=7, num_ctx=1024)
+        batch = generator.generate([rendered[4], rendered[0]], params)
+        assert [g.text for g in batch] == [llamacpp_backend.chat(PROMPTS[i], params).text for i in (4, 0)]
+
+
+def test_stream_takes_jobs_added_while_running(generator, rendered):
+    from collections import deque
+
+    from toolkit.batched import Job
+
+    params = DecodingParams(temperature=0.8, max_tokens=6, seed=2, num_ctx=1024)
+    queue = deque(Job(k, rendered[k], params) for k in range(2))
+    seen = {}
+    for key, done in generator.stream(lambda: queue.popleft() if queue else None):
+        seen[key] = done.generation.text
+        if key + 2 < len(rendered):
+            queue.append(Job(key + 2, rendered[key + 2], params))
+    assert sorted(seen) == list(range(len(rendered)))
+    assert [seen[k] for k in range(len(rendered))] == [g.text for g in generator.generate(rendered, params)]
+
+
 def test_max_tokens_gives_length_and_exact_counts(generator, rendered):
     done = generator.complete(rendered[:4], DecodingParams(temperature=0, max_tokens=5, num_ctx=1024))
     for c in done:
@@ -65,6 +107,15 @@ def test_max_tokens_gives_length_and_exact_counts(generator, rendered):
         assert c.generation.completion_tokens == len(c.tokens) == 5
         assert c.generation.text == generator.detokenize(c.tokens)
         assert c.generation.prompt_tokens > 5 and c.generation.seconds > 0
+
+
+def test_max_tokens_inside_a_character_runs_on_like_chat(generator, rendered, llamacpp_backend):
+    """Llama stops at max_tokens only where the text does not end inside a multi-byte character;
+    the batch does the same, so a reply cut at an emoji still equals chat()'s."""
+    params = DecodingParams(temperature=1.0, top_p=0.95, max_tokens=12, seed=25, num_ctx=1024)
+    gen = generator.generate([rendered[2]], params)[0]
+    assert gen.text == llamacpp_backend.chat(PROMPTS[2], params).text
+    assert gen.text.endswith("\N{GLOWING STAR}") and gen.completion_tokens > 12
 
 
 def test_end_of_generation_token_stops(generator, rendered):
@@ -155,3 +206,4 @@ def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
         assert np.array_equal(last_logits([(0, a)]), last_logits([(0, a), (1, b)]))
     finally:
         llama_cpp.llama_memory_clear(generator._mem, True)
+        generator._kept = [None] * generator.n_parallel  # the generator must not think prompts are still cached

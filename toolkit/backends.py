@@ -11,12 +11,14 @@ import abc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 from .errors import BackendError, ConfigError
 from .params import DecodingParams
 
 Messages = list[dict[str, str]]
+# what a job source hands `Backend.generate_stream`: (key, conversation, parameters), or None
+StreamJob = tuple[Hashable, Messages, DecodingParams]
 
 
 @dataclass
@@ -99,6 +101,20 @@ class Backend(abc.ABC):
         seeds = seeds or [p.seed for p in each]
         return [self.chat(conv, p.replace(seed=seed)) for conv, p, seed in zip(conversations, each, seeds)]
 
+    def generate_stream(self, next_job: Callable[[], StreamJob | None],
+                        cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
+        """Generate for jobs as `next_job()` hands them out (None: none waiting), yielding
+        (key, Generation) as each finishes; jobs may appear between yields. Backends with parallel
+        slots override this to keep the slots full, and drop running jobs that become `cancelled`
+        (one at a time, a job is never running when the caller could cancel it)."""
+        while (job := next_job()) is not None:
+            key, conv, params = job
+            yield key, self.chat(conv, params)
+
+    def reserve(self, conversations: list[Messages], max_tokens: int) -> None:
+        """Prepare for streamed jobs over these conversations generating up to `max_tokens` each
+        (a backend that sizes buffers up front does it here)."""
+
     def close(self) -> None:
         """Release the model or connection."""
 
@@ -133,10 +149,13 @@ class LlamaCppBackend(Backend):
         tid = self._llm.metadata.get(f"tokenizer.ggml.{which}_token_id")
         return self._llm.detokenize([int(tid)], special=True).decode("utf-8", "replace") if tid is not None else ""
 
-    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+    def _check_num_ctx(self, params: DecodingParams) -> None:
         if params.num_ctx > self.n_ctx:  # the context is fixed at load time: never silently ignore it
             raise ConfigError(f"num_ctx={params.num_ctx} exceeds the loaded context {self.n_ctx}",
                               fix="open the backend with a larger n_ctx")
+
+    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        self._check_num_ctx(params)
         start = time.perf_counter()
         prompt = self._llm.tokenize(self.render(messages).encode(), add_bos=False, special=True)
         if len(prompt) + params.max_tokens > self.n_ctx:
@@ -166,17 +185,45 @@ class LlamaCppBackend(Backend):
                        seeds: list[int] | None = None) -> list[Generation]:
         """Decode up to 16 conversations at once (`toolkit.batched`): same texts as `chat()` per seed,
         several times the throughput. `completion_tokens` is the exact count of sampled tokens."""
-        from .batched import BatchedGenerator
-
         each = per_item(params, len(conversations))
-        widest = max(each, key=lambda p: p.num_ctx, default=None)
-        if widest is not None and widest.num_ctx > self.n_ctx:
-            raise ConfigError(f"num_ctx={widest.num_ctx} exceeds the loaded context {self.n_ctx}",
-                              fix="open the backend with a larger n_ctx")
-        prompts = [self._llm.tokenize(self.render(as_messages(c)).encode(), add_bos=False, special=True) for c in conversations]
+        for p in each:
+            self._check_num_ctx(p)
+        prompts = [self._tokens(c) for c in conversations]
         if not prompts:
             return []
-        need = max(len(t) + p.max_tokens for t, p in zip(prompts, each))
+        batched = self._generator(max(len(t) + p.max_tokens for t, p in zip(prompts, each)))
+        return batched.generate(prompts, each, seeds)
+
+    def generate_stream(self, next_job: Callable[[], StreamJob | None],
+                        cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
+        """Jobs decoded together in the parallel slots, refilled as they come; a prompt another slot
+        holds is shared, not prefilled again (`toolkit.batched`). Same texts as `chat()`."""
+        from .batched import Job
+
+        def jobs() -> Job | None:
+            job = next_job()
+            if job is None:
+                return None
+            key, conv, params = job
+            self._check_num_ctx(params)
+            return Job(key, self._tokens(conv), params)
+
+        # without reserve() the engine gets room for the whole context per sequence
+        batched = getattr(self, "_batched", None) or self._generator(self.n_ctx)
+        for key, done in batched.stream(jobs, cancelled):
+            yield key, done.generation
+
+    def reserve(self, conversations: list[Messages], max_tokens: int) -> None:
+        if conversations:
+            self._generator(max(len(self._tokens(c)) for c in conversations) + max_tokens)
+
+    def _tokens(self, conversation: Messages) -> list[int]:
+        return self._llm.tokenize(self.render(as_messages(conversation)).encode(), add_bos=False, special=True)
+
+    def _generator(self, need: int):
+        """The batched engine, with room for `need` tokens per sequence."""
+        from .batched import BatchedGenerator
+
         if need > self.n_ctx:
             raise BackendError(f"a prompt + its max_tokens need {need} tokens, more than the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
@@ -188,7 +235,7 @@ class LlamaCppBackend(Backend):
                 batched.close()
             batched = self._batched = BatchedGenerator(self.gguf, n_ctx_per_seq=min(self.n_ctx, -(-need // 256) * 256),
                                                        n_parallel=self.parallel, n_threads=self._llm.n_threads)
-        return batched.generate(prompts, each, seeds)
+        return batched
 
     def close(self) -> None:
         batched, self._batched = getattr(self, "_batched", None), None

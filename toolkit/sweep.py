@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import ConfigError, DataError
 from .metrics import ScorerConfig, parse_objective
@@ -46,6 +46,9 @@ class Dimension:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         value = trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
         return round(value, 6)  # a stepped float arrives as 0.7000000000000001
+
+    def largest(self) -> float:
+        return max(self.choices) if self.choices is not None else self.high
 
     def grid(self) -> list:
         """Every value of this dimension (a grid needs choices or a step)."""
@@ -264,21 +267,31 @@ class Evaluator:
     def evaluate_many(self, requests: list[tuple[DecodingParams, list[int]]]) -> list[tuple[list[float], dict]]:
         """Several (parameters, prompt indices) requests decoded in one batch and scored in one call:
         a backend with parallel slots keeps them full across trials."""
-        from .metrics import objective_scores
-
         jobs = [(r, params, i) for r, (params, indices) in enumerate(requests) for i in indices]
-        gens = self.backend.generate_batch([[{"role": "user", "content": self.prompts[i]}] for _, _, i in jobs],
-                                           [params for _, params, _ in jobs])
+        gens = self.backend.generate_batch([self.conversation(i) for _, _, i in jobs], [params for _, params, _ in jobs])
         self.generations += len(gens)
-        scores = objective_scores(self.suite.score([g.text for g in gens], [self.references[i] for _, _, i in jobs],
-                                                   tuple(self.metric)), self.metric)
+        scores, _ = self.score(gens, [i for _, _, i in jobs])  # one scorer call for all
         results = []
         for r in range(len(requests)):
             mine = [k for k, (owner, _, _) in enumerate(jobs) if owner == r]
-            results.append(([scores[k] for k in mine],
-                            {"tokens": sum(gens[k].completion_tokens for k in mine), "seconds": sum(gens[k].seconds for k in mine),
-                             "texts": [gens[k].text for k in mine], "finish": [gens[k].finish_reason for k in mine]}))
+            results.append(([scores[k] for k in mine], _summary([gens[k] for k in mine])))
         return results
+
+    def score(self, gens: list, indices: list[int]) -> tuple[list[float], dict]:
+        """Objective value per generation (against the references of prompts `indices`), and a summary."""
+        from .metrics import objective_scores
+
+        scores = objective_scores(self.suite.score([g.text for g in gens], [self.references[i] for i in indices],
+                                                   tuple(self.metric)), self.metric)
+        return scores, _summary(gens)
+
+    def conversation(self, i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.prompts[i]}]
+
+
+def _summary(gens: list) -> dict:
+    return {"tokens": sum(g.completion_tokens for g in gens), "seconds": sum(g.seconds for g in gens),
+            "texts": [g.text for g in gens], "finish": [g.finish_reason for g in gens]}
 
 
 def _chunks(n: int, k: int) -> list[list[int]]:
@@ -313,7 +326,7 @@ def open_study(cfg: SweepConfig, storage: str, study_name: str, *, fingerprint: 
     import optuna
 
     sampler = {
-        # constant_liar: trials decoded together in one wave do not all propose the same point
+        # constant_liar: trials running together (in the parallel slots) do not all propose the same point
         "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.sampler_seed, n_startup_trials=min(10, max(1, cfg.trials // 3)),
                                                   constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=cfg.sampler_seed),
@@ -341,9 +354,10 @@ def _storage(url: str):
         try:
             return _open_rdb(url)
         except Exception as exc:
-            # workers starting together race to create the schema ("table ... already exists"):
-            # the loser simply opens what the winner created
-            if "already exists" not in str(exc) or attempt == 4:
+            # workers starting together race to create the schema ("table ... already exists", or
+            # both inserting its version row): the loser simply opens what the winner created
+            raced = any(m in str(exc) for m in ("already exists", "UNIQUE constraint failed", "duplicate key"))
+            if not raced or attempt == 4:
                 raise ConfigError(f"cannot open study storage {url} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
                                   fix="check the URL; PostgreSQL needs `pip install psycopg[binary]` and a reachable server") from None
             time.sleep(0.5 + attempt)
@@ -384,9 +398,11 @@ def finished(study) -> list:
 def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
     """Run trials until the study (across all workers) has `cfg.trials` finished ones.
 
-    Trials run in waves: a few are asked at once and their prompt chunks decoded together, so a
-    backend with parallel slots stays busy while median pruning still stops a weak trial after its
-    first chunk. Waves are asked and told in a fixed order, so the same sweep gives the same trials.
+    Trials stream through the backend: a new trial is asked whenever a parallel slot would
+    otherwise wait, a trial's next prompt chunk is queued as soon as the previous one is scored,
+    median pruning stops a weak trial after a chunk, and a trial is told as soon as it ends. Every
+    ask, prune and tell happens at a fixed point of the decoding stream (never on a clock), so the
+    same sweep gives the same trials.
     """
     import warnings
 
@@ -395,33 +411,29 @@ def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
     from .console import progress
 
     chunks = _chunks(len(ev.prompts), cfg.chunks if cfg.pruner != "none" else 1)
-    # enough trials per wave to fill the backend's slots (continuous batching refills them)
-    width = max(1, -(-getattr(ev.backend, "parallel", 1) // len(chunks[0])))
     if cfg.trials - len(finished(study)) <= 0:
         return
+    longest = int(cfg.space["max_tokens"].largest()) if "max_tokens" in cfg.space else cfg.base_params().max_tokens
+    ev.backend.reserve([ev.conversation(i) for i in range(len(ev.prompts))], longest)
     with progress() as bar, warnings.catch_warnings():
         # heartbeats are "experimental" and "meant for Study.optimize": we record them ourselves
-        # (see _run_wave), so a killed worker's trial is still noticed and retried
+        # (see _Trials), so a killed worker's trial is still noticed and retried
         warnings.filterwarnings("ignore", message=".*(experimental|Heartbeat of storage).*")
         task = bar.add_task(f"sweep {cfg.name}", total=cfg.trials, completed=len(finished(study)), info="")
         waited = 0.0
         while True:
             optuna.storages.fail_stale_trials(study)  # a killed worker's trial is retried
-            done = len(finished(study))
-            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-            if done >= cfg.trials:
+            if len(finished(study)) >= cfg.trials:
                 break
             # other workers' running trials count towards the total, unless they never finish
-            k = min(width, cfg.trials - done - (running if waited < STALE_WAIT else 0))
-            if k <= 0:
+            ran = _Trials(study, cfg, ev, chunks, count_running=waited < STALE_WAIT,
+                          on_finished=lambda best: bar.update(task, advance=1, info=f"best {best:.4f}" if best is not None else "")).run()
+            bar.update(task, completed=len(finished(study)))  # other workers' trials too
+            if ran:
+                waited = 0.0
+            else:
                 time.sleep(5)
                 waited += 5
-                continue
-            waited = 0.0
-            _run_wave(study, cfg, ev, [study.ask() for _ in range(k)], chunks)
-            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            bar.update(task, completed=len(finished(study)),
-                       info=f"best {max(t.value for t in complete):.4f}" if complete else "")
 
 
 # How long to wait for other workers' running trials before running more trials here: longer than
@@ -429,51 +441,131 @@ def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
 STALE_WAIT = 60.0
 
 
-def _run_wave(study, cfg: SweepConfig, ev: Evaluator, wave: list, chunks: list[list[int]]) -> None:
-    """Evaluate a wave of asked trials chunk by chunk, pruning after each chunk but the last."""
-    import contextlib
+class _Trials:
+    """One stream of trials through the backend (see `run_trials`).
 
-    import optuna
-    from optuna.storages._heartbeat import get_heartbeat_thread
+    A free slot takes, in this order: the next prompt of a chunk a trial is known to need (its
+    previous chunk was scored and not pruned), oldest trial first; the first prompt of a newly
+    asked trial, while the study wants more; a prompt of a trial's next chunk ahead of its pruning
+    decision (the slot would idle otherwise), which is dropped, even mid-generation, if the trial
+    is then pruned.
+    """
 
-    from .stats import bootstrap_mean
+    def __init__(self, study, cfg: SweepConfig, ev: Evaluator, chunks: list[list[int]], *, count_running: bool,
+                 on_finished: Callable[[float | None], None]):
+        self.study, self.cfg, self.ev, self.chunks = study, cfg, ev, chunks
+        self.count_running, self.on_finished = count_running, on_finished
+        self.base = cfg.base_params()
+        self.live: dict[int, _Live] = {}  # trial number -> state, in the order asked
+        self.asked = 0
+        self.enough = False  # the study has all the trials it needs, as far as this run is concerned
+        self.start = time.perf_counter()
 
-    base = cfg.base_params()
-    params = {t.number: base.replace(**{name: dim.suggest(t) for name, dim in cfg.space.items()}) for t in wave}
-    scores: dict[int, list[float]] = {t.number: [] for t in wave}
-    tokens = dict.fromkeys(params, 0)
-    start = time.perf_counter()
-    live = list(wave)
-    with contextlib.ExitStack() as stack:
-        for t in wave:
-            stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
+    def run(self) -> int:
+        """Run until no more trials are wanted and none is running here; the number asked."""
+        from optuna.trial import TrialState
+
         try:
-            for step, idx in enumerate(chunks):
-                results = ev.evaluate_many([(params[t.number], idx) for t in live])
-                survivors = []
-                for t, (chunk_scores, info) in zip(live, results):
-                    scores[t.number] += chunk_scores
-                    tokens[t.number] += info["tokens"]
-                    t.set_user_attr("scores", scores[t.number])
-                    t.set_user_attr("tokens", tokens[t.number])
-                    t.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-                    if step < len(chunks) - 1:
-                        t.report(sum(scores[t.number]) / len(scores[t.number]), step)
-                        if t.should_prune():
-                            study.tell(t, state=optuna.trial.TrialState.PRUNED)
-                            continue
-                    survivors.append(t)
-                live = survivors
-            while live:
-                t = live[0]
-                ci = bootstrap_mean(scores[t.number], resamples=cfg.bootstrap, seed=t.number)
-                t.set_user_attr("ci", [ci.low, ci.high])
-                study.tell(t, ci.mean)
-                live.pop(0)
+            stream = self.ev.backend.generate_stream(self.next_job, lambda key: key[0] not in self.live)
+            for (n, step, i), gen in stream:
+                self.ev.generations += 1
+                t = self.live.get(n)
+                if t is None:  # finished in the same decode step that got its trial pruned
+                    continue
+                t.got[step][i] = gen
+                while n in self.live and len(t.got[t.scored]) == len(self.chunks[t.scored]):
+                    self.chunk_done(n, t.scored)
         except BaseException:
-            for t in live:  # not told yet: mark failed so no trial stays RUNNING
-                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            for n in list(self.live):  # not told yet: mark failed so no trial stays RUNNING
+                self.end(n, TrialState.FAIL)
             raise
+        return self.asked
+
+    def next_job(self):
+        """The next prompt to decode (see the class docstring), or None."""
+        for n, t in self.live.items():
+            if t.todo and t.todo[0][0] <= t.scored:
+                return self.job(n)
+        if not self.enough and self.wanted() > 0:
+            return self.job(self.ask())
+        ahead = [(t.todo[0][0], n) for n, t in self.live.items() if t.todo]
+        return self.job(min(ahead)[1]) if ahead else None
+
+    def job(self, n: int):
+        t = self.live[n]
+        step, i = t.todo.popleft()
+        return (n, step, i), self.ev.conversation(i), t.params
+
+    def wanted(self) -> int:
+        """Trials still to ask; once none, none for the rest of this run (asked again by run_trials)."""
+        from optuna.trial import TrialState
+
+        running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        wanted = self.cfg.trials - len(finished(self.study)) - (running if self.count_running else len(self.live))
+        self.enough = wanted <= 0
+        return wanted
+
+    def ask(self) -> int:
+        from collections import deque
+
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        trial = self.study.ask()
+        beat = get_heartbeat_thread(trial._trial_id, self.study._storage)
+        beat.__enter__()
+        params = self.base.replace(**{name: dim.suggest(trial) for name, dim in self.cfg.space.items()})
+        todo = deque((step, i) for step, idx in enumerate(self.chunks) for i in idx)
+        self.live[trial.number] = _Live(trial, params, beat, todo, [{} for _ in self.chunks])
+        self.asked += 1
+        return trial.number
+
+    def chunk_done(self, n: int, step: int) -> None:
+        """Score a finished chunk; then prune the trial, finish it, or go on to its next chunk."""
+        from optuna.trial import TrialState
+
+        from .stats import bootstrap_mean
+
+        t, idx = self.live[n], self.chunks[step]
+        chunk_scores, info = self.ev.score([t.got[step][i] for i in idx], idx)
+        t.scores += chunk_scores
+        t.tokens += info["tokens"]
+        t.trial.set_user_attr("scores", t.scores)
+        t.trial.set_user_attr("tokens", t.tokens)
+        t.trial.set_user_attr("seconds", round(time.perf_counter() - self.start, 2))
+        if step == len(self.chunks) - 1:
+            ci = bootstrap_mean(t.scores, resamples=self.cfg.bootstrap, seed=n)
+            t.trial.set_user_attr("ci", [ci.low, ci.high])
+            self.end(n, TrialState.COMPLETE, ci.mean)
+            return
+        t.trial.report(sum(t.scores) / len(t.scores), step)
+        if t.trial.should_prune():
+            self.end(n, TrialState.PRUNED)
+        else:
+            t.scored = step + 1
+
+    def end(self, n: int, state, value: float | None = None) -> None:
+        from optuna.trial import TrialState
+
+        t = self.live.pop(n)  # its queued prompts go with it; running ones are dropped (see run)
+        t.beat.__exit__(None, None, None)
+        self.study.tell(t.trial, value, state=state)
+        if state != TrialState.FAIL:
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            self.on_finished(max(c.value for c in complete) if complete else None)
+
+
+@dataclass
+class _Live:
+    """A trial running in `_Trials`."""
+
+    trial: Any
+    params: DecodingParams
+    beat: Any  # its heartbeat thread (a context manager)
+    todo: Any  # deque of (chunk, prompt index) not started yet, in order
+    got: list[dict]  # per chunk: prompt index -> Generation
+    scored: int = 0  # chunks scored so far; the next chunk to score
+    scores: list[float] = field(default_factory=list)
+    tokens: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
