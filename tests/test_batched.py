@@ -180,8 +180,6 @@ def test_closed_generator_is_a_clear_error(default_gguf, tmp_path):
 def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
     """Why `_prefill` decodes one prompt at a time. When this starts passing (strict xfail fails),
     llama.cpp is fixed and prompts could share a prefill decode again."""
-    import ctypes
-
     import llama_cpp
     import numpy as np
 
@@ -199,8 +197,7 @@ def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
                 n += 1
         generator._batch.n_tokens = n
         generator._decode()
-        row = llama_cpp.llama_get_logits_ith(generator._ctx, len(a) - 1)
-        return np.ctypeslib.as_array(ctypes.cast(row, ctypes.POINTER(ctypes.c_float)), shape=(generator._n_vocab,)).copy()
+        return generator._logits(len(a) - 1).copy()
 
     try:
         assert np.array_equal(last_logits([(0, a)]), last_logits([(0, a), (1, b)]))

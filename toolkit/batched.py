@@ -241,11 +241,9 @@ class BatchedGenerator:
                 finished.clear()
                 live = [slot for slot in slots if slot is not None]
                 if not live:
-                    if (job := next_job()) is None:
-                        return
-                    slot = self._open(list(range(self.n_parallel)), job)
-                    slots[slot.seq_id] = slot
-                    continue
+                    if fresh:  # all done at once; jobs queued during the yield are taken above
+                        continue
+                    return
                 self._step(live)  # one token for every generating sequence, all in one decode
                 for slot in live:
                     self._collect(slot, finished, slots)
@@ -316,18 +314,15 @@ class BatchedGenerator:
         import llama_cpp
 
         kept, self._kept[slot.seq_id] = self._kept[slot.seq_id], None
-        slot.n_past, slot.last_index = len(slot.prompt), -1  # -1: sample from first_logits
         if kept is not None and kept[0] == slot.prompt:
-            slot.first_logits, slot.kv_from = kept[1], self._decodes
-            self.shared_prefills += 1
+            self._shared(slot, kept[1], kv_from=self._decodes)
             return
         if kept is not None:  # another prompt's cells
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         source = self._holder(slot, slots)
         if source is None:
-            slot.n_past = 0
             self._prefill(slot)
-            slot.first_logits = self._logits_copy(slot.last_index)
+            slot.first_logits = self._logits(slot.last_index).copy()
             slot.kv_from = self._decodes
             return
         # Each sequence has its own KV stream: llama.cpp copies the source's whole stream at the
@@ -335,8 +330,13 @@ class BatchedGenerator:
         # another prompt in that decode is copied first); tokens past the prompt are dropped here.
         llama_cpp.llama_memory_seq_cp(self._mem, source[0], slot.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, len(slot.prompt), -1)
-        slot.first_logits = source[1]
-        slot.kv_from = self._decodes + 1  # a copy of a copy only once the data is really there
+        self._shared(slot, source[1], kv_from=self._decodes + 1)  # a copy of a copy only once the data is there
+
+    def _shared(self, slot: _Slot, first_logits, *, kv_from: int) -> None:
+        """The slot's prompt is in its KV cells without a prefill; its first token comes from the
+        logits saved when that prompt was prefilled."""
+        slot.n_past, slot.last_index = len(slot.prompt), -1  # -1: sample from first_logits
+        slot.first_logits, slot.kv_from = first_logits, kv_from
         self.shared_prefills += 1
 
     def _holder(self, slot: _Slot, slots: list[_Slot | None]) -> tuple[int, object] | None:
@@ -350,12 +350,12 @@ class BatchedGenerator:
                 return seq_id, kept[1]
         return None
 
-    def _logits_copy(self, index: int):
+    def _logits(self, index: int):
+        """The logits at batch position `index` of the last decode, as a writable numpy view."""
         import llama_cpp
         import numpy as np
 
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
 
     def _sample_saved(self, slot: _Slot) -> int:
         """What `llama_sampler_sample` does, on saved logits: apply the chain, accept the choice."""
@@ -450,10 +450,9 @@ class BatchedGenerator:
         a logit <= 0 is multiplied by the penalty, a positive one divided, in float32 as in C."""
         if slot.params.repeat_penalty == 1.0 or not slot.tokens:
             return
-        import llama_cpp
         import numpy as np
 
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        logits = self._logits(index)
         ids = np.fromiter(set(slot.tokens[-PENALTY_LAST_N:]), dtype=np.int64)
         values = logits[ids]
         penalty = np.float32(slot.params.repeat_penalty)
