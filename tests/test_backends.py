@@ -20,15 +20,27 @@ def served():
         yield url
 
 
-@pytest.fixture(params=["llamacpp", "ollama", "openai", "ollama-server"])
+@pytest.fixture(scope="module")
+def served_parallel():
+    """The same server decoding up to 3 requests together (`toolkit serve --parallel 3`)."""
+    from toolkit.serve import serve_in_thread
+
+    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, parallel=3) as url:
+        yield url
+
+
+@pytest.fixture(params=["llamacpp", "ollama", "openai", "ollama-parallel", "ollama-server"])
 def backend(request, llamacpp_backend, served):
-    """Every backend; `ollama-server` is a real Ollama at OLLAMA_HOST, skipped when none runs."""
+    """Every backend; `ollama-parallel` sends 3 requests at once to a server that batches them;
+    `ollama-server` is a real Ollama at OLLAMA_HOST, skipped when none runs."""
     from toolkit.backends import OllamaBackend, OpenAIBackend
 
     if request.param == "llamacpp":
         return llamacpp_backend
     if request.param == "ollama":
         return OllamaBackend("smollm2", served)
+    if request.param == "ollama-parallel":
+        return OllamaBackend("smollm2", request.getfixturevalue("served_parallel"), parallel=3)
     if request.param == "openai":
         return OpenAIBackend("smollm2", served)
     from toolkit.doctor import check_ollama
@@ -79,6 +91,17 @@ def test_streamed_jobs_match_chat_and_can_be_added_while_running(backend):
                 "d": (1, params.replace(temperature=0.5)), "e": (0, params.replace(seed=6))}
     for key, (conv, p) in expected.items():
         assert got[key].text == backend.chat(convs[conv], p).text, key
+
+
+def test_cancelled_jobs_are_not_answered(backend):
+    """A sweep drops a pruned trial's prompts, queued or running: they never come back."""
+    from collections import deque
+
+    params = DecodingParams(temperature=0.9, max_tokens=10, seed=3, num_ctx=1024)
+    conv = [{"role": "user", "content": "Name a colour."}]
+    queue = deque((key, conv, params) for key in ("a", "b", "c", "d"))
+    got = [key for key, _ in backend.generate_stream(lambda: queue.popleft() if queue else None, lambda key: key in "bc")]
+    assert got == ["a", "d"]
 
 
 def test_same_seed_same_text_at_positive_temperature(backend):
@@ -143,6 +166,16 @@ def test_ollama_backend_unreachable_is_a_clear_error():
     with pytest.raises(ToolkitError, match="no Ollama server at http://127.0.0.1:9") as info:
         OllamaBackend("smollm2", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))
     assert "ollama serve" in str(info.value)
+
+
+def test_parallel_is_validated_before_anything_runs():
+    from toolkit.backends import OllamaBackend, open_backend
+
+    for bad in (0, 65):
+        with pytest.raises(ToolkitError, match=f"parallel={bad} is outside 1..64"):
+            OllamaBackend("smollm2", "http://127.0.0.1:9", parallel=bad)
+    with pytest.raises(ToolkitError, match="parallel=0"):
+        open_backend("openai", "m", url="http://127.0.0.1:9", parallel=0)
 
 
 def test_openai_backend_unreachable_is_a_clear_error():

@@ -204,3 +204,22 @@ def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
     finally:
         llama_cpp.llama_memory_clear(generator._mem, True)
         generator._kept = [None] * generator.n_parallel  # the generator must not think prompts are still cached
+
+
+def test_text_is_streamed_in_final_pieces_never_past_a_stop(generator, rendered):
+    """A server streams each job's text as it is decoded: the pieces add up to the final text, and
+    nothing a stop string later claims is ever sent (the last len(stop) - 1 characters wait)."""
+    from toolkit.batched import Job
+
+    params = DecodingParams(temperature=0, max_tokens=40, num_ctx=1024)
+    stops = [(), (", 5",), ("water", "cycle"), ("\n",)]
+    pieces: dict[int, list[str]] = {i: [] for i in range(len(stops))}
+    prompt = rendered[4]  # counting: ", 5" comes early
+    queue = [Job(i, prompt if i != 2 else rendered[0], params.replace(stop=stop), on_text=pieces[i].append)
+             for i, stop in enumerate(stops)]
+    done = dict(generator.stream(lambda: queue.pop(0) if queue else None))
+    for i in range(len(stops)):
+        assert "".join(pieces[i]) == done[i].generation.text, i
+    assert len(pieces[0]) > 10, "sent piece by piece, not all at the end"
+    assert done[1].generation.finish_reason == "stop" and ", 5" not in done[1].generation.text
+    assert done[1].generation.text in done[0].generation.text

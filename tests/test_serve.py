@@ -43,12 +43,14 @@ PROMPT = "Why is the sky blue?"
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "ollama" / "api-examples.json"
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
+@pytest.fixture(scope="module", params=[1, 3], ids=["one-at-a-time", "parallel"])
+def url(request) -> str:
+    """The server once as Ollama runs by default (one generation at a time) and once with
+    generations batched across requests (`--parallel`): every test here holds for both."""
     from toolkit.models import resolve
 
     # one thread: llama.cpp's threads spin-wait on each other when a busy machine deschedules one
-    with serve_in_thread({MODEL: resolve(MODEL, hf=False).gguf}, n_ctx=1024, n_threads=1) as base:
+    with serve_in_thread({MODEL: resolve(MODEL, hf=False).gguf}, n_ctx=1024, n_threads=1, parallel=request.param) as base:
         yield base
 
 
@@ -223,6 +225,39 @@ def test_requests_wait_for_each_other(client):
     assert len(results) == 2 and len(set(results)) == 1  # serialised on one context, same greedy text
 
 
+def test_every_llama_cpp_computation_runs_on_one_thread(url, monkeypatch):
+    """llama.cpp's OpenMP keeps a thread team per computing thread; two teams on this 2-core
+    machine halve decode speed for good (53 -> 27 tok/s). Requests arrive on many connection
+    threads, so the server must compute on one thread only, whatever the request."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as bindings  # what llama_cpp.Llama calls
+
+    seen: set[str] = set()
+    decode = bindings.llama_decode
+
+    def spy(*args):
+        seen.add(threading.current_thread().name)
+        return decode(*args)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)  # what toolkit.batched calls
+    monkeypatch.setattr(bindings, "llama_decode", spy)
+
+    def ask(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as own:  # a connection, so a server thread, of its own
+            own.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
+                                        "options": {"num_predict": 3, "seed": i}}).raise_for_status()
+            own.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "format": "json", "stream": False,
+                                            "options": {"num_predict": 3}}).raise_for_status()  # the one-at-a-time path
+            own.post("/api/embed", json={"model": MODEL, "input": "Hi"}).raise_for_status()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert seen == {"llama-compute"}
+
+
 def test_embed(http):
     r = http.post("/api/embed", json={"model": MODEL, "input": ["Why is the sky blue?", "Why is the grass green?"], "dimensions": 64})
     vectors = r.json()["embeddings"]
@@ -311,6 +346,35 @@ def test_a_taken_port_fails_before_any_model_loads():
         taken.listen()
         with pytest.raises(ConfigError, match="cannot listen"):
             Server({"x": "/does/not/exist.gguf"}, port=taken.getsockname()[1])  # the bad path is never reached
+
+
+def test_parallel_requests_decode_together_with_the_texts_of_one_at_a_time(llamacpp_backend):
+    """With --parallel, requests from several clients share llama.cpp batches, and each still gets
+    the text it gets alone (same seed): the server's contract does not depend on who else asks."""
+    prompts = ["Name a colour.", "Write a haiku about rain.", "Explain gravity briefly."]
+    options = {"temperature": 0.9, "num_predict": 24, "num_ctx": 1024}
+    with Server({MODEL: MODEL}, port=0, n_ctx=1024, n_threads=1, parallel=3) as server:
+        server.start()
+        client = ollama.Client(host=server.url)
+        start = threading.Barrier(len(prompts))
+        texts: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            start.wait()
+            reply = client.chat(model=MODEL, messages=[{"role": "user", "content": prompts[i]}], options=options | {"seed": i})
+            texts[i] = reply.message.content
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert server.registry.models[f"{MODEL}:latest"].engine.gen.most_live >= 2, "the requests were not batched"
+    for i, prompt in enumerate(prompts):
+        alone = llamacpp_backend.chat(prompt, DecodingParams(temperature=0.9, max_tokens=24, num_ctx=1024, seed=i))
+        assert texts[i] == alone.text, i
+    with pytest.raises(ConfigError, match="--parallel 0 is outside"):
+        Server({MODEL: MODEL}, port=0, parallel=0)
 
 
 def test_names_keep_alive_and_cli_contract(default_gguf):
@@ -451,11 +515,17 @@ STATUS_OVERRIDES = {"bad option type at run time (e.g. \"temperature\": \"hot\")
 
 def _error_flow(http, monkeypatch, example: dict) -> None:
     """The "error after streaming started" case: a model failure after the first piece."""
+    from toolkit.batched import BatchedGenerator
+
     def failing(self, messages, params):
         yield " Yes"
         raise BackendError("an error was encountered while running the model")
 
+    def failing_step(self, live):  # in parallel: after each request's first token is out
+        raise BackendError("an error was encountered while running the model")
+
     monkeypatch.setattr(LlamaCppBackend, "stream", failing)
+    monkeypatch.setattr(BatchedGenerator, "_step", failing_step)
     r = http.post("/api/generate", json={"model": MODEL, "prompt": "hi"})
     lines = ndjson(r.text)
     assert r.status_code == example["status"] and lines[-1] == example["ndjson"][-1]

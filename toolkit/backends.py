@@ -19,6 +19,8 @@ from .params import DecodingParams
 Messages = list[dict[str, str]]
 # what a job source hands `Backend.generate_stream`: (key, conversation, parameters), or None
 StreamJob = tuple[Hashable, Messages, DecodingParams]
+# most generations one backend runs at once (llama.cpp slots; batches were checked exact up to 64)
+MAX_PARALLEL = 64
 
 
 @dataclass
@@ -74,7 +76,14 @@ class Backend(abc.ABC):
     """Chat generation with explicit decoding parameters."""
 
     name = "backend"
-    parallel = 1  # sequences one generate_batch call decodes at once
+    parallel = 1  # generations run at once by generate_batch and generate_stream
+
+    def _set_parallel(self, parallel: int | None) -> None:
+        if parallel is None:
+            return
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise ConfigError(f"parallel={parallel} is outside 1..{MAX_PARALLEL}", fix=f"pick a number of simultaneous generations from 1 to {MAX_PARALLEL}")
+        self.parallel = parallel
 
     @abc.abstractmethod
     def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
@@ -92,24 +101,54 @@ class Backend(abc.ABC):
 
     def generate_batch(self, conversations: list[Messages], params: DecodingParams | Sequence[DecodingParams], *,
                        seeds: list[int] | None = None) -> list[Generation]:
-        """Generate one reply per conversation; backends that can decode several at once override this.
+        """Generate one reply per conversation, up to `parallel` at once (see `generate_stream`).
 
         `params` is one set for all, or one per conversation; `seeds` gives each conversation its
         own sampling seed (default: its parameters' seed).
         """
+        from collections import deque
+
         each = per_item(params, len(conversations))
         seeds = seeds or [p.seed for p in each]
-        return [self.chat(conv, p.replace(seed=seed)) for conv, p, seed in zip(conversations, each, seeds)]
+        queue = deque((i, conv, p.replace(seed=seed)) for i, (conv, p, seed) in enumerate(zip(conversations, each, seeds)))
+        results: list[Generation | None] = [None] * len(conversations)
+        for i, gen in self.generate_stream(lambda: queue.popleft() if queue else None):
+            results[i] = gen
+        return results  # type: ignore[return-value]
 
     def generate_stream(self, next_job: Callable[[], StreamJob | None],
                         cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
         """Generate for jobs as `next_job()` hands them out (None: none waiting), yielding
-        (key, Generation) as each finishes; jobs may appear between yields. Backends with parallel
-        slots override this to keep the slots full, and drop running jobs that become `cancelled`
-        (one at a time, a job is never running when the caller could cancel it)."""
-        while (job := next_job()) is not None:
-            key, conv, params = job
-            yield key, self.chat(conv, params)
+        (key, Generation) as each finishes; jobs may appear between yields.
+
+        Here: up to `parallel` requests at once (a server with several slots, such as Ollama with
+        OLLAMA_NUM_PARALLEL or `toolkit serve --parallel`, decodes them together), each answered
+        in the order asked, so what the caller sees never depends on which reply came back
+        first. A job that becomes `cancelled` is dropped unanswered. Backends with slots of their
+        own override this.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        running: deque = deque()  # (key, future), oldest first
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix=f"{self.name}-request")
+        try:
+            while True:
+                while len(running) < self.parallel and (job := next_job()) is not None:
+                    key, conv, params = job
+                    running.append((key, pool.submit(self.chat, conv, params)))
+                dropped = [r for r in running if cancelled(r[0])]
+                for key, reply in dropped:  # not waited for; their room goes to the next jobs
+                    running.remove((key, reply))
+                    reply.cancel()
+                if dropped:
+                    continue
+                if not running:
+                    return
+                key, reply = running.popleft()
+                yield key, reply.result()
+        finally:  # an error or an early stop: requests not sent yet are not sent, none is waited for
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def reserve(self, conversations: list[Messages], max_tokens: int) -> None:
         """Prepare for streamed jobs over these conversations generating up to `max_tokens` each
@@ -131,9 +170,10 @@ class LlamaCppBackend(Backend):
     name = "llamacpp"
     parallel = 16
 
-    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
+    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, parallel: int | None = None):
         from . import llamacpp
 
+        self._set_parallel(parallel)
         self.gguf = Path(gguf)
         self.n_ctx = n_ctx
         self._llm = llamacpp.load(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
@@ -255,9 +295,10 @@ class OllamaBackend(Backend):
 
     name = "ollama"
 
-    def __init__(self, model: str, host: str | None = None, *, timeout: float = 600):
+    def __init__(self, model: str, host: str | None = None, *, timeout: float = 600, parallel: int | None = None):
         import ollama
 
+        self._set_parallel(parallel)
         self.model = model
         self.host = host or ollama_host()
         self._client = ollama.Client(host=self.host, timeout=timeout)
@@ -292,9 +333,11 @@ class OpenAIBackend(Backend):
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str, *, api_key: str = "none", timeout: float = 600):
+    def __init__(self, model: str, base_url: str, *, api_key: str = "none", timeout: float = 600,
+                 parallel: int | None = None):
         import httpx
 
+        self._set_parallel(parallel)
         self.model = model
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
@@ -339,19 +382,20 @@ class OpenAIBackend(Backend):
 BACKENDS = ("llamacpp", "ollama", "openai")
 
 
-def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = None) -> Backend:
+def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> Backend:
     """Open a backend: `llamacpp` takes a model spec (embedded name, .gguf path, exported dir);
-    `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at `url`."""
+    `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at `url`.
+    `parallel`: generations at once (default: 16 llama.cpp slots, one request at a time to a server)."""
     if kind == "llamacpp":
         from .models import resolve
 
-        return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx)
+        return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx, parallel=parallel)
     if kind == "ollama":
-        return OllamaBackend(model, url)
+        return OllamaBackend(model, url, parallel=parallel)
     if kind == "openai":
         if not url:
             raise ConfigError("the openai backend needs a server URL", fix="pass --url http://HOST:PORT")
-        return OpenAIBackend(model, url)
+        return OpenAIBackend(model, url, parallel=parallel)
     raise ConfigError(f"unknown backend {kind!r}", fix=f"use one of: {', '.join(BACKENDS)}")
 
 

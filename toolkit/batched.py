@@ -56,6 +56,7 @@ class Job:
     prompt: Prompt
     params: DecodingParams
     seed: int | None = None  # the sampler's seed; default: params.seed
+    on_text: Callable[[str], None] | None = None  # called with each piece of text as it is final (a server streams it)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class _Slot:
     kv_from: int = 0  # the decode count from which this slot's prompt KV data is in place
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    on_text: Callable[[str], None] | None = None
+    sent: int = 0  # characters of text passed to on_text so far
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
 
     @property
@@ -146,6 +149,7 @@ class BatchedGenerator:
         # per free sequence: (prompt, logits after it) when its KV cache still holds that prompt
         self._kept: list[tuple[list[int], object] | None] = [None] * n_parallel
         self.prefills = self.shared_prefills = 0  # prompts prefilled, and prompts copied instead
+        self.most_live = 0  # the most sequences decoded together in one step so far
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class BatchedGenerator:
                     if fresh:  # all done at once; jobs queued during the yield are taken above
                         continue
                     return
+                self.most_live = max(self.most_live, len(live))
                 self._step(live)  # one token for every generating sequence, all in one decode
                 for slot in live:
                     self._collect(slot, finished, slots)
@@ -268,7 +273,7 @@ class BatchedGenerator:
         free.remove(seq_id)
         # the seed goes through DecodingParams so it is validated like any other
         params = job.params if job.seed is None else job.params.replace(seed=job.seed)
-        return _Slot(seq_id, job.key, tokens, params, self._sampler(params), time.perf_counter())
+        return _Slot(seq_id, job.key, tokens, params, self._sampler(params), time.perf_counter(), on_text=job.on_text)
 
     def _check_fits(self, i: Hashable, tokens: list[int], params: DecodingParams) -> None:
         if not tokens:
@@ -442,7 +447,15 @@ class BatchedGenerator:
             return self._finish(slot, "stop", slot.text[:cut])
         if len(slot.tokens) >= slot.params.max_tokens:
             return self._finish(slot, "length", slot.text + slot.decoder.decode(b"", final=True))
+        if slot.on_text is not None:  # hold back what a stop string may still claim
+            self._send(slot, len(slot.text) - max(map(len, slot.params.stop), default=1) + 1)
         return None
+
+    @staticmethod
+    def _send(slot: _Slot, upto: int) -> None:
+        if upto > slot.sent:
+            slot.on_text(slot.text[slot.sent:upto])
+            slot.sent = upto
 
     def _penalize(self, slot: _Slot, index: int) -> None:
         """llama.cpp's penalties sampler as `Llama` configures it (repeat penalty over the last
@@ -459,6 +472,9 @@ class BatchedGenerator:
         logits[ids] = np.where(values <= 0, values * penalty, values / penalty)
 
     def _finish(self, slot: _Slot, reason: str, text: str) -> Completion:
+        if slot.on_text is not None:
+            slot.text = text
+            self._send(slot, len(text))
         seconds = time.perf_counter() - slot.start
         return Completion(Generation(text, reason, len(slot.prompt), len(slot.tokens), seconds), slot.tokens)
 

@@ -99,28 +99,31 @@ def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> No
                           fix="export every model with the same --quant (or pass --allow-mixed-quant)")
 
 
-def generate_system(system: System, examples: list, backend: str, url: str, cache: GenerationCache) -> int:
-    """Fill `system.outputs`, generating only what the cache lacks; returns how many were generated."""
+def generate_system(system: System, examples: list, backend: str, url: str, cache: GenerationCache,
+                    parallel: int | None = None) -> int:
+    """Fill `system.outputs`, generating only what the cache lacks; returns how many were generated.
+    Each generation is cached as it finishes, so an interrupted run loses none."""
+    from collections import deque
+
     from .backends import open_backend
     from .console import progress
 
     mid = model_id(backend, system.model, url)
     keys = [GenerationCache.key(mid, system.params, ex.prompt) for ex in examples]
     cached = [cache.get(k) for k in keys]
-    todo = [i for i, c in enumerate(cached) if c is None]
+    todo = deque((i, [{"role": "user", "content": examples[i].prompt}], system.params) for i, c in enumerate(cached) if c is None)
+    generated = len(todo)
     if todo:
-        with open_backend(backend, system.model, n_ctx=system.params.num_ctx, url=url or None) as engine, progress() as bar:
+        with open_backend(backend, system.model, n_ctx=system.params.num_ctx, url=url or None, parallel=parallel) as engine, \
+                progress() as bar:
             task = bar.add_task(f"generate {system.label}", total=len(todo), info="")
-            batch = 8
-            for start in range(0, len(todo), batch):
-                idx = todo[start:start + batch]
-                gens = engine.generate_batch([[{"role": "user", "content": examples[i].prompt}] for i in idx], system.params)
-                for i, gen in zip(idx, gens):
-                    cached[i] = gen.to_dict()
-                    cache.put(keys[i], cached[i])
-                bar.advance(task, len(idx))
+            engine.reserve([conv for _, conv, _ in todo], system.params.max_tokens)  # KV room sized to these prompts
+            for i, gen in engine.generate_stream(lambda: todo.popleft() if todo else None):
+                cached[i] = gen.to_dict()
+                cache.put(keys[i], cached[i])
+                bar.advance(task)
     system.outputs = cached
-    return len(todo)
+    return generated
 
 
 def score_systems(systems: list[System], examples: list, scorer: str, scorer_layer: int | None) -> None:
@@ -300,7 +303,7 @@ def print_table(result: dict) -> None:
 def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl"), out: Path = Path("runs/compare"),
             base: str = "smollm2", no_base: bool = False, backend: str = "llamacpp", url: str = "", prompts: int = 0,
             scorer: str = "minilm", scorer_layer: int = 0, allow_mixed_quant: bool = False,
-            screenshot: bool = False, params: DecodingParams = DEFAULTS) -> int:
+            screenshot: bool = False, parallel: int = 0, params: DecodingParams = DEFAULTS) -> int:
     """Compare systems (model + decoding parameters) on the same test prompts: metrics, significance, report.
 
     The zero-shot base model is always the first system (the reference for differences) unless
@@ -320,6 +323,8 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         scorer_layer: BERTScore layer (0 = the encoder's default).
         allow_mixed_quant: allow systems whose GGUFs have different quantization types.
         screenshot: open report.html in headless Chromium, check every plot renders, save report.png.
+        parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
+            at a time to a server; set it to the server's own parallel setting).
     """
     from .console import err
     from .data import load_examples
@@ -340,7 +345,7 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     cache = GenerationCache(out / "generations.sqlite")
     start = time.perf_counter()
     try:
-        generated = {s.label: generate_system(s, examples, backend, url, cache) for s in systems}
+        generated = {s.label: generate_system(s, examples, backend, url, cache, parallel or None) for s in systems}
     finally:
         cache.close()
     score_systems(systems, examples, scorer, scorer_layer or None)

@@ -9,8 +9,10 @@ blank lines, `{"error": ...}` bodies with Ollama's statuses and messages, durati
 
 Request options become `DecodingParams` (`ollama_params`, `openai_params`), so the bounds and
 names are the ones the rest of the toolkit uses. Only the standard library HTTP stack is used.
-Requests are parsed on parallel threads, but generation is serialised by one lock: a llama.cpp
-context runs one sequence at a time, and on a CPU one generation uses all the cores anyway.
+Requests are parsed on parallel threads. By default generation is serialised by one lock, as
+Ollama's default OLLAMA_NUM_PARALLEL=1 does. With `parallel` > 1 (`--parallel`), plain generations
+(no structured output) from several clients decode together in one llama.cpp batch (`_Engine`,
+`toolkit.batched`): several times the total throughput on a CPU, same texts per seed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import re
 import secrets
@@ -28,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote
 
-from .backends import Generation, LlamaCppBackend, as_messages
+from .backends import MAX_PARALLEL, Generation, LlamaCppBackend, as_messages
 from .errors import ConfigError, DataError, ToolkitError
 from .params import DEFAULTS, SPECS, DecodingParams
 
@@ -87,7 +91,7 @@ def _stamp(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Models: loaded once, reused, one lock around every llama.cpp call
+# Models: loaded once, reused; one lock, one compute thread
 # ----------------------------------------------------------------------------------------------
 
 
@@ -111,6 +115,7 @@ class ServedModel:
     meta: dict[str, str] = field(default_factory=dict)  # GGUF metadata, kept after an unload
     backend: LlamaCppBackend | None = None
     embedder: Any = None  # a second llama.cpp context with embeddings on, made on first use
+    engine: "_Engine | None" = None  # the batched generator when serving with parallel > 1
     _digest: str | None = None
 
     def digest(self) -> str:
@@ -136,6 +141,165 @@ class ServedModel:
         """The model as /api/tags lists it."""
         return {"name": self.name, "model": self.name, "modified_at": _stamp(self.gguf),
                 "size": self.gguf.stat().st_size, "digest": self.digest(), "details": self.details()}
+
+
+class _Compute:
+    """The one thread that runs every llama.cpp computation of the server.
+
+    llama.cpp computes with OpenMP, and libgomp keeps a team of threads for each thread that ever
+    computed. Once two have, more threads are alive than there are cores, libgomp stops spinning
+    at its barriers, and every decode runs at about half speed (measured on 2 cores: 53 -> 27
+    tok/s, for good, even when only one computes at a time). So request threads never compute:
+    they hand work here. Tasks run one after another, in order.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="llama-compute", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        """Queue `fn(*args, **kwargs)`; a Future of its result."""
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._tasks.put((future, fn, args, kwargs))
+        return future
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on the compute thread; its result, or its error raised here."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def iterate(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        """The items of `make()`, computed on the compute thread and yielded here as they come. A
+        caller that stops early stops the computation, and waits until it has stopped."""
+        items: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        end = object()
+
+        def work() -> None:
+            with contextlib.closing(make()) as source:
+                for item in source:
+                    items.put(item)
+                    if stop.is_set():
+                        return
+
+        task = self.submit(work)
+        task.add_done_callback(lambda _: items.put(end))
+        try:
+            while (item := items.get()) is not end:
+                yield item
+            task.result()  # raises the computation's error, if any
+        finally:
+            stop.set()
+            if not task.cancel():
+                task.exception()  # wait: the caller may free what the computation uses
+
+    def busy(self) -> bool:
+        """Whether other tasks are waiting (a batch then stops taking requests, see `_Engine`)."""
+        return not self._tasks.empty()
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, fn, args, kwargs = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def close(self) -> None:
+        self._tasks.put(None)
+        self._thread.join(timeout=600)
+
+
+class _Engine:
+    """A model's batched generator (`toolkit.batched`): requests from several connections decode
+    together in its `parallel` slots, as in Ollama with OLLAMA_NUM_PARALLEL. Each request gets its
+    text pieces as they are final, then its Completion.
+
+    Requests queue here; a batch runs as one task on the compute thread while requests keep
+    joining it. It stops taking new ones when other tasks wait (a structured-output request, an
+    embedding, another model's batch), so none waits for long, and is queued again after them.
+    `enqueue` and `close` run under the registry's lock.
+    """
+
+    def __init__(self, gguf: Path, compute: _Compute, *, n_ctx: int, parallel: int, n_threads: int | None):
+        from .batched import BatchedGenerator
+
+        self.n_ctx = n_ctx
+        self.gen = BatchedGenerator(gguf, n_ctx_per_seq=n_ctx, n_parallel=parallel, n_threads=n_threads)
+        self._compute = compute
+        self._pending: deque = deque()  # (Job, replies) not started yet
+        self._waiting: dict[int, queue.Queue] = {}  # started: key -> replies
+        self._gone: set = set()  # requests whose client went away: dropped from the batch
+        self._keys = itertools.count()
+        self._scheduled = False  # a batch task is queued or running
+        self._guard = threading.Lock()  # for _pending and _scheduled, shared with the compute thread
+
+    def enqueue(self, text: str, params: DecodingParams) -> tuple[int, queue.Queue]:
+        from .batched import Job
+
+        key, replies = next(self._keys), queue.Queue()
+        job = Job(key, self.gen.tokenize(text), params, on_text=replies.put)
+        with self._guard:
+            self._pending.append((job, replies))
+            if not self._scheduled:
+                self._scheduled = True
+                self._compute.submit(self._batch)
+        return key, replies
+
+    def replies(self, key: int, replies: queue.Queue) -> Iterator[Any]:
+        """Text pieces, then the Completion; a consumer that stops early drops the request."""
+        from .batched import Completion
+
+        done = False
+        try:
+            while not done:
+                item = replies.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = isinstance(item, Completion)
+                yield item
+        finally:
+            if not done:
+                self._gone.add(key)
+
+    def _next(self, drain: bool) -> Any:
+        with self._guard:
+            if not self._pending or (self._compute.busy() and not drain):
+                return None
+            job, replies = self._pending.popleft()
+        self._waiting[job.key] = replies
+        return job
+
+    def _batch(self, drain: bool = False) -> None:
+        """On the compute thread: decode the queued requests together until none is left (or, unless
+        draining, other tasks wait); then queue another batch for requests still pending."""
+        try:
+            for key, done in self.gen.stream(lambda: self._next(drain), self._gone.__contains__):
+                self._waiting.pop(key).put(done)
+                self._gone.discard(key)
+        except BaseException as exc:  # every request in the batch gets the error
+            for replies in self._waiting.values():
+                replies.put(exc)
+            self._waiting.clear()
+        for key in [k for k in self._waiting if k in self._gone]:  # dropped mid-generation
+            del self._waiting[key]
+            self._gone.discard(key)
+        with self._guard:
+            self._scheduled = bool(self._pending) and not drain
+            if self._scheduled:
+                self._compute.submit(self._batch)
+
+    def close(self) -> None:
+        """Finish every request already queued, then free the generator."""
+        def finish() -> None:
+            self._batch(drain=True)
+            self.gen.close()
+
+        self._compute.call(finish)
 
 
 class _WithGrammar:
@@ -198,13 +362,19 @@ def _fit(backend: LlamaCppBackend, text: str, params: DecodingParams) -> Decodin
 
 
 class Registry:
-    """The served models, loaded up front and reused; `lock` serialises every llama.cpp call."""
+    """The served models, loaded up front and reused. `lock` orders loads, unloads and one-at-a-time
+    generations; `compute` is the one thread every llama.cpp computation runs on."""
 
-    def __init__(self, models: Mapping[str, str | os.PathLike], *, n_ctx: int = 2048, n_threads: int | None = None):
+    def __init__(self, models: Mapping[str, str | os.PathLike], *, n_ctx: int = 2048, n_threads: int | None = None,
+                 parallel: int = 1):
         from .models import resolve
 
         DEFAULTS.replace(num_ctx=n_ctx)  # validates n_ctx before anything loads
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise ConfigError(f"--parallel {parallel} is outside 1..{MAX_PARALLEL}", fix="pick how many generations may run at once")
         self.n_ctx = n_ctx
+        self.parallel = parallel
+        self.compute = _Compute()  # every llama.cpp computation runs on this one thread
         self.n_threads = n_threads  # None: every core this process may use
         self.lock = threading.Lock()
         self.closed = False
@@ -219,6 +389,7 @@ class Registry:
         try:
             for model in self.models.values():
                 model.backend = self._open(model, n_ctx)
+                self._engine(model)  # with parallel > 1: loaded up front, so a failure shows at start
         except BaseException:
             self.close()
             raise
@@ -271,8 +442,15 @@ class Registry:
         with self.lock:
             self._unload(model)
 
+    def _engine(self, model: ServedModel) -> _Engine | None:
+        """The model's batched generator (made on first use after an unload), or None when serving
+        one generation at a time."""
+        if self.parallel > 1 and model.engine is None:
+            model.engine = _Engine(model.gguf, self.compute, n_ctx=self.n_ctx, parallel=self.parallel, n_threads=self.n_threads)
+        return model.engine
+
     def _unload(self, model: ServedModel) -> None:
-        for part in ("backend", "embedder"):
+        for part in ("backend", "embedder", "engine"):
             handle = getattr(model, part)
             setattr(model, part, None)
             if handle is not None:
@@ -281,8 +459,9 @@ class Registry:
     def generate(self, model: ServedModel, build: Callable[[LlamaCppBackend], str], params: DecodingParams, *,
                  grammar: Any = None, want_context: bool = False, unload: bool = False,
                  fresh: bool = False) -> Iterator[str | Done]:
-        """Text pieces, then a `Done`. The lock is held while pieces flow and released before
-        `Done`, so a consumer that stops after `Done` never keeps other requests waiting.
+        """Text pieces, then a `Done`. One at a time, the lock is held while pieces flow and
+        released before `Done`, so a consumer that stops after `Done` never keeps other requests
+        waiting; in parallel, the lock is only held to queue the request for the batch.
 
         `fresh` evaluates the whole prompt instead of reusing llama.cpp's cached prefix. A cached
         prompt re-evaluates only its last token, and a batch of one gives logits that differ in the
@@ -290,28 +469,58 @@ class Registry:
         reproducibility (a seed, or temperature 0) must always take the same path.
         """
         asked = time.perf_counter()
+        context = None
         with self.lock:
             backend = self._ready(model, params.num_ctx)
             ready = time.perf_counter()
             text = build(backend)
             fitted = _fit(backend, text, params)
-            if fresh:
-                _llama(backend).reset()
-            first = final = None
-            for piece in LlamaCppBackend.stream(_Formatted(backend, text, grammar), [], fitted):  # type: ignore[arg-type]
-                if isinstance(piece, Generation):
-                    final = piece
-                    continue
-                first = first or time.perf_counter()
-                yield piece
+            # together with other requests when serving in parallel, unless it needs what only the
+            # one-at-a-time path has: a grammar, an unload after it, or more context than the slots
+            engine = self._engine(model) if grammar is None and not unload and fitted.num_ctx <= self.n_ctx else None
+            if engine is not None:
+                ticket = engine.enqueue(text, fitted)
+            else:
+                alone = lambda: self._generate_alone(backend, text, fitted, grammar, fresh)  # noqa: E731
+                for piece in self.compute.iterate(alone):
+                    if isinstance(piece, tuple):
+                        final, first, end = piece
+                    else:
+                        yield piece
+                context = _tokens(backend, text + final.text) if want_context else None
+                if unload:  # keep_alive 0: the client asked for the memory back after this request
+                    self._unload(model)
+        if engine is not None:
+            first = None
+            for item in engine.replies(*ticket):
+                if isinstance(item, str):
+                    first = first or time.perf_counter()
+                    yield item
             end = time.perf_counter()
             first = first or end
-            context = _tokens(backend, text + final.text) if want_context and final else None
-            if unload:  # keep_alive 0: the client asked for the memory back after this request
-                self._unload(model)
+            final = item.generation
+            if want_context:
+                with self.lock:
+                    context = _tokens(self._ready(model, fitted.num_ctx), text + final.text)
+        yield Done(final, _ns(ready - asked), _ns(first - ready), _ns(end - first), context)
+
+    def _generate_alone(self, backend: LlamaCppBackend, text: str, fitted: DecodingParams, grammar: Any,
+                        fresh: bool) -> Iterator[str | tuple[Generation, float, float]]:
+        """One generation on the model's own llama.cpp context (compute thread, lock held): its
+        pieces, then the final Generation with the times of its first piece and of its end."""
+        if fresh:
+            _llama(backend).reset()
+        first = final = None
+        for piece in LlamaCppBackend.stream(_Formatted(backend, text, grammar), [], fitted):  # type: ignore[arg-type]
+            if isinstance(piece, Generation):
+                final = piece
+                continue
+            first = first or time.perf_counter()
+            yield piece
         if final is None:  # a backend bug, not a user error
             raise RuntimeError("the backend produced no final generation")
-        yield Done(final, _ns(ready - asked), _ns(first - ready), _ns(end - first), context)
+        end = time.perf_counter()
+        yield final, first or end, end
 
     def embed(self, model: ServedModel, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int, int]:
         """Mean-pooled embeddings (not normalised), the token count and the load time in ns."""
@@ -328,7 +537,7 @@ class Registry:
                                                n_threads_batch=self.n_threads, embedding=True)
             ready = time.perf_counter()
             try:
-                rows, count = model.embedder.embed(texts, truncate=truncate, return_count=True)
+                rows, count = self.compute.call(model.embedder.embed, texts, truncate=truncate, return_count=True)
             except ValueError:
                 raise HTTPError(400, "the input length exceeds the context length") from None
         return [_mean(r) for r in rows], count, _ns(ready - asked)
@@ -342,6 +551,7 @@ class Registry:
             self.closed = True
             for model in self.models.values():
                 self._unload(model)
+            self.compute.close()
         finally:
             self.lock.release()
 
@@ -1131,14 +1341,14 @@ class Server:
     from this one; `close()` stops serving and frees the models."""
 
     def __init__(self, models: Mapping[str, str | os.PathLike], *, host: str = "127.0.0.1", port: int = 11434,
-                 n_ctx: int = 2048, n_threads: int | None = None):
+                 n_ctx: int = 2048, n_threads: int | None = None, parallel: int = 1):
         try:  # bind before loading: a taken port fails at once, not after a model load
             self.httpd = (_HTTPServer6 if ":" in host else _HTTPServer)((host, port), _Handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                               fix="pick another --port (is Ollama already running on this one?)") from None
         try:  # clients that connect meanwhile wait in the listen backlog
-            self.registry = Registry(models, n_ctx=n_ctx, n_threads=n_threads)
+            self.registry = Registry(models, n_ctx=n_ctx, n_threads=n_threads, parallel=parallel)
         except BaseException:
             self.httpd.server_close()
             raise
@@ -1177,13 +1387,14 @@ class Server:
 
 @contextlib.contextmanager
 def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, host: str = "127.0.0.1",
-                    port: int = 0, n_ctx: int = 2048, n_threads: int | None = None) -> Iterator[str]:
+                    port: int = 0, n_ctx: int = 2048, n_threads: int | None = None, parallel: int = 1) -> Iterator[str]:
     """Serve `models` ({name: model spec or .gguf path}; default: the embedded model) from a
     background thread on a free port: `with serve_in_thread() as url: ollama.Client(host=url)`.
     `n_threads=1` keeps a test server light on a shared machine."""
     from .models import DEFAULT_MODEL
 
-    server = Server(models or {DEFAULT_MODEL: DEFAULT_MODEL}, host=host, port=port, n_ctx=n_ctx, n_threads=n_threads).start()
+    server = Server(models or {DEFAULT_MODEL: DEFAULT_MODEL}, host=host, port=port, n_ctx=n_ctx, n_threads=n_threads,
+                    parallel=parallel).start()
     try:
         yield server.url
     finally:
@@ -1210,12 +1421,14 @@ def named_models(model: str, name: str = "") -> dict[str, Path]:
     return out
 
 
-def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, name: str = "", n_ctx: int = 2048) -> int:
+def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, name: str = "", n_ctx: int = 2048,
+          parallel: int = 1) -> int:
     """Serve models over Ollama's REST API (and OpenAI's /v1 API) with llama.cpp in process.
 
     The official `ollama` client and OpenAI-compatible clients work unchanged: point them at the
     printed URL (OLLAMA_HOST=HOST:PORT for tools that read it, base_url URL/v1 for OpenAI's).
-    Models load once at start and stay loaded; one generation runs at a time. Ctrl-C stops.
+    Models load once at start and stay loaded. One generation runs at a time unless --parallel
+    (like OLLAMA_NUM_PARALLEL) lets several clients' generations decode together. Ctrl-C stops.
 
     Args:
         model: model(s) to serve, comma-separated: embedded name (smollm2), a .gguf file or an exported model directory.
@@ -1223,12 +1436,14 @@ def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, na
         port: port to listen on; 11434 is Ollama's, pick another if Ollama runs here.
         name: name(s) clients use, comma-separated in --model order (default: each model's file stem); the tag defaults to :latest.
         n_ctx: context size in tokens each model is loaded with; a request's num_ctx can raise it up to the model's trained context.
+        parallel: generations decoded together, each with n_ctx tokens of KV cache (requests with
+            structured output, keep_alive 0 or a larger num_ctx still run one at a time).
     """
     from .console import err, status
 
     models = named_models(model, name)
     with status(f"Loading {', '.join(models)}"):
-        server = Server(models, host=host, port=port, n_ctx=n_ctx)
+        server = Server(models, host=host, port=port, n_ctx=n_ctx, parallel=parallel)
     err.print(f"Serving {', '.join(models)} at {server.url} (Ollama API; OpenAI API at {server.url}/v1). Ctrl-C stops.",
               highlight=False, soft_wrap=True)
     try:

@@ -831,7 +831,7 @@ def _examples_with_references(data: Path, n: int) -> list:
 def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo/data/validation.jsonl"),
           backend: str = "llamacpp", url: str = "", out: Path | None = None, storage: str = "", study: str = "",
           trials: int = 0, prompts: int = 0, modelfile: Path | None = None, noise: bool = True,
-          against: Path | None = None) -> int:
+          against: Path | None = None, parallel: int = 0) -> int:
     """Search decoding parameters with Optuna, scored by BERTScore (or ROUGE-L/BLEU) against references.
 
     Re-running the same command continues the study (completed trials are kept); several workers
@@ -853,6 +853,9 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
         noise: re-run the top trials and the default with several seeds and compare them.
         against: another sweep's results directory (same prompts and seed): the report sets this
             search's best value and generation count beside its own.
+        parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
+            at a time to a server; set it to the server's own parallel setting). The same
+            command with the same --parallel gives the same trials.
     """
     from .backends import open_backend
     from .console import err
@@ -871,7 +874,7 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
     fingerprint = {"model": model, "backend": backend, "prompts": [ex.id for ex in examples], "sweep": cfg.to_dict() | {"trials": None}}
     optuna_study = open_study(cfg, storage, study or cfg.name, fingerprint=json.loads(json.dumps(fingerprint)))
     start = time.perf_counter()
-    with open_backend(backend, model, n_ctx=cfg.base_params().num_ctx, url=url or None) as engine:
+    with open_backend(backend, model, n_ctx=cfg.base_params().num_ctx, url=url or None, parallel=parallel or None) as engine:
         ev = Evaluator(engine, [ex.prompt for ex in examples], [ex.response for ex in examples], cfg.metric,
                        MetricSuite(cfg.scorer))
         run_trials(optuna_study, cfg, ev)
