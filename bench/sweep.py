@@ -8,7 +8,7 @@ prompt chunks.
 Prints the speed-up (target >= 4x) and the objective values of both for the trials both completed
 (they should agree within sampling noise).
 
-Run: make bench   (or .venv/bin/python bench/sweep.py [--trials 8] [--prompts 12] [--max-tokens 96])
+Run: make bench   (or .venv/bin/python bench/sweep.py [--trials 8] [--prompts 12] [--max-tokens 96] [--parallel 16])
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def naive(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], b
     return values, time.perf_counter() - start
 
 
-def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], base, prune: bool) -> tuple[list[float | None], float, int]:
+def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], base, prune: bool,
+         parallel: int | None = None) -> tuple[list[float | None], float, int]:
     import optuna
 
     from toolkit.backends import LlamaCppBackend
@@ -57,7 +58,7 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
                       pruner="median" if prune else "none", chunks=3, startup_trials=3, trials=len(trials),
                       prompts=len(prompts), seed=base.seed, fixed={"max_tokens": base.max_tokens, "num_ctx": base.num_ctx})
     start = time.perf_counter()
-    with LlamaCppBackend(gguf, n_ctx=1024) as backend:
+    with LlamaCppBackend(gguf, n_ctx=1024, parallel=parallel) as backend:
         ev = Evaluator(backend, prompts, refs, {"bertscore_f1": 1.0}, MetricSuite())
         study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
         for t in trials:  # the same trials as the naive harness, in the same order
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--model", default="smollm2", help="embedded name or .gguf")
+    ap.add_argument("--parallel", type=int, default=None, help="llama.cpp slots for ours (default 16)")
     args = ap.parse_args()
 
     from toolkit.data import build, load_examples
@@ -91,8 +93,8 @@ def main() -> None:
     # process: do it before the clock starts, so whichever runs first is not charged for it.
     import bert_score  # noqa: F401
     import transformers.models.bert.modeling_bert  # noqa: F401  (MiniLM is a BERT)
-    ours_vals, ours_s, gens = ours(gguf, trials, prompts, refs, base, prune=True)
-    exact_vals, exact_s, _ = ours(gguf, trials, prompts, refs, base, prune=False)
+    ours_vals, ours_s, gens = ours(gguf, trials, prompts, refs, base, prune=True, parallel=args.parallel)
+    exact_vals, exact_s, _ = ours(gguf, trials, prompts, refs, base, prune=False, parallel=args.parallel)
     naive_vals, naive_s = naive(gguf, trials, prompts, refs, base)
     print(f"\n{'harness':<34}{'seconds':>9}{'speed-up':>10}{'generations':>13}")
     print(f"{'naive (seed study)':<34}{naive_s:>9.1f}{1.0:>10.2f}{len(trials) * len(prompts):>13}")

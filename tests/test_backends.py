@@ -16,7 +16,9 @@ def served():
     """A real local server (toolkit serve: Ollama's API and OpenAI's /v1) over loopback HTTP."""
     from toolkit.serve import serve_in_thread
 
-    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024) as url:
+    # one thread: this process also computes on its main thread (the llamacpp backend), and a second
+    # OpenMP team of two threads on 2 cores slows both (see toolkit/serve.py, _Compute)
+    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, n_threads=1) as url:
         yield url
 
 
@@ -25,7 +27,7 @@ def served_parallel():
     """The same server decoding up to 3 requests together (`toolkit serve --parallel 3`)."""
     from toolkit.serve import serve_in_thread
 
-    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, parallel=3) as url:
+    with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, n_threads=1, parallel=3) as url:
         yield url
 
 

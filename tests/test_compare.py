@@ -89,13 +89,16 @@ def test_bad_system_spec(spec):
         parse_system(spec, DEFAULTS)
 
 
-def test_duplicate_labels_and_missing_references(tmp_path, test_split):
+def test_duplicate_labels_missing_references_and_bad_parallel(tmp_path, test_split):
     with pytest.raises(ConfigError, match="labels repeat"):
         compare(["base=smollm2"], data=test_split, out=tmp_path / "c")
     noref = tmp_path / "n.jsonl"
     noref.write_text('{"id": "1", "prompt": "p"}\n')
     with pytest.raises(DataError, match="reference"):
         compare([], data=noref, out=tmp_path / "c")
+    with pytest.raises(ConfigError, match="parallel=70 is outside"):
+        compare([], data=test_split, out=tmp_path / "c", parallel=70)
+    assert not (tmp_path / "c").exists()
 
 
 def _no_browser() -> bool:

@@ -377,6 +377,21 @@ def test_parallel_requests_decode_together_with_the_texts_of_one_at_a_time(llama
         Server({MODEL: MODEL}, port=0, parallel=0)
 
 
+@pytest.mark.parametrize("value,parallel", [(None, 1), ("", 1), ("0", 1), ("4", 4), (" 16 ", 16), ("four", None), ("-2", None)])
+def test_parallel_defaults_to_ollama_num_parallel(monkeypatch, value, parallel):
+    from toolkit.serve import env_parallel
+
+    if value is None:
+        monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
+    else:
+        monkeypatch.setenv("OLLAMA_NUM_PARALLEL", value)
+    if parallel is None:
+        with pytest.raises(ConfigError, match="OLLAMA_NUM_PARALLEL=.* is not a whole number"):
+            env_parallel()
+    else:
+        assert env_parallel() == parallel
+
+
 def test_names_keep_alive_and_cli_contract(default_gguf):
     assert ollama_name("smollm2") == "smollm2:latest" and ollama_name("a/b:q4") == "a/b:q4"
     assert named_models("smollm2") == {"smollm2:latest": default_gguf}

@@ -60,7 +60,7 @@ def test_bad_sweep_files_fail_in_one_line(change, match):
     assert "\n" not in str(info.value) and "s.yaml" in str(info.value)
 
 
-def test_empty_split_and_missing_references_fail_before_generation(tmp_path):
+def test_empty_split_missing_references_and_bad_parallel_fail_before_generation(tmp_path):
     f = write_sweep(tmp_path / "s.yaml")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -70,6 +70,10 @@ def test_empty_split_and_missing_references_fail_before_generation(tmp_path):
     noref.write_text("\n".join(json.dumps({"id": str(i), "prompt": f"q{i}"}) for i in range(5)) + "\n")
     with pytest.raises(DataError, match="no reference response"):
         sweep(f, data=noref, out=tmp_path / "o")
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"id": str(i), "prompt": f"q{i}", "response": f"a{i}"}) for i in range(5)) + "\n")
+    with pytest.raises(ConfigError, match=r"parallel=65 is outside 1\.\.64"):
+        sweep(f, data=good, out=tmp_path / "o", parallel=65)
     assert not (tmp_path / "o" / "study.db").exists()
 
 

@@ -62,6 +62,13 @@ def render_jinja(template: str, messages: Messages, *, bos_token: str = "", eos_
                                             bos_token=bos_token, eos_token=eos_token)
 
 
+def check_parallel(parallel: int) -> int:
+    """`parallel` if it is a number of simultaneous generations a backend can run."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ConfigError(f"parallel={parallel} is outside 1..{MAX_PARALLEL}", fix=f"pick a number of simultaneous generations from 1 to {MAX_PARALLEL}")
+    return parallel
+
+
 def per_item(params: DecodingParams | Sequence[DecodingParams], n: int) -> list[DecodingParams]:
     """One parameter set per item: a single set repeated, or a list of exactly `n`."""
     if isinstance(params, DecodingParams):
@@ -79,11 +86,8 @@ class Backend(abc.ABC):
     parallel = 1  # generations run at once by generate_batch and generate_stream
 
     def _set_parallel(self, parallel: int | None) -> None:
-        if parallel is None:
-            return
-        if not 1 <= parallel <= MAX_PARALLEL:
-            raise ConfigError(f"parallel={parallel} is outside 1..{MAX_PARALLEL}", fix=f"pick a number of simultaneous generations from 1 to {MAX_PARALLEL}")
-        self.parallel = parallel
+        if parallel is not None:
+            self.parallel = check_parallel(parallel)
 
     @abc.abstractmethod
     def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:

@@ -16,7 +16,10 @@ seed, whatever else is in the batch. That rests on two batch shapes that were ch
 bit-identical logits to decoding alone: one sequence's prompt per decode, and one token for each of
 up to 64 sequences per decode. Mixing several prompts in one decode was measured to be both wrong
 (llama.cpp 0.3.36 shifts logits by up to ~1.0 when prompts of unequal length share a decode) and
-no faster on CPU, so it is not done.
+no faster on CPU, so it is not done. Bit-identical holds for the default Q4_1 model, which has no
+batched kernel. Formats that llamafile's batched kernels take (f16, Q8_0, the Q5_0 inside this
+model's Q4_K_M) sum a batch in another order than one sequence, so a text can drift from chat()'s
+after a near-tie (bench/sweep.py sees it as small differences in objective values).
 """
 
 from __future__ import annotations

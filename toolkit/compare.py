@@ -326,10 +326,13 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
             at a time to a server; set it to the server's own parallel setting).
     """
+    from .backends import check_parallel
     from .console import err
     from .data import load_examples
     from .io import write_json, write_text
 
+    if parallel:
+        check_parallel(parallel)
     systems = ([] if no_base else [System("base", base, params)]) + [parse_system(s, params) for s in system]
     if not systems:
         raise ConfigError("no systems to compare", fix="pass --system LABEL=MODEL or drop --no-base")

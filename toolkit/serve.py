@@ -1421,8 +1421,17 @@ def named_models(model: str, name: str = "") -> dict[str, Path]:
     return out
 
 
+def env_parallel() -> int:
+    """How many generations to decode together when --parallel is not given: OLLAMA_NUM_PARALLEL,
+    read as Ollama reads it (unset or 0: one at a time, Ollama's default)."""
+    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not raw.isdigit() and raw:
+        raise ConfigError(f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number", fix="set it to e.g. 4, or pass --parallel")
+    return int(raw or 0) or 1
+
+
 def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, name: str = "", n_ctx: int = 2048,
-          parallel: int = 1) -> int:
+          parallel: int = 0) -> int:
     """Serve models over Ollama's REST API (and OpenAI's /v1 API) with llama.cpp in process.
 
     The official `ollama` client and OpenAI-compatible clients work unchanged: point them at the
@@ -1437,14 +1446,17 @@ def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, na
         name: name(s) clients use, comma-separated in --model order (default: each model's file stem); the tag defaults to :latest.
         n_ctx: context size in tokens each model is loaded with; a request's num_ctx can raise it up to the model's trained context.
         parallel: generations decoded together, each with n_ctx tokens of KV cache (requests with
-            structured output, keep_alive 0 or a larger num_ctx still run one at a time).
+            structured output, keep_alive 0 or a larger num_ctx still run one at a time); default:
+            OLLAMA_NUM_PARALLEL if set, else 1.
     """
     from .console import err, status
 
+    parallel = parallel or env_parallel()
     models = named_models(model, name)
     with status(f"Loading {', '.join(models)}"):
         server = Server(models, host=host, port=port, n_ctx=n_ctx, parallel=parallel)
-    err.print(f"Serving {', '.join(models)} at {server.url} (Ollama API; OpenAI API at {server.url}/v1). Ctrl-C stops.",
+    together = f", up to {parallel} generations together" if parallel > 1 else ""
+    err.print(f"Serving {', '.join(models)} at {server.url} (Ollama API; OpenAI API at {server.url}/v1{together}). Ctrl-C stops.",
               highlight=False, soft_wrap=True)
     try:
         server.serve_forever()

@@ -857,11 +857,13 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
             at a time to a server; set it to the server's own parallel setting). The same
             command with the same --parallel gives the same trials.
     """
-    from .backends import open_backend
+    from .backends import check_parallel, open_backend
     from .console import err
     from .metrics import MetricSuite
 
     cfg = load_sweep(sweep_file)
+    if parallel:
+        check_parallel(parallel)  # before the study or any output exists
     cfg.trials = trials or cfg.trials
     cfg.prompts = prompts or cfg.prompts
     examples = _examples_with_references(Path(data), cfg.prompts)
