@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import abc
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 from .errors import BackendError, ConfigError
 from .params import DecodingParams
@@ -69,6 +70,16 @@ def check_parallel(parallel: int) -> int:
     return parallel
 
 
+def run_jobs(stream: Callable[[Callable[[], Any]], Iterator[tuple[int, Any]]], jobs: list) -> list:
+    """Run `jobs` (each keyed by its index in the list) through a `generate_stream`-like `stream`
+    that takes them one at a time; the results in the jobs' order."""
+    queue = deque(jobs)
+    results: list = [None] * len(jobs)
+    for i, done in stream(lambda: queue.popleft() if queue else None):
+        results[i] = done
+    return results
+
+
 def per_item(params: DecodingParams | Sequence[DecodingParams], n: int) -> list[DecodingParams]:
     """One parameter set per item: a single set repeated, or a list of exactly `n`."""
     if isinstance(params, DecodingParams):
@@ -110,15 +121,10 @@ class Backend(abc.ABC):
         `params` is one set for all, or one per conversation; `seeds` gives each conversation its
         own sampling seed (default: its parameters' seed).
         """
-        from collections import deque
-
         each = per_item(params, len(conversations))
         seeds = seeds or [p.seed for p in each]
-        queue = deque((i, conv, p.replace(seed=seed)) for i, (conv, p, seed) in enumerate(zip(conversations, each, seeds)))
-        results: list[Generation | None] = [None] * len(conversations)
-        for i, gen in self.generate_stream(lambda: queue.popleft() if queue else None):
-            results[i] = gen
-        return results  # type: ignore[return-value]
+        jobs = [(i, conv, p.replace(seed=seed)) for i, (conv, p, seed) in enumerate(zip(conversations, each, seeds))]
+        return run_jobs(self.generate_stream, jobs)
 
     def generate_stream(self, next_job: Callable[[], StreamJob | None],
                         cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
@@ -131,7 +137,6 @@ class Backend(abc.ABC):
         first. A job that becomes `cancelled` is dropped unanswered. Backends with slots of their
         own override this.
         """
-        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         running: deque = deque()  # (key, future), oldest first

@@ -27,12 +27,11 @@ from __future__ import annotations
 import codecs
 import ctypes
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Hashable, Iterator, Sequence
 
-from .backends import Generation, per_item
+from .backends import Generation, per_item, run_jobs
 from .errors import BackendError, ModelError
 from .params import DecodingParams
 
@@ -212,11 +211,7 @@ class BatchedGenerator:
         tokenized = [self.tokenize(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         for i, toks in enumerate(tokenized):  # every prompt checked before any is decoded
             self._check_fits(i, toks, each[i])
-        queue = deque(Job(i, toks, p, seed) for i, (toks, p, seed) in enumerate(zip(tokenized, each, seeds)))
-        results: list[Completion | None] = [None] * len(prompts)
-        for i, done in self.stream(lambda: queue.popleft() if queue else None):
-            results[i] = done
-        return results  # type: ignore[return-value]
+        return run_jobs(self.stream, [Job(i, toks, p, seed) for i, (toks, p, seed) in enumerate(zip(tokenized, each, seeds))])
 
     def stream(self, next_job: Callable[[], Job | None],
                cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Completion]]:
