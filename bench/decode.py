@@ -52,8 +52,8 @@ def hf_speed(tokens: int, repeats: int) -> float:
 
 
 def ours_speed(gguf: Path, tokens: int, repeats: int) -> float:
-    from toolkit.backends import LlamaCppBackend
     from toolkit.params import DecodingParams
+    from toolkit.runtime.backends import LlamaCppBackend
 
     with LlamaCppBackend(gguf, n_ctx=1024) as backend:
         params = DecodingParams(temperature=0, max_tokens=tokens, num_ctx=1024)
@@ -67,7 +67,7 @@ def ours_speed(gguf: Path, tokens: int, repeats: int) -> float:
 
 def raw_speed(gguf: Path, tokens: int, repeats: int) -> float:
     """llama-cpp-python's own completion call on the same prompt tokens (loaded AMX-safely)."""
-    from toolkit.backends import LlamaCppBackend
+    from toolkit.runtime.backends import LlamaCppBackend
 
     with LlamaCppBackend(gguf, n_ctx=1024) as backend:  # only to load safely and render the prompt
         llm = backend._llm
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/gguf"))
     args = ap.parse_args()
 
-    from toolkit.export import export
+    from toolkit.export.convert import export
 
     export("smollm2", out=args.out, quant=["Q8_0", "Q4_K_M"])
     files = {"f16": args.out / "SmolLM2-135M-Instruct-f16.gguf", "q8_0": args.out / "SmolLM2-135M-Instruct-Q8_0.gguf",

@@ -1,7 +1,7 @@
 """Sweep speed: the seed study's naive harness vs ours, the same trials over the same prompts, one run.
 
 Naive (as the seed ran it): per trial, generate one prompt at a time and call `bert_score.score`
-afresh (which loads the encoder and embeds the references again). Ours (`toolkit.sweep.run_trials`):
+afresh (which loads the encoder and embeds the references again). Ours (`toolkit.evaluate.sweep.run_trials`):
 the model and scorer loaded once, reference embeddings cached, trials streamed through llama.cpp's
 parallel slots (a prompt held by one slot is copied, not prefilled again), and median pruning over
 prompt chunks.
@@ -30,8 +30,8 @@ def trial_params(n: int, seed: int = 0) -> list[dict]:
 def naive(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], base) -> tuple[list[float], float]:
     import bert_score
 
-    from toolkit.backends import LlamaCppBackend
     from toolkit.models import scorer_path
+    from toolkit.runtime.backends import LlamaCppBackend
 
     scorer_dir, layer = scorer_path()
     start = time.perf_counter()
@@ -49,9 +49,9 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
          parallel: int | None = None) -> tuple[list[float | None], float, int]:
     import optuna
 
-    from toolkit.backends import LlamaCppBackend
-    from toolkit.metrics import MetricSuite
-    from toolkit.sweep import Dimension, Evaluator, SweepConfig, make_pruner, run_trials
+    from toolkit.evaluate.metrics import MetricSuite
+    from toolkit.evaluate.sweep import Dimension, Evaluator, SweepConfig, make_pruner, run_trials
+    from toolkit.runtime.backends import LlamaCppBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = SweepConfig(name="bench", space={"temperature": Dimension("temperature", 0.1, 1.5), "top_p": Dimension("top_p", 0.5, 1.0)},
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=None, help="llama.cpp slots for ours (default 16)")
     args = ap.parse_args()
 
-    from toolkit.data import build, load_examples
+    from toolkit.data.records import build, load_examples
     from toolkit.models import resolve
     from toolkit.params import DEFAULTS
 

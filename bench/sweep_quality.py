@@ -19,9 +19,9 @@ OUT = Path("runs/bench")
 
 
 def main() -> None:
-    from toolkit.data import build, load_examples
+    from toolkit.data.records import build, load_examples
+    from toolkit.evaluate.sweep import sweep
     from toolkit.io import write_jsonl
-    from toolkit.sweep import sweep
 
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=OUT / "data", split="80,10,10", seed=0)
     examples = (load_examples(OUT / "data" / "validation.jsonl") + load_examples(OUT / "data" / "test.jsonl"))[:12]

@@ -44,7 +44,7 @@ def default_hf_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def llamacpp_backend(default_gguf):
-    from toolkit.backends import LlamaCppBackend
+    from toolkit.runtime.backends import LlamaCppBackend
 
     with LlamaCppBackend(default_gguf, n_ctx=1024) as backend:
         yield backend

@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-from toolkit.backends import Generation, LlamaCppBackend, ollama_host
 from toolkit.errors import ToolkitError
 from toolkit.params import DecodingParams
+from toolkit.runtime.backends import LlamaCppBackend, ollama_host
+from toolkit.runtime.generation import Generation
 
 PROMPT = "Describe a method to evaluate a language model."
 
@@ -14,7 +15,7 @@ PROMPT = "Describe a method to evaluate a language model."
 @pytest.fixture(scope="module")
 def served():
     """A real local server (toolkit serve: Ollama's API and OpenAI's /v1) over loopback HTTP."""
-    from toolkit.serve import serve_in_thread
+    from toolkit.serve.core import serve_in_thread
 
     # one thread: this process also computes on its main thread (the llamacpp backend), and a second
     # OpenMP team of two threads on 2 cores slows both (see toolkit/serve.py, _Compute)
@@ -25,7 +26,7 @@ def served():
 @pytest.fixture(scope="module")
 def served_parallel():
     """The same server decoding up to 3 requests together (`toolkit serve --parallel 3`)."""
-    from toolkit.serve import serve_in_thread
+    from toolkit.serve.core import serve_in_thread
 
     with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, n_threads=1, parallel=3) as url:
         yield url
@@ -35,7 +36,7 @@ def served_parallel():
 def backend(request, llamacpp_backend, served):
     """Every backend; `ollama-parallel` sends 3 requests at once to a server that batches them;
     `ollama-server` is a real Ollama at OLLAMA_HOST, skipped when none runs."""
-    from toolkit.backends import OllamaBackend, OpenAIBackend
+    from toolkit.runtime.backends import OllamaBackend, OpenAIBackend
 
     if request.param == "llamacpp":
         return llamacpp_backend
@@ -163,7 +164,7 @@ def test_chat_repl_keeps_history_and_resets():
 
 
 def test_ollama_backend_unreachable_is_a_clear_error():
-    from toolkit.backends import OllamaBackend
+    from toolkit.runtime.backends import OllamaBackend
 
     with pytest.raises(ToolkitError, match="no Ollama server at http://127.0.0.1:9") as info:
         OllamaBackend("smollm2", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))
@@ -171,7 +172,7 @@ def test_ollama_backend_unreachable_is_a_clear_error():
 
 
 def test_parallel_is_validated_before_anything_runs():
-    from toolkit.backends import OllamaBackend, open_backend
+    from toolkit.runtime.backends import OllamaBackend, open_backend
 
     for bad in (0, 65):
         with pytest.raises(ToolkitError, match=f"parallel={bad} is outside 1..64"):
@@ -181,7 +182,7 @@ def test_parallel_is_validated_before_anything_runs():
 
 
 def test_openai_backend_unreachable_is_a_clear_error():
-    from toolkit.backends import OpenAIBackend
+    from toolkit.runtime.backends import OpenAIBackend
 
     with pytest.raises(ToolkitError, match="no OpenAI-compatible server"):
         OpenAIBackend("m", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))

@@ -2,10 +2,10 @@
 
 import pytest
 
-from toolkit.backends import LlamaCppBackend
-from toolkit.batched import BatchedGenerator
 from toolkit.errors import BackendError
 from toolkit.params import DecodingParams
+from toolkit.runtime.backends import LlamaCppBackend
+from toolkit.runtime.batched import BatchedGenerator
 
 # The first two (39 and 38 tokens) in adjacent slots are a pair whose joint prefill llama.cpp gets
 # wrong (see the last test): the parity test below fails if the scheduler ever mixes prompts again.
@@ -87,7 +87,7 @@ def test_repeat_penalty_matches_chat(generator, rendered, llamacpp_backend):
 def test_stream_takes_jobs_added_while_running(generator, rendered):
     from collections import deque
 
-    from toolkit.batched import Job
+    from toolkit.runtime.batched import Job
 
     params = DecodingParams(temperature=0.8, max_tokens=6, seed=2, num_ctx=1024)
     queue = deque(Job(k, rendered[k], params) for k in range(2))
@@ -209,7 +209,7 @@ def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
 def test_text_is_streamed_in_final_pieces_never_past_a_stop(generator, rendered):
     """A server streams each job's text as it is decoded: the pieces add up to the final text, and
     nothing a stop string later claims is ever sent (the last len(stop) - 1 characters wait)."""
-    from toolkit.batched import Job
+    from toolkit.runtime.batched import Job
 
     params = DecodingParams(temperature=0, max_tokens=40, num_ctx=1024)
     stops = [(), (", 5",), ("water", "cycle"), ("\n",)]

@@ -11,7 +11,7 @@ def run(*args, **kw):
 
 
 def test_help_lists_commands_without_heavy_imports():
-    code = "import sys; from toolkit.cli import build_parser; build_parser(); print(sorted(m for m in %r if m in sys.modules))" % (HEAVY,)
+    code = f"import sys; from toolkit.cli import build_parser; build_parser(); print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"heavy modules imported by --help: {out}"
     proc = run("--help")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.compare import compare, parse_system
 from toolkit.errors import ConfigError, DataError
+from toolkit.evaluate.compare import compare, parse_system
 from toolkit.params import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def test_split(tmp_path_factory) -> Path:
-    from toolkit.data import build
+    from toolkit.data.records import build
 
     out = tmp_path_factory.mktemp("data")
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
@@ -76,7 +76,7 @@ def test_report_and_cache(tmp_path, test_split, params_files):
 
 
 def test_fairness_refuses_mixed_quantization(tmp_path, test_split):
-    from toolkit.export import export
+    from toolkit.export.convert import export
 
     export("smollm2", out=tmp_path / "g", quant=[])  # f16 next to the embedded Q4_1
     with pytest.raises(ConfigError, match="different quantization types"):
@@ -102,7 +102,7 @@ def test_duplicate_labels_missing_references_and_bad_parallel(tmp_path, test_spl
 
 
 def _no_browser() -> bool:
-    from toolkit.browser import find_browser
+    from toolkit.evaluate.browser import find_browser
 
     return find_browser() is None
 
@@ -111,7 +111,7 @@ def _no_browser() -> bool:
 def test_report_renders_with_its_plots_in_a_real_browser(tmp_path, test_split, params_files):
     from PIL import Image
 
-    from toolkit.browser import render
+    from toolkit.evaluate.browser import render
 
     out = tmp_path / "cmp"
     compare([f"hot=smollm2@{params_files / 'hot.yaml'}"], data=test_split, out=out, prompts=2,

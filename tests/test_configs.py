@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted([*ROOT.glob("sweeps/*.yaml"), *ROOT.glob("modelfiles/*.yaml"), *ROOT.glob("toolkit/recipes/*.yaml")])
+SHIPPED = sorted([*ROOT.glob("sweeps/*.yaml"), *ROOT.glob("modelfiles/*.yaml"), *ROOT.glob("toolkit/train/recipes/*.yaml")])
 
 
 def test_there_are_configs_in_every_folder():
@@ -24,18 +24,18 @@ def test_config_opens_with_purpose_and_command_and_loads(path):
     assert header and len(header[0]) > 10, "the first line says what the file is for"
     assert any("toolkit " in line or "make " in line for line in header), "the header names the command that runs it"
     if path.parent.name == "sweeps":
-        from toolkit.sweep import load_sweep
+        from toolkit.evaluate.sweep import load_sweep
 
         assert load_sweep(path).space
     elif path.parent.name == "modelfiles":
-        from toolkit.export import load_parameters
+        from toolkit.export.convert import load_parameters
 
         assert load_parameters(path).max_tokens > 0
     elif path.name == "search-space.yaml":
-        from toolkit.train import load_space
+        from toolkit.train.core import load_space
 
         assert load_space(path)
     else:
-        from toolkit.train import load_config
+        from toolkit.train.core import load_config
 
         assert load_config(path).r > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data import (
+from toolkit.data.records import (
     Example,
     build,
     category_matcher,
@@ -26,8 +26,8 @@ from toolkit.data import (
     read_records,
     token_counter,
 )
+from toolkit.data.textsplit import split_sentences
 from toolkit.errors import ConfigError, DataError
-from toolkit.textsplit import split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -372,7 +372,7 @@ def test_load_examples_errors(tmp_path, arxiv_file):
     ("See p. 12 of No. 5 today. Results follow.", ["See p. 12 of No. 5 today.", "Results follow."]),
     ("Wrapped\n  over lines. Second\n sentence.\n\nNew paragraph without a period\n\nLast.",
      ["Wrapped over lines.", "Second sentence.", "New paragraph without a period", "Last."]),
-    ("Images, text, etc. We show more. The answer is no. We then stop", 
+    ("Images, text, etc. We show more. The answer is no. We then stop",
      ["Images, text, etc.", "We show more.", "The answer is no.", "We then stop"]),
     ("", []),
     ("   \n ", []),
@@ -650,7 +650,7 @@ def test_build_with_the_real_default_tokenizer(tmp_path, default_hf_dir):
     assert stats["total"]["kept"] == sum(n <= limit for n in lengths) > 0
     assert stats["total"]["skipped"]["problem_too_long"] == sum(n > limit for n in lengths) > 0
     assert token_counter("smollm2")(problems) == lengths
-    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data").data._TOKENIZERS
+    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data.records").data._TOKENIZERS
 
 
 @pytest.mark.skipif(not (SAMPLE / "abstracts.jsonl").exists(), reason="data/sample/abstracts.jsonl not present")

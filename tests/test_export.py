@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from toolkit.errors import ConfigError
-from toolkit.export import check_tokens, export
-from toolkit.modelfile import validate_file
-from toolkit.verify import check_templates, compare_gguf, reference_sequences
+from toolkit.export.convert import check_tokens, export
+from toolkit.export.modelfile import validate_file
+from toolkit.export.verify import check_templates, compare_gguf, reference_sequences
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import gotemplate as G
+from toolkit.chat import gotemplate as G
 from toolkit.errors import ConfigError
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared/conformance/ollama"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # every test here merges a real adapter trained o
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    from toolkit.train import train
+    from toolkit.train.core import train
 
     root = tmp_path_factory.mktemp("merge")
     rows = [{"prompt": f"Question {i}: why does method {i} help?", "response": f"Because method {i} reduces variance by pooling estimates."}
@@ -32,7 +32,7 @@ def test_merge_writes_a_full_precision_model_whose_logits_match_base_plus_adapte
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.merge import TOLERANCE, _inputs, merge
+    from toolkit.train.merge import TOLERANCE, _inputs, merge
 
     out = tmp_path / "merged"
     report = merge(adapter.parent, out)  # the run directory works as well as its adapter/ folder
@@ -69,7 +69,7 @@ def test_adapter_for_a_different_base_is_refused_in_one_line(adapter, tmp_path, 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from toolkit.merge import merge
+    from toolkit.train.merge import merge
 
     other = tmp_path / "other-base"
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_adapter_for_a_different_base_is_refused_in_one_line(adapter, tmp_path, 
 
 
 def test_bad_paths_fail_in_one_line(adapter, tmp_path):
-    from toolkit.merge import merge
+    from toolkit.train.merge import merge
 
     with pytest.raises(ModelError, match="holds no LoRA adapter") as info:
         merge(tmp_path, tmp_path / "out")

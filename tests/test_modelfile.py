@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import gotemplate, modelfile
+from toolkit.chat import gotemplate
 from toolkit.errors import ConfigError, DataError
-from toolkit.modelfile import ModelfileError
+from toolkit.export import modelfile
+from toolkit.export.modelfile import ModelfileError
+from toolkit.params import OLLAMA_OPTION_TYPES
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared/conformance/ollama"
 MISSING = pytest.mark.skip(reason=f"Ollama conformance material not found at {CONFORMANCE}")
@@ -112,14 +114,14 @@ def test_typed_parameters_follow_ollama_create(case):
     mf = modelfile.parse(_input_bytes(case))
     names = [n for n, _ in mf.raw_parameters]
     unknown = [n for n in names
-               if n not in modelfile.PARAMETER_TYPES and n not in modelfile.DEPRECATED_PARAMETERS]
+               if n not in OLLAMA_OPTION_TYPES and n not in modelfile.DEPRECATED_PARAMETERS]
     if unknown:
         with pytest.raises(ModelfileError) as info:
             modelfile.typed_parameters(mf)
         assert info.value.ollama_error == f"unknown parameter '{unknown[0]}'"
         return
     params, warnings = modelfile.typed_parameters(mf)
-    assert set(params) == {n for n in names if n in modelfile.PARAMETER_TYPES}
+    assert set(params) == {n for n in names if n in OLLAMA_OPTION_TYPES}
     assert len(warnings) == sum(n in modelfile.DEPRECATED_PARAMETERS for n in names)
 
 
@@ -177,7 +179,7 @@ def test_float_parameters_are_float32_like_ollama():
 def test_bad_parameter_values(name, raw):
     mf = modelfile.parse(f"FROM x\n\nPARAMETER {name} {raw}\n", path="Modelfile")
     with pytest.raises(ModelfileError) as info:
-        mf.parameters
+        _ = mf.parameters
     message = str(info.value)
     assert message.startswith(f"Modelfile:3: PARAMETER {name} \"{raw}\" is not ")
     assert "\n" not in message

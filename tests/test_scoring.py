@@ -1,7 +1,7 @@
 import pytest
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.scoring import BertScorer
+from toolkit.evaluate.scoring import BertScorer
 
 
 @pytest.fixture(scope="module")

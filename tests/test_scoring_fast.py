@@ -3,7 +3,7 @@
 import pytest
 
 from toolkit.errors import DataError
-from toolkit.scoring import BertScorer
+from toolkit.evaluate.scoring import BertScorer
 
 CANDS = ["", "a model learns to stop", "   ", "Gradient accumulation trades memory for time.",
          "Ünïcödé — émojis 🚀 and CJK 漢字", "the the the the", "LoRA adapters", "We fine-tune a small language model.",

@@ -20,10 +20,10 @@ import httpx
 import ollama
 import pytest
 
-from toolkit.backends import LlamaCppBackend
 from toolkit.errors import BackendError, ConfigError
 from toolkit.params import DEFAULTS, DecodingParams
-from toolkit.serve import (
+from toolkit.runtime.backends import LlamaCppBackend
+from toolkit.serve.core import (
     HTTPError,
     Server,
     keep_alive_seconds,
@@ -239,7 +239,7 @@ def test_every_llama_cpp_computation_runs_on_one_thread(url, monkeypatch):
         seen.add(threading.current_thread().name)
         return decode(*args)
 
-    monkeypatch.setattr(llama_cpp, "llama_decode", spy)  # what toolkit.batched calls
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)  # what toolkit.runtime.batched calls
     monkeypatch.setattr(bindings, "llama_decode", spy)
 
     def ask(i: int) -> None:
@@ -379,7 +379,7 @@ def test_parallel_requests_decode_together_with_the_texts_of_one_at_a_time(llama
 
 @pytest.mark.parametrize("value,parallel", [(None, 1), ("", 1), ("0", 1), ("4", 4), (" 16 ", 16), ("four", None), ("-2", None)])
 def test_parallel_defaults_to_ollama_num_parallel(monkeypatch, value, parallel):
-    from toolkit.serve import env_parallel
+    from toolkit.serve.core import env_parallel
 
     if value is None:
         monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
@@ -530,7 +530,7 @@ STATUS_OVERRIDES = {"bad option type at run time (e.g. \"temperature\": \"hot\")
 
 def _error_flow(http, monkeypatch, example: dict) -> None:
     """The "error after streaming started" case: a model failure after the first piece."""
-    from toolkit.batched import BatchedGenerator
+    from toolkit.runtime.batched import BatchedGenerator
 
     def failing(self, messages, params):
         yield " Yes"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.sweep import load_sweep, parse_sweep, sweep
+from toolkit.evaluate.sweep import load_sweep, parse_sweep, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
@@ -28,7 +28,7 @@ def write_sweep(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
-    from toolkit.data import build
+    from toolkit.data.records import build
 
     out = tmp_path_factory.mktemp("data")
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
@@ -84,7 +84,7 @@ def _study(out: Path, name: str = "tiny"):
 
 
 def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
-    from toolkit.modelfile import validate_file
+    from toolkit.export.modelfile import validate_file
 
     f = write_sweep(tmp_path / "s.yaml")
     mf = tmp_path / "m.Modelfile"
@@ -116,7 +116,7 @@ def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
 
 
 def test_report_sets_the_search_beside_another_sweep(tmp_path):
-    from toolkit.sweep import _load_against, render_against
+    from toolkit.evaluate.sweep import _load_against, render_against
 
     tpe = {"study": "tpe", "search_best_value": 0.57, "search_generations": 200, "search_trials": 30}
     grid = {"study": "grid", "search_best_value": 0.56, "search_generations": 300, "search_trials": 25}
@@ -127,7 +127,7 @@ def test_report_sets_the_search_beside_another_sweep(tmp_path):
 
 
 def test_reports_never_show_a_storage_password():
-    from toolkit.sweep import _without_password
+    from toolkit.evaluate.sweep import _without_password
 
     assert _without_password("postgresql://u:s3cr@t@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert _without_password("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
@@ -192,7 +192,7 @@ def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, spl
                for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
-    from toolkit.sweep import sqlalchemy_url
+    from toolkit.evaluate.sweep import sqlalchemy_url
 
     try:
         trials = optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).trials

@@ -15,30 +15,31 @@ import inspect
 import os
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .params import DEFAULTS, SPECS, DecodingParams
+from toolkit.params import DEFAULTS, SPECS, DecodingParams
 
 DECODING_PREFIX = "decoding:"
 
 # command words -> "module:function"; groups ("data") come from the first word.
 COMMANDS: dict[str, str] = {
     "doctor": "toolkit.doctor:doctor",
-    "data build": "toolkit.data:build",
-    "data check": "toolkit.data:check",
+    "data build": "toolkit.data.records:build",
+    "data check": "toolkit.data.records:check",
     "models": "toolkit.models:show",
-    "train": "toolkit.train:train",
-    "train search": "toolkit.train:search",
-    "merge": "toolkit.merge:merge",
+    "train": "toolkit.train.core:train",
+    "train search": "toolkit.train.core:search",
+    "merge": "toolkit.train.merge:merge",
     "generate": "toolkit.generate:generate",
-    "export": "toolkit.export:export",
-    "verify": "toolkit.verify:verify",
-    "ollama create": "toolkit.export:ollama_create",
+    "export": "toolkit.export.convert:export",
+    "verify": "toolkit.export.verify:verify",
+    "ollama create": "toolkit.export.convert:ollama_create",
     "chat": "toolkit.generate:chat",
-    "serve": "toolkit.serve:serve",
-    "sweep": "toolkit.sweep:sweep",
-    "compare": "toolkit.compare:compare",
+    "serve": "toolkit.serve.core:serve",
+    "sweep": "toolkit.evaluate.sweep:sweep",
+    "compare": "toolkit.evaluate.compare:compare",
     "demo": "toolkit.demo:demo",
 }
 GROUP_HELP = {
@@ -162,7 +163,7 @@ def _collect_decoding(args: dict[str, Any]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: every command module is imported, so modules keep heavy imports inside functions."""
-    from . import __version__
+    from toolkit import __version__
 
     parser = argparse.ArgumentParser(
         prog="toolkit",
@@ -215,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     if fn is None:
         (group or parser).print_help()
         return 0 if not argv else 2
-    from .errors import ToolkitError
+    from toolkit.errors import ToolkitError
 
     try:
         result = fn(**_collect_decoding(args))
     except ToolkitError as exc:
-        from .console import err
+        from toolkit.console import err
 
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code

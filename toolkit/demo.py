@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .params import DEFAULTS
+from toolkit.params import DEFAULTS
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ STAGES = 8
 
 
 def _stage(n: int, title: str) -> None:
-    from .console import err
+    from toolkit.console import err
 
     err.rule(f"[bold]{n}/{STAGES} {title}")
 
@@ -45,7 +45,7 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
         max_tokens: most tokens per generation outside the sweep.
         quick: a smoke-test run: few steps, few prompts, tiny sweep (minutes, not a result).
     """
-    from .console import err
+    from toolkit.console import err
 
     start = time.perf_counter()
     out = Path(out)
@@ -64,7 +64,7 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
 
 
 def _build(out: Path, data: Path) -> Path:
-    from .data import build
+    from toolkit.data.records.records import build
 
     _stage(1, "build the dataset")
     build([Path(data)], out=out / "data", split="80,10,10", seed=0)
@@ -72,11 +72,11 @@ def _build(out: Path, data: Path) -> Path:
 
 
 def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
-    from .backends import open_backend
-    from .data import load_examples
-    from .generate import generate_rows
-    from .io import write_json, write_jsonl
-    from .scoring import BertScorer
+    from toolkit.data.records.records import load_examples
+    from toolkit.evaluate.scoring import BertScorer
+    from toolkit.generate import generate_rows
+    from toolkit.io import write_json, write_jsonl
+    from toolkit.runtime.backends import open_backend
 
     examples = load_examples(dev)
     examples = examples[:limit] if limit else examples
@@ -93,7 +93,7 @@ def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
 
 
 def _train(out: Path, model: str, split: Path, steps: int) -> Path:
-    from .train import train
+    from toolkit.train.core.core import train
 
     _stage(3, f"train a LoRA adapter ({steps} steps)")
     run = out / "train"
@@ -106,13 +106,13 @@ def _train(out: Path, model: str, split: Path, steps: int) -> Path:
 
 
 def _merge(out: Path, adapter: Path, model: str) -> Path:
-    from .merge import merge
+    from toolkit.train.core.merge import merge
 
     _stage(4, "merge the adapter into a full-precision base")
     dest = out / "merged"
     marker = dest / "toolkit-merge.json"
     if marker.exists() and marker.stat().st_mtime >= (adapter / "adapter_model.safetensors").stat().st_mtime:
-        from .console import err
+        from toolkit.console import err
 
         err.print(f"reusing {dest} (merged after the adapter was written)")
         return dest
@@ -121,7 +121,7 @@ def _merge(out: Path, adapter: Path, model: str) -> Path:
 
 
 def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path]:
-    from .export import export
+    from toolkit.export.convert.convert import export
 
     _stage(5, f"export GGUF: tuned f16 + {quant}, and the base in {quant} for a fair comparison")
     params = ROOT / "modelfiles" / "default.yaml"
@@ -131,7 +131,7 @@ def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path
 
 
 def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
-    from .verify import verify
+    from toolkit.export.convert.verify import verify
 
     _stage(6, "verify the tuned GGUFs against the merged HF model")
     files = sorted((out / "gguf").glob("tuned-*.gguf"))
@@ -139,7 +139,7 @@ def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
 
 
 def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Path:
-    from .sweep import sweep
+    from toolkit.evaluate.sweep import sweep
 
     _stage(7, f"sweep decoding parameters ({sweep_file})")
     dest = out / "sweep"
@@ -147,7 +147,7 @@ def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Pa
           trials=3 if quick else 0, prompts=3 if quick else 0)
     import json
 
-    from .console import err
+    from toolkit.console import err
 
     if json.loads((dest / "best.json").read_text())["chosen"] == "default":
         err.print("the sweep kept the default values, so the +swept systems below decode exactly as the default ones")
@@ -155,7 +155,7 @@ def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Pa
 
 
 def _compare(out: Path, base_gguf: Path, tuned_gguf: Path, best: Path, test: Path, params, quick: bool) -> Path:
-    from .compare import compare
+    from toolkit.evaluate.compare import compare
 
     _stage(8, "compare base vs tuned (default and swept parameters) on the test split")
     systems = [f"base+swept={base_gguf}@{best}", f"tuned={tuned_gguf}", f"tuned+swept={tuned_gguf}@{best}"]
@@ -180,7 +180,7 @@ def _summary(rows: list[dict], params) -> dict:
 def _print_table(rows: list[dict], summary: dict) -> None:
     from rich.table import Table
 
-    from .console import out
+    from toolkit.console import out
 
     table = Table(title="Base model on the dev split: BERTScore (MiniLM-L6, layer 6)")
     for col, justify in (("id", "left"), ("problem", "left"), ("P", "right"), ("R", "right"), ("F1", "right"), ("tokens", "right"), ("stop", "left")):

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from .backends import Backend, open_backend
-from .errors import ConfigError
-from .params import DEFAULTS, DecodingParams
+from toolkit.errors import ConfigError
+from toolkit.params import DEFAULTS, DecodingParams
+from toolkit.runtime.backends import Backend, open_backend
 
 
 def generate_rows(backend: Backend, examples: Iterable, params: DecodingParams, *, system: str | None = None,
                   description: str = "Generating") -> Iterator[dict]:
     """Generate for each example (anything with id/prompt/response), with a progress bar."""
-    from .backends import as_messages
-    from .console import progress
+    from toolkit.console import progress
+    from toolkit.runtime.generation import as_messages
 
     examples = list(examples)
     with progress() as bar:
@@ -43,9 +43,9 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
         backend: which backend runs the model: llamacpp (in process), ollama or openai.
         url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
     """
-    from .backends import as_messages
-    from .console import err
-    from .io import write_jsonl
+    from toolkit.console import err
+    from toolkit.io import write_jsonl
+    from toolkit.runtime.generation import as_messages
 
     if not prompt and file is None:
         raise ConfigError("nothing to generate from", fix="pass a prompt, or --file FILE")
@@ -65,7 +65,7 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
 
 def print_stream(engine: Backend, messages: list[dict], params: DecodingParams) -> str:
     """Write a reply to stdout as it streams, then its token count and speed to stderr; return its text."""
-    from .console import err
+    from toolkit.console import err
 
     for piece in engine.stream(messages, params):
         if isinstance(piece, str):
@@ -79,7 +79,7 @@ def print_stream(engine: Backend, messages: list[dict], params: DecodingParams) 
 
 
 def _examples(prompts: Iterable[str], file: Path | None) -> list:
-    from .data import Example, load_examples
+    from toolkit.data.records.records import Example, load_examples
 
     if file is None:
         return [Example(id=str(i), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(prompts)]
@@ -104,7 +104,7 @@ def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", syste
         url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
         system: an optional system prompt.
     """
-    from .console import err
+    from toolkit.console import err
 
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
@@ -131,8 +131,8 @@ def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", syste
 
 
 def _stream_reply(engine: Backend, history: list[dict], params: DecodingParams) -> str:
-    from .console import err
-    from .errors import BackendError
+    from toolkit.console import err
+    from toolkit.errors import BackendError
 
     try:
         return print_stream(engine, history, params)

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-from .io import atomic_dir, toolkit_home
+from toolkit.errors import ModelError
+from toolkit.io import atomic_dir, toolkit_home
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_SCORER = "minilm"
@@ -171,7 +171,7 @@ def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
             h.update(block)
     cache = {k: v for k, v in cache.items() if Path(k.split("|")[0]).exists()}  # forget deleted files
     cache[key] = h.hexdigest()
-    from .io import write_json
+    from toolkit.io import write_json
 
     with contextlib.suppress(OSError):
         write_json(cache_file, cache)
@@ -212,7 +212,7 @@ def _dequantize(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .console import status
+    from toolkit.console import status
 
     with status(f"Dequantizing {gguf.name} once into the cache (about a minute)"):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -248,7 +248,7 @@ def show(model: str = DEFAULT_MODEL, prepare: bool = False) -> dict:
         model: embedded name (smollm2), local HF directory, local .gguf file or hub id.
         prepare: dequantize a GGUF-only model into the cache now (otherwise done on first use).
     """
-    from .console import out
+    from toolkit.console import out
 
     resolved = resolve(model, hf=prepare)
     hf_dir = resolved.hf_dir

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from toolkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ SPECS: dict[str, Spec] = {
     "repeat_penalty": Spec(float, 0.5, 2.0, "penalty for repeating recent tokens (1 = none)", "repeat_penalty", "repeat_penalty", "repeat_penalty"),
     "seed": Spec(int, 0, 2**31 - 1, "sampling seed: same seed, same text", "seed", "seed", "seed"),
     "num_ctx": Spec(int, 128, 131072, "context window in tokens", "num_ctx", None, None),
+}
+# Ollama's options (api.Options + api.Runner JSON tags) and their Go kinds: what a request's
+# `options`, a Modelfile PARAMETER and `api.FormatParams` accept. Read by the Modelfile parser and
+# the server's option checks alike.
+OLLAMA_OPTION_TYPES: dict[str, type] = {
+    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float,
+    "min_p": float, "typical_p": float, "repeat_last_n": int, "temperature": float,
+    "repeat_penalty": float, "presence_penalty": float, "frequency_penalty": float,
+    "stop": list, "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int,
+    "use_mmap": bool, "num_thread": int, "draft_num_predict": int,
 }
 SWEEPABLE = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "repeat_penalty")
 
@@ -69,7 +79,7 @@ class DecodingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, where: str = "parameters") -> "DecodingParams":
+    def from_dict(cls, values: dict[str, Any], *, where: str = "parameters") -> DecodingParams:
         """Build from a mapping (YAML, JSON, CLI), naming any unknown key and the valid ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -78,7 +88,7 @@ class DecodingParams:
         return cls(**values)
 
     @classmethod
-    def from_ollama_options(cls, options: dict[str, Any], base: "DecodingParams | None" = None) -> "DecodingParams":
+    def from_ollama_options(cls, options: dict[str, Any], base: DecodingParams | None = None) -> DecodingParams:
         """The inverse of `to_ollama_options`; Ollama options we do not model are ignored, as Ollama does."""
         names = {spec.ollama: name for name, spec in SPECS.items() if spec.ollama}
         values = {names[k]: v for k, v in options.items() if k in names and v is not None}
@@ -89,7 +99,7 @@ class DecodingParams:
         return (base or cls()).replace(**values)
 
     @classmethod
-    def from_openai(cls, body: dict[str, Any], base: "DecodingParams | None" = None) -> "DecodingParams":
+    def from_openai(cls, body: dict[str, Any], base: DecodingParams | None = None) -> DecodingParams:
         """The inverse of `to_openai` (also accepts `max_completion_tokens` and a string `stop`)."""
         names = {spec.openai: name for name, spec in SPECS.items() if spec.openai}
         values = {names[k]: v for k, v in body.items() if k in names and v is not None}
@@ -100,7 +110,7 @@ class DecodingParams:
             values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         return (base or cls()).replace(**values)
 
-    def replace(self, **changes: Any) -> "DecodingParams":
+    def replace(self, **changes: Any) -> DecodingParams:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

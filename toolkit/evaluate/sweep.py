@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from .errors import ConfigError, DataError
-from .metrics import ScorerConfig, parse_objective
-from .params import DEFAULTS, SPECS, SWEEPABLE, DecodingParams, check_bounds
+from toolkit.errors import ConfigError, DataError
+from toolkit.evaluate.metrics import ScorerConfig, parse_objective
+from toolkit.params import DEFAULTS, SPECS, SWEEPABLE, DecodingParams, check_bounds
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median")
@@ -124,7 +125,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
     path = Path(path)
     if not path.exists():
-        shipped = Path(__file__).resolve().parent.parent / "sweeps" / f"{path.stem}.yaml"
+        shipped = Path(__file__).resolve().parents[2] / "sweeps" / f"{path.stem}.yaml"
         if shipped.exists():
             path = shipped
         else:
@@ -146,7 +147,7 @@ def parse_sweep(raw: dict, *, where: str = "sweep", default_name: str = "sweep")
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}", fix=f"valid: {', '.join(sorted(_TOP_KEYS))}")
     space = _parse_space(raw.get("space"), where)
     fixed = dict(raw.get("fixed") or {})
-    for name, value in fixed.items():
+    for name in fixed:
         if name not in SPECS and name != "stop":
             raise ConfigError(f"{where}: fixed.{name} is not a decoding parameter", fix=f"valid: {', '.join(SPECS)}")
         if name in space:
@@ -279,7 +280,7 @@ class Evaluator:
 
     def score(self, gens: list, indices: list[int]) -> tuple[list[float], dict]:
         """Objective value per generation (against the references of prompts `indices`), and a summary."""
-        from .metrics import objective_scores
+        from toolkit.evaluate.metrics import objective_scores
 
         scores = objective_scores(self.suite.score([g.text for g in gens], [self.references[i] for i in indices],
                                                    tuple(self.metric)), self.metric)
@@ -408,7 +409,7 @@ def run_trials(study, cfg: SweepConfig, ev: Evaluator) -> None:
 
     import optuna
 
-    from .console import progress
+    from toolkit.console import progress
 
     chunks = _chunks(len(ev.prompts), cfg.chunks if cfg.pruner != "none" else 1)
     if cfg.trials - len(finished(study)) <= 0:
@@ -523,7 +524,7 @@ class _Trials:
         """Score a finished chunk; then prune the trial, finish it, or go on to its next chunk."""
         from optuna.trial import TrialState
 
-        from .stats import bootstrap_mean
+        from toolkit.evaluate.stats import bootstrap_mean
 
         t, idx = self.live[n], self.chunks[step]
         chunk_scores, info = self.ev.score([t.got[step][i] for i in idx], idx)
@@ -577,8 +578,8 @@ def noise_check(study, cfg: SweepConfig, ev: Evaluator) -> dict:
     """Re-run the default and the top trials with several seeds on every prompt; compare best vs default."""
     import optuna
 
-    from .console import status
-    from .stats import bootstrap_mean, paired
+    from toolkit.console import status
+    from toolkit.evaluate.stats import bootstrap_mean, paired
 
     base = cfg.base_params()
     complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
@@ -645,7 +646,7 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
     import optuna
     import yaml
 
-    from .io import write_json, write_text
+    from toolkit.io import write_json, write_text
 
     trials = study.get_trials(deepcopy=False)
     names = list(cfg.space)
@@ -694,7 +695,7 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
-    from .io import save_figure
+    from toolkit.io import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
@@ -783,8 +784,8 @@ def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict,
 def rewrite_modelfile(path: Path, params: DecodingParams, only: Iterable[str] | None = None) -> Path:
     """Rewrite a Modelfile's PARAMETER lines with `params` (or just the fields in `only`), keeping
     FROM, TEMPLATE, stops, SYSTEM, LICENSE and the other PARAMETERs."""
-    from .modelfile import build_modelfile, validate_file
-    from .modelfile import write as write_mf
+    from toolkit.export.convert.modelfile import build_modelfile, validate_file
+    from toolkit.export.convert.modelfile import write as write_mf
 
     mf = validate_file(path)
     existing = {k: v for k, v in mf.parameters.items() if k != "stop"}
@@ -816,7 +817,7 @@ def _load_against(folder: Path) -> dict:
 
 
 def _examples_with_references(data: Path, n: int) -> list:
-    from .data import load_examples
+    from toolkit.data.records.records import load_examples
 
     examples = load_examples(data)
     if not examples:
@@ -857,9 +858,9 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
             at a time to a server; set it to the server's own parallel setting). The same
             command with the same --parallel gives the same trials.
     """
-    from .backends import check_parallel, open_backend
-    from .console import err
-    from .metrics import MetricSuite
+    from toolkit.console import err
+    from toolkit.evaluate.metrics import MetricSuite
+    from toolkit.runtime.backends import check_parallel, open_backend
 
     cfg = load_sweep(sweep_file)
     if parallel:
@@ -901,7 +902,7 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
 def print_summary(study, cfg: SweepConfig, noise: dict) -> None:
     from rich.table import Table
 
-    from .console import out
+    from toolkit.console import out
 
     table = Table(title=f"sweep {cfg.name}: re-run with seeds {cfg.rerun_seeds}")
     table.add_column("candidate")

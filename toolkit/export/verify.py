@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ToolkitError
+from toolkit.errors import ToolkitError
 
 # Minimum top-1 agreement per GGUF type on the default model (issue 4); other types are reported.
 TARGETS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
@@ -55,7 +55,7 @@ def gguf_type(path: Path) -> str:
     """The file's quantization type name (F16, Q8_0, Q4_K_M, ...) from its metadata."""
     import llama_cpp
 
-    from .llamacpp import read_metadata
+    from toolkit.runtime.llamacpp import read_metadata
 
     ftype = int(read_metadata(path).get("general.file_type", -1))
     for name in dir(llama_cpp):
@@ -89,7 +89,7 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
     import numpy as np
     import torch
 
-    from .llamacpp import load
+    from toolkit.runtime.llamacpp import load
 
     kind = gguf_type(gguf)
     llm = load(gguf, n_ctx=max(len(s) for s in seqs) + 8, logits_all=True)
@@ -140,10 +140,10 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
     """Render each probe conversation three ways (HF, GGUF-embedded, Modelfile); list mismatches."""
     from transformers import AutoTokenizer
 
-    from .backends import render_jinja
-    from .gotemplate import render_chat
-    from .llamacpp import read_metadata
-    from .modelfile import validate_file
+    from toolkit.chat.gotemplate import render_chat
+    from toolkit.chat.jinja import render_jinja
+    from toolkit.export.convert.modelfile import validate_file
+    from toolkit.runtime.llamacpp import read_metadata
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     embedded = read_metadata(gguf).get("tokenizer.chat_template")
@@ -163,7 +163,7 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
                 problems.append(f"{label} differs from the HF chat template at character {at}: "
                                 f"{reference[max(0, at - 15):at + 15]!r} vs {text[max(0, at - 15):at + 15]!r}")
     if mf is not None:
-        from .export import chat_format
+        from toolkit.export.convert.convert import chat_format
 
         missing = [t for t in chat_format(hf_dir).stops if t not in mf.stops]
         if missing:
@@ -204,8 +204,8 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     """
     from rich.table import Table
 
-    from .console import err, out, status
-    from .models import resolve
+    from toolkit.console import err, out, status
+    from toolkit.models import resolve
 
     hf_dir = resolve(model).require_hf()
     files = [Path(g) for g in gguf] or sorted((hf_dir / "gguf").glob("*.gguf"))
@@ -213,7 +213,7 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         raise VerifyError(f"no GGUF files given and none in {hf_dir / 'gguf'}", fix="run `toolkit export` first or pass --gguf FILE")
     texts = DEFAULT_PROMPTS
     if data is not None:
-        from .data import load_examples
+        from toolkit.data.records.records import load_examples
 
         texts = [ex.prompt for ex in load_examples(data)]
     texts = texts[:prompts]

@@ -23,11 +23,12 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .errors import ConfigError, DataError, ModelError
+from toolkit.errors import ConfigError, DataError, ModelError
 
 __all__ = [
     "Example", "AbstractRecord", "QARecord", "ChatRecord", "PreferenceRecord",
@@ -460,7 +461,7 @@ def read_papers(path: Path, abstract_col: str = "abstract") -> Iterator[Abstract
     one-line abstract goes through the sentence splitter). Tags, newlines and tokenised spacing
     ("word ." -> "word.") are normalised. This format has no categories.
     """
-    from .textsplit import split_sentences
+    from toolkit.data.records.textsplit import split_sentences
 
     path = Path(path)
     fix = "if the abstract is under another field name, pass it with --abstract-col (scientific_papers fields: article, abstract, section_names)"
@@ -731,7 +732,7 @@ def token_counter(tokenizer: str = "smollm2") -> Callable[[list[str]], list[int]
         if given.is_file() and given.suffix == ".json":
             file = given
         else:
-            from .models import resolve
+            from toolkit.models import resolve
 
             file = resolve(tokenizer).require_hf() / "tokenizer.json"
         if not file.is_file():
@@ -812,8 +813,8 @@ def build(
         min_answer_tokens: drop QA rows whose answer is shorter than this many tokens (0 = no minimum).
         abstract_col: field holding the abstract in arXiv/scientific_papers files.
     """
-    from .models import file_digest
-    from .textsplit import split_sentences
+    from toolkit.data.records.textsplit import split_sentences
+    from toolkit.models import file_digest
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -898,7 +899,7 @@ def build(
         "qa": (max_question_tokens, min_answer_tokens),
     }
     if any(v for pair in limits.values() for v in pair) and any(it.reason is None for it in items):
-        from .console import err
+        from toolkit.console import err
 
         label = "words" if tokenizer == "words" else f"the {tokenizer} tokenizer"
         with err.status(f"Counting tokens with {label}"):  # transient: leaves no line behind
@@ -954,7 +955,7 @@ def build(
     _print_build_table(stats, out)
     for name in names:
         if not rows[name]:
-            from .console import err
+            from toolkit.console import err
 
             err.print(f"[yellow]warning:[/] the {name} split is empty; use more data or a larger share for it")
     return stats
@@ -987,7 +988,7 @@ def _relax_hint(stats: dict, category_counts: Counter) -> str:
 def _write_outputs(out: Path, rows: dict[str, list[dict]], stats: dict) -> None:
     """All files land together: a fresh or build-only directory is replaced in one rename; a
     directory holding other files gets each file atomically, stale split files removed, stats last."""
-    from .io import atomic_dir, write_json, write_jsonl
+    from toolkit.io import atomic_dir, write_json, write_jsonl
 
     existing = {p.name for p in out.iterdir()} if out.is_dir() else set()
     foreign = {n for n in existing if n not in _OWNED_FILES and not (n.startswith(".") and n.endswith(".tmp"))}
@@ -1008,7 +1009,7 @@ def _write_outputs(out: Path, rows: dict[str, list[dict]], stats: dict) -> None:
 def _print_build_table(stats: dict, out: Path) -> None:
     from rich.table import Table
 
-    from .console import out as stdout
+    from toolkit.console import out as stdout
 
     reasons = ["problem_too_long", "approach_too_short", "too_few_sentences", "duplicate"]
     if stats["options"]["categories"]:
@@ -1089,7 +1090,7 @@ def check(path: Path, kind: str = "auto", question_col: str = "question", answer
                       duplicate_questions=sum(v - 1 for v in keys.values()), question_chars_mean=_mean(qs),
                       answer_chars_mean=_mean(ans))
     elif fmt in ("arxiv", "papers"):
-        from .textsplit import split_sentences
+        from toolkit.data.records.textsplit import split_sentences
 
         cats: Counter = Counter()
         keys = Counter()
@@ -1128,7 +1129,7 @@ def check(path: Path, kind: str = "auto", question_col: str = "question", answer
 def _print_check_table(result: dict) -> None:
     from rich.table import Table
 
-    from .console import out as stdout
+    from toolkit.console import out as stdout
 
     table = Table(title=f"{result['path']} ({result['format']}): OK", title_justify="left", show_header=False)
     table.add_column("field")

@@ -18,10 +18,10 @@ import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .io import toolkit_home, write_json
+from toolkit.io import toolkit_home, write_json
 
 # Runs in a child process: load a quantized GGUF with llama.cpp's defaults, evaluate a prompt of
 # several tokens (a one-token prompt never reaches the batched matmul kernels that crash) and
@@ -61,6 +61,46 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# the flags that decide which llama.cpp kernels run (and so which sampled texts come out)
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
+
+
+def machine_summary(*, probe: bool = True) -> dict:
+    """The facts that make measured numbers differ between machines, for reports to record beside
+    them: CPU model, the SIMD flags llama.cpp's kernels depend on, the llama.cpp version, whether
+    the extra buffer types are on (`probe=False` leaves that out: no model is loaded), and the
+    batched engine's prefill choice where it has been probed on this machine."""
+    try:
+        from importlib.metadata import version
+
+        llama_version = version("llama-cpp-python")
+    except Exception:
+        llama_version = "?"
+    flags = cpu_flags()
+    summary = {"cpu": cpu_model(), "machine": platform.machine(), "cores": default_threads(),
+               "simd": [f for f in KERNEL_FLAGS if f in flags], "llama_cpp_python": llama_version}
+    if probe:
+        summary["extra_bufts"] = probe_extra_bufts()["extra_bufts"]
+    return summary
+
+
+def describe_machine(summary: dict) -> str:
+    """One line for a report: `AMD EPYC, 2 cores, avx2 avx512f; llama-cpp-python 0.3.36, extra buffer types off`."""
+    simd = " ".join(summary.get("simd", [])) or "no SIMD flags found"
+    text = f"{summary.get('cpu', '?')}, {summary.get('cores', '?')} cores, {simd}; llama-cpp-python {summary.get('llama_cpp_python', '?')}"
+    if "extra_bufts" in summary:
+        text += f", extra buffer types {'on' if summary['extra_bufts'] else 'off'}"
+    return text
+
+
 def probe_extra_bufts(gguf: Path | None = None, *, refresh: bool = False) -> dict:
     """Whether llama.cpp's extra buffer types (AMX, repacking) work here; probed once, then cached.
 
@@ -77,7 +117,7 @@ def probe_extra_bufts(gguf: Path | None = None, *, refresh: bool = False) -> dic
             if saved.get("key") == key:
                 return saved["result"]
     if gguf is None:
-        from .models import embedded_gguf
+        from toolkit.models import embedded_gguf
 
         gguf = embedded_gguf()
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, text=True, timeout=300)
@@ -126,7 +166,7 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
     """A `llama_cpp.Llama` for `gguf`, safe on this CPU (see the module docstring)."""
     from llama_cpp import Llama
 
-    from .errors import ModelError
+    from toolkit.errors import ModelError
 
     gguf = Path(gguf)
     if not gguf.exists():

@@ -10,8 +10,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DataError
-from .models import DEFAULT_SCORER, scorer_path
+from toolkit.errors import ConfigError, DataError
+from toolkit.models import DEFAULT_SCORER, scorer_path
 
 
 @dataclass

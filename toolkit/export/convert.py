@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ModelError
-from .io import atomic_path, write_json
+from toolkit.errors import ConfigError, ModelError
+from toolkit.io import atomic_path, write_json
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 QUANTS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
@@ -57,7 +57,7 @@ def converter_dir() -> Path:
 
 def source_digest(hf_dir: Path) -> str:
     """A digest of everything the conversion reads: config, tokenizer files and weights."""
-    from .models import file_digest
+    from toolkit.models import file_digest
 
     names = sorted(p for p in hf_dir.iterdir() if p.is_file() and (p.suffix in {".json", ".safetensors", ".jinja", ".model", ".txt"}))
     parts = [f"{p.name}:{file_digest(p)}" for p in names if p.name != "toolkit-source.json"]
@@ -109,12 +109,12 @@ def quantize(src: Path, dest: Path, quant: str, *, force: bool = False, threads:
     quant = quant.upper()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", fix=f"use one of {', '.join(QUANTS)}")
-    from .models import file_digest
+    from toolkit.models import file_digest
 
     key = {"source": file_digest(src), "type": quant}
     if not force and _reusable(dest, key):
         return Exported(dest, quant, True)
-    from .llamacpp import default_threads
+    from toolkit.runtime.llamacpp import default_threads
 
     with atomic_path(dest) as tmp:
         _run([sys.executable, "-c", _QUANTIZE, str(src), str(tmp), quant, str(threads or default_threads())],
@@ -132,7 +132,7 @@ def check_tokens(gguf: Path, hf_dir: Path) -> list[str]:
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from .llamacpp import load_vocab
+    from toolkit.runtime.llamacpp import load_vocab
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     llm = load_vocab(gguf)
@@ -171,7 +171,7 @@ def chat_format(hf_dir: Path) -> ChatFormat:
     every end-of-turn token the generation config stops on (e.g. <|im_end|>, <|endoftext|>)."""
     from transformers import AutoTokenizer
 
-    from .gotemplate import default_system_prompt, ollama_template_for
+    from toolkit.chat.gotemplate import default_system_prompt, ollama_template_for
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     found = ollama_template_for(tok.chat_template or "")
@@ -191,9 +191,9 @@ def chat_format(hf_dir: Path) -> ChatFormat:
 
 def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | None = None) -> Path:
     """Write `<gguf>.Modelfile` beside the GGUF: FROM, TEMPLATE, stops, SYSTEM, PARAMETERs, LICENSE."""
-    from .modelfile import build_modelfile
-    from .modelfile import write as write_mf
-    from .params import DEFAULTS
+    from toolkit.export.convert.modelfile import build_modelfile
+    from toolkit.export.convert.modelfile import write as write_mf
+    from toolkit.params import DEFAULTS
 
     options = (params or DEFAULTS).to_ollama_options()
     stops = fmt.stops + [s for s in options.pop("stop", []) if s not in fmt.stops]
@@ -203,7 +203,7 @@ def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | 
 
 
 def _license(gguf: Path) -> str | None:
-    from .llamacpp import read_metadata
+    from toolkit.runtime.llamacpp import read_metadata
 
     return read_metadata(gguf).get("general.license")
 
@@ -225,8 +225,8 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         modelfile: write an Ollama Modelfile beside each GGUF.
         force: rebuild even when an up-to-date output exists.
     """
-    from .console import err, status
-    from .models import resolve
+    from toolkit.console import err, status
+    from toolkit.models import resolve
 
     hf_dir = resolve(model).require_hf()
     out = Path(out) if out else hf_dir / "gguf"
@@ -268,7 +268,7 @@ def load_parameters(path: Path, base=None):
     file's values go on top of `base` (default: the toolkit's defaults)."""
     import yaml
 
-    from .params import DecodingParams
+    from toolkit.params import DecodingParams
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -295,9 +295,9 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
     import httpx
     import ollama
 
-    from .backends import ollama_host
-    from .console import err, status
-    from .modelfile import validate_file
+    from toolkit.console import err, status
+    from toolkit.export.convert.modelfile import validate_file
+    from toolkit.runtime.backends import ollama_host
 
     mf = validate_file(modelfile)
     host = host or ollama_host()
@@ -314,12 +314,12 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
             request["from_"] = mf.model
         client.create(**request)
     except (httpx.ConnectError, ConnectionError) as exc:
-        from .errors import BackendError
+        from toolkit.errors import BackendError
 
         raise BackendError(f"no Ollama server at {host} ({exc})",
                            fix="start one with `ollama serve` and retry, or run the GGUF with `toolkit generate --model FILE.gguf`") from None
     except ollama.ResponseError as exc:
-        from .errors import BackendError
+        from toolkit.errors import BackendError
 
         raise BackendError(f"Ollama at {host} refused to create {name!r}: {exc.error}") from None
     err.print(f"created {name} on {host}; try: toolkit generate 'hello' --backend ollama --model {name}")

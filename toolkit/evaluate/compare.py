@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DataError
-from .params import DEFAULTS, DecodingParams
+from toolkit.errors import ConfigError, DataError
+from toolkit.params import DEFAULTS, DecodingParams
 
 METRIC_LABELS = {"bertscore_f1": "BERTScore F1", "bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R",
                  "rouge_l": "ROUGE-L", "bleu": "BLEU"}
@@ -38,7 +38,7 @@ class System:
 
 def parse_system(spec: str, base_params: DecodingParams) -> System:
     """`LABEL=MODEL[@PARAMS.yaml]`: e.g. `tuned=runs/demo/gguf/tuned-Q4_K_M.gguf@runs/sweeps/demo/best.yaml`."""
-    from .export import load_parameters
+    from toolkit.export.convert.convert import load_parameters
 
     label, sep, rest = spec.partition("=")
     if not sep or not label or not rest:
@@ -79,7 +79,7 @@ class GenerationCache:
 def model_id(backend: str, model: str, url: str) -> str:
     """What identifies a model's weights: the GGUF digest in process, the name at a server otherwise."""
     if backend == "llamacpp":
-        from .models import file_digest, resolve
+        from toolkit.models import file_digest, resolve
 
         return "gguf:" + file_digest(resolve(model, hf=False).require_gguf())
     return f"{backend}:{url}:{model}"
@@ -89,8 +89,8 @@ def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> No
     """Base and tuned must run through the same backend and the same quantization type."""
     if backend != "llamacpp" or allow_mixed:
         return
-    from .models import resolve
-    from .verify import gguf_type
+    from toolkit.export.convert.verify import gguf_type
+    from toolkit.models import resolve
 
     types = {s.label: gguf_type(resolve(s.model, hf=False).require_gguf()) for s in systems}
     if len(set(types.values())) > 1:
@@ -105,8 +105,8 @@ def generate_system(system: System, examples: list, backend: str, url: str, cach
     Each generation is cached as it finishes, so an interrupted run loses none."""
     from collections import deque
 
-    from .backends import open_backend
-    from .console import progress
+    from toolkit.console import progress
+    from toolkit.runtime.backends import open_backend
 
     mid = model_id(backend, system.model, url)
     keys = [GenerationCache.key(mid, system.params, ex.prompt) for ex in examples]
@@ -127,7 +127,7 @@ def generate_system(system: System, examples: list, backend: str, url: str, cach
 
 
 def score_systems(systems: list[System], examples: list, scorer: str, scorer_layer: int | None) -> None:
-    from .metrics import METRICS, MetricSuite, ScorerConfig
+    from toolkit.evaluate.metrics import METRICS, MetricSuite, ScorerConfig
 
     suite = MetricSuite(ScorerConfig(scorer, scorer_layer))
     refs = [ex.response for ex in examples]
@@ -137,8 +137,8 @@ def score_systems(systems: list[System], examples: list, scorer: str, scorer_lay
 
 def summarise(systems: list[System], examples: list, seed: int) -> dict:
     """Every number of the report: per-system means with intervals, paired differences vs the first."""
-    from .metrics import METRICS
-    from .stats import bootstrap_mean, paired
+    from toolkit.evaluate.metrics import METRICS
+    from toolkit.evaluate.stats import bootstrap_mean, paired
 
     ref = systems[0]
     result = {"examples": len(examples), "reference_system": ref.label, "systems": []}
@@ -169,7 +169,7 @@ def make_plots(systems: list[System], folder: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from toolkit.io import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     scores = [s.scores["bertscore_f1"] for s in systems]
@@ -220,7 +220,7 @@ def headline(result: dict) -> str:
 
 
 def render_markdown(result: dict, plots: dict[str, str], examples_shown: int = 5) -> str:
-    from .metrics import METRICS
+    from toolkit.evaluate.metrics import METRICS
 
     lines = ["# Base vs tuned: comparison report", "", f"**{headline(result)}**", "",
              f"{result['examples']} test prompts, the same seeds for every system; differences are against "
@@ -251,7 +251,7 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
     import base64
     import html
 
-    from .metrics import METRICS
+    from toolkit.evaluate.metrics import METRICS
 
     esc = html.escape
     head = "".join(f"<th>{esc(METRIC_LABELS[m])}</th>" for m in METRICS)
@@ -287,7 +287,7 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
 def print_table(result: dict) -> None:
     from rich.table import Table
 
-    from .console import out
+    from toolkit.console import out
 
     table = Table(title=f"compare on {result['examples']} prompts (vs {result['reference_system']})")
     for col in ("system", "BERTScore F1", "ROUGE-L", "BLEU", "Δ F1 vs ref", "tokens"):
@@ -326,10 +326,10 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
             at a time to a server; set it to the server's own parallel setting).
     """
-    from .backends import check_parallel
-    from .console import err
-    from .data import load_examples
-    from .io import write_json, write_text
+    from toolkit.console import err
+    from toolkit.data.records.records import load_examples
+    from toolkit.io import write_json, write_text
+    from toolkit.runtime.generation import check_parallel
 
     if parallel:
         check_parallel(parallel)
@@ -361,7 +361,7 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     write_text(out / "report.html", render_html(result, plots))
     print_table(result)
     if screenshot:
-        from .browser import BrowserError, render
+        from toolkit.evaluate.browser import BrowserError, render
 
         shown = render(out / "report.html", out / "report.png")
         if shown.decoded != shown.images:

@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ToolkitError
-from .io import atomic_path
+from toolkit.errors import ToolkitError
+from toolkit.io import atomic_path
 
 # No network from the browser: without the background-networking flags Chromium keeps trying to
 # reach Google's hosts, which a closed machine refuses.

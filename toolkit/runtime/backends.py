@@ -10,84 +10,13 @@ from __future__ import annotations
 import abc
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
 
-from .errors import BackendError, ConfigError
-from .params import DecodingParams
-
-Messages = list[dict[str, str]]
-# what a job source hands `Backend.generate_stream`: (key, conversation, parameters), or None
-StreamJob = tuple[Hashable, Messages, DecodingParams]
-# most generations one backend runs at once (llama.cpp slots; batches were checked exact up to 64)
-MAX_PARALLEL = 64
-
-
-@dataclass
-class Generation:
-    """One completed generation with its token counts and timing."""
-
-    text: str
-    finish_reason: str  # "stop" (end of turn or stop sequence) or "length" (hit max_tokens)
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"tokens_per_second": round(self.tokens_per_second, 2)}
-
-
-def as_messages(prompt: str | Messages, system: str | None = None) -> Messages:
-    """A plain prompt becomes one user turn (after an optional system turn)."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
-    if system and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system})
-    return messages
-
-
-def render_jinja(template: str, messages: Messages, *, bos_token: str = "", eos_token: str = "",
-                 add_generation_prompt: bool = True) -> str:
-    """Render a Hugging Face Jinja chat template the way transformers does."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos_token, eos_token=eos_token)
-
-
-def check_parallel(parallel: int) -> int:
-    """`parallel` if it is a number of simultaneous generations a backend can run."""
-    if not 1 <= parallel <= MAX_PARALLEL:
-        raise ConfigError(f"parallel={parallel} is outside 1..{MAX_PARALLEL}", fix=f"pick a number of simultaneous generations from 1 to {MAX_PARALLEL}")
-    return parallel
-
-
-def run_jobs(stream: Callable[[Callable[[], Any]], Iterator[tuple[int, Any]]], jobs: list) -> list:
-    """Run `jobs` (each keyed by its index in the list) through a `generate_stream`-like `stream`
-    that takes them one at a time; the results in the jobs' order."""
-    queue = deque(jobs)
-    results: list = [None] * len(jobs)
-    for i, done in stream(lambda: queue.popleft() if queue else None):
-        results[i] = done
-    return results
-
-
-def per_item(params: DecodingParams | Sequence[DecodingParams], n: int) -> list[DecodingParams]:
-    """One parameter set per item: a single set repeated, or a list of exactly `n`."""
-    if isinstance(params, DecodingParams):
-        return [params] * n
-    each = list(params)
-    if len(each) != n:
-        raise BackendError(f"{n} prompts but {len(each)} parameter sets")
-    return each
+from toolkit.chat.jinja import render_jinja
+from toolkit.errors import BackendError, ConfigError
+from toolkit.params import DecodingParams
+from toolkit.runtime.generation import Generation, Messages, StreamJob, as_messages, check_parallel, per_item, run_jobs
 
 
 class Backend(abc.ABC):
@@ -180,7 +109,7 @@ class LlamaCppBackend(Backend):
     parallel = 16
 
     def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, parallel: int | None = None):
-        from . import llamacpp
+        from toolkit.runtime import llamacpp
 
         self._set_parallel(parallel)
         self.gguf = Path(gguf)
@@ -232,7 +161,7 @@ class LlamaCppBackend(Backend):
 
     def generate_batch(self, conversations: list[Messages], params: DecodingParams | Sequence[DecodingParams], *,
                        seeds: list[int] | None = None) -> list[Generation]:
-        """Decode up to 16 conversations at once (`toolkit.batched`): same texts as `chat()` per seed,
+        """Decode up to 16 conversations at once (`toolkit.runtime.batched`): same texts as `chat()` per seed,
         several times the throughput. `completion_tokens` is the exact count of sampled tokens."""
         each = per_item(params, len(conversations))
         for p in each:
@@ -246,8 +175,8 @@ class LlamaCppBackend(Backend):
     def generate_stream(self, next_job: Callable[[], StreamJob | None],
                         cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
         """Jobs decoded together in the parallel slots, refilled as they come; a prompt another slot
-        holds is shared, not prefilled again (`toolkit.batched`). Same texts as `chat()`."""
-        from .batched import Job
+        holds is shared, not prefilled again (`toolkit.runtime.batched`). Same texts as `chat()`."""
+        from toolkit.runtime.batched import Job
 
         def jobs() -> Job | None:
             job = next_job()
@@ -271,7 +200,7 @@ class LlamaCppBackend(Backend):
 
     def _generator(self, need: int):
         """The batched engine, with room for `need` tokens per sequence."""
-        from .batched import BatchedGenerator
+        from toolkit.runtime.batched import BatchedGenerator
 
         if need > self.n_ctx:
             raise BackendError(f"a prompt + its max_tokens need {need} tokens, more than the context ({self.n_ctx})",
@@ -396,7 +325,7 @@ def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = 
     `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at `url`.
     `parallel`: generations at once (default: 16 llama.cpp slots, one request at a time to a server)."""
     if kind == "llamacpp":
-        from .models import resolve
+        from toolkit.models import resolve
 
         return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx, parallel=parallel)
     if kind == "ollama":

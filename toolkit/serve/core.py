@@ -12,7 +12,7 @@ names are the ones the rest of the toolkit uses. Only the standard library HTTP 
 Requests are parsed on parallel threads. By default generation is serialised by one lock, as
 Ollama's default OLLAMA_NUM_PARALLEL=1 does. With `parallel` > 1 (`--parallel`), plain generations
 (no structured output) from several clients decode together in one llama.cpp batch (`_Engine`,
-`toolkit.batched`): several times the total throughput on a CPU, same texts per seed.
+`toolkit.runtime.batched`): several times the total throughput on a CPU, same texts per seed.
 """
 
 from __future__ import annotations
@@ -32,18 +32,20 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote
 
-from .backends import MAX_PARALLEL, Generation, LlamaCppBackend, as_messages
-from .errors import ConfigError, DataError, ToolkitError
-from .params import DEFAULTS, SPECS, DecodingParams
+from toolkit.errors import ConfigError, DataError, ToolkitError
+from toolkit.params import DEFAULTS, OLLAMA_OPTION_TYPES, SPECS, DecodingParams
+from toolkit.runtime.backends import LlamaCppBackend
+from toolkit.runtime.generation import MAX_PARALLEL, Generation, as_messages
 
-log = logging.getLogger("toolkit.serve")
+log = logging.getLogger("toolkit.serve.core")
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama API we follow; clients gate features on /api/version
 MAX_BODY = 64 << 20
@@ -115,12 +117,12 @@ class ServedModel:
     meta: dict[str, str] = field(default_factory=dict)  # GGUF metadata, kept after an unload
     backend: LlamaCppBackend | None = None
     embedder: Any = None  # a second llama.cpp context with embeddings on, made on first use
-    engine: "_Engine | None" = None  # the batched generator when serving with parallel > 1
+    engine: _Engine | None = None  # the batched generator when serving with parallel > 1
     _digest: str | None = None
 
     def digest(self) -> str:
         if self._digest is None:  # hashing ~100 MB takes a moment: once, and only when asked
-            from .models import file_digest
+            from toolkit.models import file_digest
 
             self._digest = file_digest(self.gguf)
         return self._digest
@@ -214,7 +216,7 @@ class _Compute:
 
 
 class _Engine:
-    """A model's batched generator (`toolkit.batched`): requests from several connections decode
+    """A model's batched generator (`toolkit.runtime.batched`): requests from several connections decode
     together in its `parallel` slots, as in Ollama with OLLAMA_NUM_PARALLEL. Each request gets its
     text pieces as they are final, then its Completion.
 
@@ -225,7 +227,7 @@ class _Engine:
     """
 
     def __init__(self, gguf: Path, compute: _Compute, *, n_ctx: int, parallel: int, n_threads: int | None):
-        from .batched import BatchedGenerator
+        from toolkit.runtime.batched import BatchedGenerator
 
         self.n_ctx = n_ctx
         self.gen = BatchedGenerator(gguf, n_ctx_per_seq=n_ctx, n_parallel=parallel, n_threads=n_threads)
@@ -238,7 +240,7 @@ class _Engine:
         self._guard = threading.Lock()  # for _pending and _scheduled, shared with the compute thread
 
     def enqueue(self, text: str, params: DecodingParams) -> tuple[int, queue.Queue]:
-        from .batched import Job
+        from toolkit.runtime.batched import Job
 
         key, replies = next(self._keys), queue.Queue()
         job = Job(key, self.gen.tokenize(text), params, on_text=replies.put)
@@ -251,7 +253,7 @@ class _Engine:
 
     def replies(self, key: int, replies: queue.Queue) -> Iterator[Any]:
         """Text pieces, then the Completion; a consumer that stops early drops the request."""
-        from .batched import Completion
+        from toolkit.runtime.batched import Completion
 
         done = False
         try:
@@ -367,7 +369,7 @@ class Registry:
 
     def __init__(self, models: Mapping[str, str | os.PathLike], *, n_ctx: int = 2048, n_threads: int | None = None,
                  parallel: int = 1):
-        from .models import resolve
+        from toolkit.models import resolve
 
         DEFAULTS.replace(num_ctx=n_ctx)  # validates n_ctx before anything loads
         if not 1 <= parallel <= MAX_PARALLEL:
@@ -526,7 +528,7 @@ class Registry:
         """Mean-pooled embeddings (not normalised), the token count and the load time in ns."""
         if any(not t for t in texts):  # llama.cpp corrupts its heap on an empty sequence
             raise HTTPError(400, "input must not contain empty strings")
-        from . import llamacpp
+        from toolkit.runtime import llamacpp
 
         asked = time.perf_counter()
         with self.lock:
@@ -687,14 +689,10 @@ def keep_alive_seconds(value: Any) -> float | None:
 
 # Ollama's options (api.Options and api.Runner) and their Go kinds. Others are ignored, as Ollama
 # ignores them; these are type-checked like Ollama's Options.FromMap, with its messages.
-OPTION_KINDS = {"num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float, "min_p": float,
-                "typical_p": float, "repeat_last_n": int, "temperature": float, "repeat_penalty": float,
-                "presence_penalty": float, "frequency_penalty": float, "stop": list, "num_ctx": int,
-                "num_batch": int, "num_gpu": int, "main_gpu": int, "use_mmap": bool, "num_thread": int}
 
 
 def _option(key: str, value: Any) -> Any:
-    kind = OPTION_KINDS[key]
+    kind = OLLAMA_OPTION_TYPES[key]
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is bool and not isinstance(value, bool):
         raise HTTPError(400, f'option "{key}" must be of type boolean')
@@ -716,7 +714,7 @@ def ollama_params(options: Mapping[str, Any], base: DecodingParams) -> DecodingP
     effect; a negative seed means a random one and num_predict <= 0 means "until the context is
     full", as in Ollama.
     """
-    typed = {k: _option(k, v) for k, v in options.items() if k in OPTION_KINDS and v is not None}
+    typed = {k: _option(k, v) for k, v in options.items() if k in OLLAMA_OPTION_TYPES and v is not None}
     if typed.get("seed", 0) < 0:
         del typed["seed"]
     if typed.get("num_predict", 1) <= 0:
@@ -837,7 +835,7 @@ def _messages(raw: list[dict], model: ServedModel) -> list[dict[str, str]]:
 
 def _render(backend: LlamaCppBackend, messages: list[dict[str, str]], go_template: str | None = None) -> str:
     if go_template:  # a request's own TEMPLATE, in Ollama's Go template syntax
-        from .gotemplate import render_chat
+        from toolkit.chat.gotemplate import render_chat
 
         return render_chat(go_template, messages)
     return backend.render(messages)
@@ -877,8 +875,8 @@ def _parameters_text(params: Mapping[str, Any]) -> str:
 def _modelfile(model: ServedModel, params: dict[str, Any]) -> str:
     """A Modelfile that rebuilds this model in Ollama (`ollama create -f`), when the chat template
     belongs to a family Ollama ships a Go template for; otherwise just its FROM line."""
-    from .gotemplate import default_system_prompt, ollama_template_for
-    from .modelfile import build_modelfile
+    from toolkit.chat.gotemplate import default_system_prompt, ollama_template_for
+    from toolkit.export.convert.modelfile import build_modelfile
 
     head = f'# Modelfile generated by "toolkit serve"\n# FROM {model.name} builds on this model\n\n'
     jinja = model.meta.get("tokenizer.chat_template", "")
@@ -949,7 +947,7 @@ class Api:
         if not name:
             raise HTTPError(400, "model is required")
         model = self.registry.get(name)
-        from .gotemplate import ollama_template_for
+        from toolkit.chat.gotemplate import ollama_template_for
 
         found = ollama_template_for(model.meta.get("tokenizer.chat_template", "")) or ("", [])
         params = _parameters(self.registry.n_ctx, list(found[1]))
@@ -1210,7 +1208,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and chunked streams the client reads as they come
     server_version = "toolkit-serve"
     disable_nagle_algorithm = True  # small stream chunks must not wait for a delayed ACK
-    server: "_HTTPServer"
+    server: _HTTPServer
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -1361,7 +1359,7 @@ class Server:
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="toolkit-serve", daemon=True)
         self._thread.start()
@@ -1378,7 +1376,7 @@ class Server:
         self.httpd.server_close()
         self.registry.close()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -1391,7 +1389,7 @@ def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, ho
     """Serve `models` ({name: model spec or .gguf path}; default: the embedded model) from a
     background thread on a free port: `with serve_in_thread() as url: ollama.Client(host=url)`.
     `n_threads=1` keeps a test server light on a shared machine."""
-    from .models import DEFAULT_MODEL
+    from toolkit.models import DEFAULT_MODEL
 
     server = Server(models or {DEFAULT_MODEL: DEFAULT_MODEL}, host=host, port=port, n_ctx=n_ctx, n_threads=n_threads,
                     parallel=parallel).start()
@@ -1403,7 +1401,7 @@ def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, ho
 
 def named_models(model: str, name: str = "") -> dict[str, Path]:
     """{Ollama name: GGUF} from comma-separated model specs and optional names (default: stems)."""
-    from .models import resolve
+    from toolkit.models import resolve
 
     specs = [s.strip() for s in model.split(",") if s.strip()]
     names = [n.strip() for n in name.split(",")] if name.strip() else []
@@ -1449,7 +1447,7 @@ def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 11434, na
             structured output, keep_alive 0 or a larger num_ctx still run one at a time); default:
             OLLAMA_NUM_PARALLEL if set, else 1.
     """
-    from .console import err, status
+    from toolkit.console import err, status
 
     parallel = parallel or env_parallel()
     models = named_models(model, name)

@@ -21,8 +21,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DataError
-from .io import write_text
+from toolkit.errors import ConfigError, DataError
+from toolkit.io import write_text
+from toolkit.params import OLLAMA_OPTION_TYPES
 
 # The instruction keywords Ollama accepts (case-insensitively), in the order of its error text.
 INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
@@ -32,14 +33,6 @@ NON_PARAMETER_COMMANDS = frozenset({"model", "license", "template", "system", "a
                                     "renderer", "parser", "requires", "message"})
 MESSAGE_ROLES = ("system", "user", "assistant")
 
-# api.Options + api.Runner JSON tags and their Go kinds (what `api.FormatParams` accepts).
-PARAMETER_TYPES: dict[str, type] = {
-    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float,
-    "min_p": float, "typical_p": float, "repeat_last_n": int, "temperature": float,
-    "repeat_penalty": float, "presence_penalty": float, "frequency_penalty": float,
-    "stop": list, "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int,
-    "use_mmap": bool, "num_thread": int, "draft_num_predict": int,
-}
 # `ollama create` drops these with "warning: parameter X is deprecated".
 DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
                          "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
@@ -487,7 +480,7 @@ def _float32(value: float) -> float:
 
 def parse_value(name: str, raw: str) -> object:
     """Type one PARAMETER value like `api.FormatParams`; raise ValueError with Ollama's text."""
-    kind = PARAMETER_TYPES[name]
+    kind = OLLAMA_OPTION_TYPES[name]
     if kind is list:
         return [raw]
     if kind is bool:
@@ -522,12 +515,12 @@ def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
         if name in DEPRECATED_PARAMETERS:
             warnings.append(f"{where['path']}:{line}: parameter {name} is deprecated; Ollama ignores it")
             continue
-        if name not in PARAMETER_TYPES:
+        if name not in OLLAMA_OPTION_TYPES:
             raise _unknown_parameter(name, raw, where)
         try:
             value = parse_value(name, raw)
         except ValueError as e:
-            raise ModelfileError(f'PARAMETER {name} "{_one_line(raw)}" is not {_TYPE_WORDS[PARAMETER_TYPES[name]]}',
+            raise ModelfileError(f'PARAMETER {name} "{_one_line(raw)}" is not {_TYPE_WORDS[OLLAMA_OPTION_TYPES[name]]}',
                                  fix=f"Ollama says: {e}", kind="FormatParams",
                                  ollama_error=str(e), **where) from None
         if isinstance(value, list):
@@ -540,12 +533,12 @@ def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
 
 def _unknown_parameter(name: str, raw: str, where: dict) -> ModelfileError:
     ollama = f"unknown parameter '{name}'"
-    valid = ", ".join(PARAMETER_TYPES)
+    valid = ", ".join(OLLAMA_OPTION_TYPES)
     if not name:
         return ModelfileError("empty parameter name (two spaces after PARAMETER?)",
                               fix=f'write "PARAMETER <name> <value>"; valid: {valid}',
                               kind="FormatParams", ollama_error=ollama, **where)
-    close = difflib.get_close_matches(name.lower(), PARAMETER_TYPES, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), OLLAMA_OPTION_TYPES, n=1, cutoff=0.6)
     hint = f'did you mean "{close[0]}"? ' if close else ""
     return ModelfileError(f'unknown parameter "{name}"', fix=f"{hint}valid: {valid}",
                           kind="FormatParams", ollama_error=ollama, **where)
@@ -595,7 +588,7 @@ def check(mf: Modelfile, *, base_dir: str | os.PathLike | None = None,
 
 
 def _check_template(template: str, where: dict) -> None:
-    from . import gotemplate  # local import: only templates need the evaluator
+    from toolkit.chat import gotemplate  # local import: only templates need the evaluator
 
     try:
         gotemplate.parse(template)
@@ -618,7 +611,7 @@ def _template_problem(e) -> str:
 
 def _require_template(template: str) -> None:
     """Builder-side template check: a ConfigError naming the problem."""
-    from . import gotemplate
+    from toolkit.chat import gotemplate
 
     try:
         gotemplate.parse(template)
@@ -711,12 +704,12 @@ def format_parameter(name: str, value: object) -> str:
     """A typed parameter value as Modelfile text, checked against Ollama's parser."""
     if name in DEPRECATED_PARAMETERS:
         raise ConfigError(f"parameter {name} is deprecated and Ollama ignores it", fix="drop it")
-    if name not in PARAMETER_TYPES:
-        close = difflib.get_close_matches(name, PARAMETER_TYPES, n=1)
+    if name not in OLLAMA_OPTION_TYPES:
+        close = difflib.get_close_matches(name, OLLAMA_OPTION_TYPES, n=1)
         hint = f'did you mean "{close[0]}"? ' if close else ""
         raise ConfigError(f'unknown Ollama parameter "{name}"',
-                          fix=f"{hint}valid: {', '.join(PARAMETER_TYPES)}")
-    kind = PARAMETER_TYPES[name]
+                          fix=f"{hint}valid: {', '.join(OLLAMA_OPTION_TYPES)}")
+    kind = OLLAMA_OPTION_TYPES[name]
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, float):

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ModelError
-from .io import atomic_dir, write_json
+from toolkit.errors import ConfigError, ModelError
+from toolkit.io import atomic_dir, write_json
 
 TOLERANCE = 1e-4
 # Above this size the float64 recheck (two extra copies of the model in fp64) is skipped.
@@ -54,7 +54,7 @@ def find_adapter(path: str | os.PathLike) -> Path:
 
 def check_base(adapter: Path, meta: dict, hf_dir: Path, spec: str) -> None:
     """One-line ModelError when `hf_dir` is not the base the adapter was trained on."""
-    from .train import base_identity, same_base
+    from toolkit.train.core.core import base_identity, same_base
 
     recorded = meta.get("base") or {}
     actual = base_identity(hf_dir)
@@ -86,8 +86,8 @@ def _logits(model, input_ids, mask):
 
 def base_for(adapter: str | os.PathLike, base: str | None = None) -> tuple[Path, dict, str, Path]:
     """(adapter dir, its toolkit-adapter.json, base spec, base fp32 HF dir), checked to belong together."""
-    from .models import resolve
-    from .train import ADAPTER_META
+    from toolkit.models import resolve
+    from toolkit.train.core.core import ADAPTER_META
 
     adapter = find_adapter(adapter)
     meta_path = adapter / ADAPTER_META
@@ -137,7 +137,8 @@ def merge(adapter: Path, out: Path, base: str | None = None) -> MergeResult:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .console import out as stdout, status
+    from toolkit.console import out as stdout
+    from toolkit.console import status
 
     adapter_dir, meta, spec, hf_dir = base_for(adapter, base)
     out = Path(out)
@@ -180,7 +181,7 @@ def merge(adapter: Path, out: Path, base: str | None = None) -> MergeResult:
 
 def _stop_at_end_of_turn(model, tokenizer, meta: dict) -> None:
     """Generation stops at the template's end of turn (<|im_end|>) and, for the tagged format, </approach>."""
-    from .models import _set_generation_defaults
+    from toolkit.models import _set_generation_defaults
 
     _set_generation_defaults(model, tokenizer)
     vocab = tokenizer.get_vocab()

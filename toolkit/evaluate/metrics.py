@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, DataError
+from toolkit.errors import ConfigError, DataError
 
 METRICS = ("bertscore_f1", "bertscore_p", "bertscore_r", "rouge_l", "bleu")
 
@@ -60,7 +60,7 @@ class MetricSuite:
 
     def _bertscorer(self):
         if self._bert is None:
-            from .scoring import BertScorer
+            from toolkit.evaluate.scoring import BertScorer
 
             self._bert = BertScorer(self.scorer.model, self.scorer.layer, idf=self.scorer.idf, baseline=self.scorer.baseline)
         return self._bert

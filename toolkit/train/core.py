@@ -31,12 +31,13 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
-from .errors import ConfigError, DataError, ModelError
-from .io import atomic_dir, save_figure, write_json, write_text
+from toolkit.errors import ConfigError, DataError, ModelError
+from toolkit.io import atomic_dir, save_figure, write_json, write_text
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "lora-chat"
@@ -124,7 +125,7 @@ class TrainConfig:
     stop_after: int = 0
     """Stop after this many steps as if interrupted, keeping a checkpoint for --resume (0 = run to the end)."""
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise a one-line ConfigError for a value out of range."""
         checks = [
             (self.r >= 1, "r", "must be >= 1"), (self.alpha >= 1, "alpha", "must be >= 1"),
@@ -144,7 +145,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} {what}", fix=f"set a valid --{name.replace('_', '-')}")
         return self
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **{k: coerce(k, v) for k, v in changes.items()})
 
     def to_dict(self) -> dict:
@@ -361,7 +362,7 @@ class Tokenized:
 
 def tokenize_dataset(tokenizer, examples: Sequence, cfg: TrainConfig, path: str | os.PathLike) -> Tokenized:
     """Tokenize `examples`; a DataError names the file when no row is usable."""
-    from .console import track
+    from toolkit.console import track
 
     data = Tokenized([])
     eot = end_of_turn_id(tokenizer)
@@ -388,7 +389,7 @@ def tokenize_dataset(tokenizer, examples: Sequence, cfg: TrainConfig, path: str 
 
 
 def load_rows(tokenizer, path: str | os.PathLike, cfg: TrainConfig, role: str = "train") -> Tokenized:
-    from .data import load_examples
+    from toolkit.data.records.records import load_examples
 
     if not Path(path).exists():
         fix = ("build the splits with `toolkit data build data/sample/abstracts.jsonl`, or pass --train-data FILE" if role == "train"
@@ -519,7 +520,7 @@ def load_for_training(model_spec: str = "smollm2", qlora: bool = False, fmt: str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import resolve
+    from toolkit.models import resolve
 
     resolved = resolve(model_spec)
     hf_dir = resolved.require_hf()
@@ -816,7 +817,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, on_eval: Callable[[int,
     """
     from accelerate import Accelerator
 
-    from .console import err
+    from toolkit.console import err
 
     cfg.validate()
     out = Path(cfg.out)
@@ -878,7 +879,7 @@ class _Run:
 
     def restore(self, ckpts: list[Path]) -> None:
         """Load the last checkpoint (if any), keep the metrics up to it, write the resolved config."""
-        from .console import err
+        from toolkit.console import err
 
         world = self.accelerator.num_processes
         if ckpts:
@@ -966,7 +967,7 @@ class _Run:
         self.accelerator.wait_for_everyone()
 
     def train(self, show_progress: bool = True) -> TrainResult:
-        from .console import progress
+        from toolkit.console import progress
 
         cfg = self.cfg
         if self.start == 0 and self.val_set is not None:
@@ -1040,8 +1041,8 @@ def _open_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> list[Path]:
 def _load_data(cfg: TrainConfig, main: bool) -> tuple[Tokenized, Tokenized | None]:
     from transformers import AutoTokenizer
 
-    from .console import err
-    from .models import resolve
+    from toolkit.console import err
+    from toolkit.models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model).require_hf())
     prepare_tokenizer(tokenizer, cfg.format)
@@ -1093,7 +1094,7 @@ def _optimizer(cfg: TrainConfig, model, total_steps: int):
 
 def adapter_meta(cfg: TrainConfig, resolved, tokenizer, new_ids: list[int]) -> dict:
     """toolkit-adapter.json: the base's identity (merge refuses another base) and how to prompt."""
-    from . import __version__
+    from toolkit import __version__
 
     stops = [tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))]
     if cfg.format == "tagged":
@@ -1117,7 +1118,7 @@ def _append_metric(path: Path, row: dict) -> None:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    from .io import write_jsonl
+    from toolkit.io import write_jsonl
 
     write_jsonl(path, rows)
 
@@ -1178,7 +1179,7 @@ def train(
 
 
 def _print_result(result: TrainResult) -> None:
-    from .console import out as stdout
+    from toolkit.console import out as stdout
 
     val = result.val_losses
     if not result.is_main:
@@ -1319,7 +1320,7 @@ def search(
     """
     import optuna
 
-    from .console import err
+    from toolkit.console import err
 
     dims = load_space(space)
     base = load_config(config, model=model, train_data=train_data, validation_data=validation_data, max_length=max_length, seed=seed)
@@ -1377,7 +1378,7 @@ def _fmt(value: Any) -> str:
 def _write_best(study_obj, base: TrainConfig, root: Path, trials: int) -> dict:
     import optuna
 
-    from .console import out as stdout
+    from toolkit.console import out as stdout
 
     complete = study_obj.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     all_trials = study_obj.get_trials(deepcopy=False)

@@ -27,13 +27,13 @@ from __future__ import annotations
 import codecs
 import ctypes
 import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Iterator, Sequence
 
-from .backends import Generation, per_item, run_jobs
-from .errors import BackendError, ModelError
-from .params import DecodingParams
+from toolkit.errors import BackendError, ModelError
+from toolkit.params import DecodingParams
+from toolkit.runtime.generation import Generation, per_item, run_jobs
 
 Prompt = str | Sequence[int]
 
@@ -93,7 +93,7 @@ class BatchedGenerator:
     """Generate many completions at once from one GGUF with continuous batching.
 
     Args:
-        gguf: the model file (loaded with the CPU-safety probe of `toolkit.llamacpp`).
+        gguf: the model file (loaded with the CPU-safety probe of `toolkit.runtime.llamacpp`).
         n_ctx_per_seq: KV-cache room for each sequence: prompt + max_tokens must fit.
         n_parallel: sequences decoded together (slots); exactness checked up to 64.
         n_threads: CPU threads (default: all this process may use).
@@ -105,7 +105,7 @@ class BatchedGenerator:
         import llama_cpp
         from llama_cpp._logger import set_verbose
 
-        from .llamacpp import default_threads, probe_extra_bufts
+        from toolkit.runtime.llamacpp import default_threads, probe_extra_bufts
 
         self._model = self._ctx = self._batch = None  # close() and __del__ work whatever fails below
         self.gguf = Path(gguf)
@@ -508,7 +508,7 @@ class BatchedGenerator:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
-    def __enter__(self) -> "BatchedGenerator":
+    def __enter__(self) -> BatchedGenerator:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,11 +19,12 @@ import datetime
 import json
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .errors import ConfigError
+from toolkit.errors import ConfigError
 
 # ChatML, as Ollama ships it (template/chatml.gotmpl + chatml.json); SmolLM2 uses it.
 CHATML_TEMPLATE = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
@@ -202,7 +203,7 @@ def _lex_quoted(src: str, i: int, line: int) -> tuple[str, int]:
         elif esc in ("x", "u", "U"):
             width = {"x": 2, "u": 4, "U": 8}[esc]
             digits = src[i + 2: i + 2 + width]
-            if not re.fullmatch(r"[0-9a-fA-F]{%d}" % width, digits):
+            if not re.fullmatch(f"[0-9a-fA-F]{{{width}}}", digits):
                 raise TemplateError("invalid escape in quoted string", line=line)
             out.append(chr(int(digits, 16)))  # \x yields a byte in Go; fine for ASCII
             i += 2 + width

@@ -1,0 +1,1 @@
+"""Reading datasets (arXiv abstracts, QA, chat, preference) and building splits."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, statistics, decoding-parameter sweeps, compare and its report."""

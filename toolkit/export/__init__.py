@@ -1,0 +1,1 @@
+"""Export to GGUF: conversion, quantization, Modelfiles, and verification against the HF model."""

@@ -1,0 +1,1 @@
+"""The Ollama-compatible server (`toolkit serve`) with its OpenAI-style /v1 routes."""
