@@ -67,11 +67,14 @@ def ours_speed(gguf: Path, tokens: int, repeats: int) -> float:
 
 def raw_speed(gguf: Path, tokens: int, repeats: int) -> float:
     """llama-cpp-python's own completion call on the same prompt tokens (loaded AMX-safely)."""
-    from toolkit.runtime.backends import LlamaCppBackend
+    from contextlib import closing
 
-    with LlamaCppBackend(gguf, n_ctx=1024) as backend:  # only to load safely and render the prompt
-        llm = backend._llm
-        prompt = llm.tokenize(backend.render([{"role": "user", "content": PROMPT}]).encode(), add_bos=False, special=True)
+    from toolkit.runtime.backends import LlamaCppBackend
+    from toolkit.runtime.llamacpp import load
+
+    with LlamaCppBackend(gguf, n_ctx=1024) as backend:  # only to render and tokenize the prompt
+        prompt = backend.tokenize(backend.render([{"role": "user", "content": PROMPT}]))
+    with closing(load(gguf, n_ctx=1024)) as llm:  # loaded as the backend loads it
         llm.create_completion(prompt, max_tokens=8, temperature=0)
         speeds = []
         for _ in range(repeats):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(gguf: Path, parallel: int, clients: int, requests: list) -> tuple[list[str], float]:
     from toolkit.runtime.backends import OllamaBackend
-    from toolkit.serve.core import serve_in_thread
+    from toolkit.serve.server import serve_in_thread
 
     with serve_in_thread({"bench": gguf}, n_ctx=1024, parallel=parallel) as url:
         backend = OllamaBackend("bench", url, parallel=clients)
@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="embedded name or .gguf")
     args = ap.parse_args()
 
-    from toolkit.data.records import build, load_examples
+    from toolkit.data.build import build
+    from toolkit.data.readers import load_examples
     from toolkit.models import resolve
     from toolkit.params import DEFAULTS
 

@@ -1,7 +1,7 @@
 """Sweep speed: the seed study's naive harness vs ours, the same trials over the same prompts, one run.
 
 Naive (as the seed ran it): per trial, generate one prompt at a time and call `bert_score.score`
-afresh (which loads the encoder and embeds the references again). Ours (`toolkit.evaluate.sweep.run_trials`):
+afresh (which loads the encoder and embeds the references again). Ours (`toolkit.evaluate.sweep.study.run_trials`):
 the model and scorer loaded once, reference embeddings cached, trials streamed through llama.cpp's
 parallel slots (a prompt held by one slot is copied, not prefilled again), and median pruning over
 prompt chunks.
@@ -50,11 +50,14 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
     import optuna
 
     from toolkit.evaluate.metrics import MetricSuite
-    from toolkit.evaluate.sweep import Dimension, Evaluator, SweepConfig, make_pruner, run_trials
+    from toolkit.evaluate.sweep.config import SweepConfig
+    from toolkit.evaluate.sweep.study import Evaluator, make_pruner, run_trials
     from toolkit.runtime.backends import LlamaCppBackend
+    from toolkit.space import Dimension
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = SweepConfig(name="bench", space={"temperature": Dimension("temperature", 0.1, 1.5), "top_p": Dimension("top_p", 0.5, 1.0)},
+    space = {"temperature": Dimension("temperature", 0.1, 1.5, decimals=6), "top_p": Dimension("top_p", 0.5, 1.0, decimals=6)}
+    cfg = SweepConfig(name="bench", space=space,
                       pruner="median" if prune else "none", chunks=3, startup_trials=3, trials=len(trials),
                       prompts=len(prompts), seed=base.seed, fixed={"max_tokens": base.max_tokens, "num_ctx": base.num_ctx})
     start = time.perf_counter()
@@ -77,7 +80,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=None, help="llama.cpp slots for ours (default 16)")
     args = ap.parse_args()
 
-    from toolkit.data.records import build, load_examples
+    from toolkit.data.build import build
+    from toolkit.data.readers import load_examples
     from toolkit.models import resolve
     from toolkit.params import DEFAULTS
 

@@ -19,8 +19,9 @@ OUT = Path("runs/bench")
 
 
 def main() -> None:
-    from toolkit.data.records import build, load_examples
-    from toolkit.evaluate.sweep import sweep
+    from toolkit.data.build import build
+    from toolkit.data.readers import load_examples
+    from toolkit.evaluate.sweep.command import sweep
     from toolkit.io import write_jsonl
 
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=OUT / "data", split="80,10,10", seed=0)

@@ -3,10 +3,10 @@
     .venv/bin/python bench/train_throughput.py [--steps 10] [--data data/sample/abstracts.jsonl]
 
 Both train the same LoRA (r=8, alpha=16, q/k/v/o/gate, lr 1e-4, batch 2 x accumulation 2) with the
-same loss masking (tokens from `toolkit.train.core.tokenize_example`) on the bundled sample data:
+same loss masking (tokens from `toolkit.train.tokens.tokenize_example`) on the bundled sample data:
 
 * baseline: `transformers.Trainer`, every batch padded to max_length (512), as a first script would;
-* ours: `toolkit.train.core.run_training`: seeded length-grouped batches, dynamic padding, and output
+* ours: `toolkit.train.loop.run_training`: seeded length-grouped batches, dynamic padding, and output
   logits only where a label follows.
 
 Each runs in its own subprocess, so its peak RSS is its own (`getrusage(RUSAGE_SELF)` at the end).
@@ -41,9 +41,9 @@ def run_baseline(train_path: Path, steps: int, max_length: int, workdir: Path) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from toolkit.data.records import load_examples
+    from toolkit.data.readers import load_examples
     from toolkit.models import resolve
-    from toolkit.train.core import IGNORE, tokenize_example
+    from toolkit.train.tokens import IGNORE, tokenize_example
 
     hf_dir = resolve("smollm2").require_hf()
     tok = AutoTokenizer.from_pretrained(hf_dir)
@@ -89,7 +89,8 @@ def run_baseline(train_path: Path, steps: int, max_length: int, workdir: Path) -
 def run_ours(train_path: Path, steps: int, max_length: int, workdir: Path) -> dict:
     import json as _json
 
-    from toolkit.train.core import TrainConfig, run_training
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.loop import run_training
 
     cfg = TrainConfig(train_data=str(train_path), validation_data="", out=str(workdir / "ours"), max_steps=steps,
                       max_length=max_length, eval_every=0, save_every=0, lr=1e-4, batch_size=2, grad_accum=2, **LORA)
@@ -135,7 +136,7 @@ def main() -> None:
         child(args.child, args.train, args.steps, args.max_length, args.workdir)
         return
 
-    from toolkit.data.records import build
+    from toolkit.data.build import build
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         workdir = Path(tmp)

@@ -48,3 +48,14 @@ def llamacpp_backend(default_gguf):
 
     with LlamaCppBackend(default_gguf, n_ctx=1024) as backend:
         yield backend
+
+
+# A test that uses one of these (directly or through another fixture) loads a real model: it is
+# marked `slow`, so `make test-fast` (-m "not slow") skips it. `make test` runs everything.
+MODEL_FIXTURES = {"default_gguf", "default_hf_dir", "llamacpp_backend"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

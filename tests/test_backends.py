@@ -15,10 +15,10 @@ PROMPT = "Describe a method to evaluate a language model."
 @pytest.fixture(scope="module")
 def served():
     """A real local server (toolkit serve: Ollama's API and OpenAI's /v1) over loopback HTTP."""
-    from toolkit.serve.core import serve_in_thread
+    from toolkit.serve.server import serve_in_thread
 
     # one thread: this process also computes on its main thread (the llamacpp backend), and a second
-    # OpenMP team of two threads on 2 cores slows both (see toolkit/serve.py, _Compute)
+    # OpenMP team of two threads on 2 cores slows both (see toolkit/serve/compute.py, Compute)
     with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, n_threads=1) as url:
         yield url
 
@@ -26,7 +26,7 @@ def served():
 @pytest.fixture(scope="module")
 def served_parallel():
     """The same server decoding up to 3 requests together (`toolkit serve --parallel 3`)."""
-    from toolkit.serve.core import serve_in_thread
+    from toolkit.serve.server import serve_in_thread
 
     with serve_in_thread({"smollm2": "smollm2"}, n_ctx=1024, n_threads=1, parallel=3) as url:
         yield url

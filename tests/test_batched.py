@@ -109,13 +109,32 @@ def test_max_tokens_gives_length_and_exact_counts(generator, rendered):
         assert c.generation.prompt_tokens > 5 and c.generation.seconds > 0
 
 
-def test_max_tokens_inside_a_character_runs_on_like_chat(generator, rendered, llamacpp_backend):
+def _cut_inside_a_character(gguf, prompt: str) -> tuple[DecodingParams, int] | None:
+    """A (parameters, seed) whose reply reaches max_tokens inside a multi-byte character, found on
+    this machine (which sampled text comes out depends on the CPU's kernels): 192 candidates
+    decode in one batch (about 1 in 20 runs past max_tokens here), and the first that did is the case."""
+    base = DecodingParams(temperature=1.0, top_p=0.95, max_tokens=8, num_ctx=1024)
+    candidates = [(base.replace(max_tokens=n), seed) for n in (4, 6, 8, 10, 12, 14) for seed in range(32)]
+    with BatchedGenerator(gguf, n_ctx_per_seq=256, n_parallel=16, n_threads=1) as wide:
+        done = wide.generate([prompt] * len(candidates), [c[0] for c in candidates], [c[1] for c in candidates])
+    for (params, seed), gen in zip(candidates, done):
+        if gen.finish_reason == "length" and gen.completion_tokens > params.max_tokens:
+            return params, seed
+    return None
+
+
+def test_max_tokens_inside_a_character_runs_on_like_chat(generator, llamacpp_backend, default_gguf):
     """Llama stops at max_tokens only where the text does not end inside a multi-byte character;
-    the batch does the same, so a reply cut at an emoji still equals chat()'s."""
-    params = DecodingParams(temperature=1.0, top_p=0.95, max_tokens=12, seed=25, num_ctx=1024)
-    gen = generator.generate([rendered[2]], params)[0]
-    assert gen.text == llamacpp_backend.chat(PROMPTS[2], params).text
-    assert gen.text.endswith("\N{GLOWING STAR}") and gen.completion_tokens > 12
+    the batch does the same, so a reply cut inside an emoji still equals chat()'s."""
+    prompt = "Reply with a long row of emojis only, no words: stars, planets, rockets, moons."
+    found = _cut_inside_a_character(default_gguf, llamacpp_backend.render([{"role": "user", "content": prompt}]))
+    assert found, "no candidate among 192 ran past max_tokens to finish a character"
+    params, seed = found
+    rendered = llamacpp_backend.render([{"role": "user", "content": prompt}])
+    gen = generator.generate([rendered], params, [seed])[0]
+    alone = llamacpp_backend.chat(prompt, params.replace(seed=seed))
+    assert gen.text == alone.text and gen.completion_tokens > params.max_tokens
+    assert gen.text.encode("utf-8").decode("utf-8") == gen.text and not gen.text.endswith("\ufffd")
 
 
 def test_end_of_generation_token_stops(generator, rendered):
@@ -176,34 +195,30 @@ def test_closed_generator_is_a_clear_error(default_gguf, tmp_path):
         BatchedGenerator(tmp_path / "missing.gguf")
 
 
-@pytest.mark.xfail(strict=True, reason="llama.cpp 0.3.36 bug: prompts of unequal length sharing a decode get wrong logits")
-def test_llamacpp_still_miscomputes_mixed_prefill(generator, rendered):
-    """Why `_prefill` decodes one prompt at a time. When this starts passing (strict xfail fails),
-    llama.cpp is fixed and prompts could share a prefill decode again."""
-    import llama_cpp
-    import numpy as np
-
-    # a shape that goes wrong with this model: this prompt plus any prompt one token shorter (the
-    # trigger also depends on content: other 39-token prompts come out exact)
+def test_prefill_never_mixes_prompts_whatever_this_cpu_computes(generator, rendered, monkeypatch):
+    """Whether llama.cpp computes a joint prefill of unequal prompts exactly depends on the CPU
+    (exact on an AVX2-only VM, off by up to ~1.0 on AVX-512 ones) and it is no faster, so the
+    engine decodes one prompt per prefill everywhere. Checked here on this machine: every decode
+    holds one sequence's prompt or one token per sequence, and the texts equal those decoded alone,
+    after the exactness check ran (it leaves the generator usable)."""
     a = generator.tokenize(rendered[0])
-    b = (generator.tokenize(rendered[3]) * 3)[: len(a) - 1]
+    b = (generator.tokenize(rendered[3]) * 3)[: len(a) - 1]  # a shape that went wrong on AVX-512
+    assert generator.mixed_prefill_exact(a, b) in (True, False)
+    assert generator.mixed_prefill_exact(a, a) in (True, False)
+    shapes: list[tuple[int, set[int]]] = []
+    decode = generator._decode
 
-    def last_logits(seqs):
-        llama_cpp.llama_memory_clear(generator._mem, True)
-        n = 0
-        for seq_id, toks in seqs:
-            for pos, tok in enumerate(toks):
-                generator._put(n, tok, pos, seq_id, seq_id == 0 and pos == len(toks) - 1)
-                n += 1
-        generator._batch.n_tokens = n
-        generator._decode()
-        return generator._logits(len(a) - 1).copy()
+    def spy():
+        batch = generator._batch
+        shapes.append((batch.n_tokens, {batch.seq_id[i][0] for i in range(batch.n_tokens)}))
+        decode()
 
-    try:
-        assert np.array_equal(last_logits([(0, a)]), last_logits([(0, a), (1, b)]))
-    finally:
-        llama_cpp.llama_memory_clear(generator._mem, True)
-        generator._kept = [None] * generator.n_parallel  # the generator must not think prompts are still cached
+    monkeypatch.setattr(generator, "_decode", spy)
+    params = DecodingParams(temperature=0.9, top_p=0.95, max_tokens=6, seed=3, num_ctx=1024)
+    together = generator.generate(rendered, params)
+    assert shapes and all(len(seqs) == 1 or n == len(seqs) for n, seqs in shapes), shapes
+    assert any(n > 1 and len(seqs) == 1 for n, seqs in shapes)  # prefills happened
+    assert [g.text for g in together] == [generator.generate([r], params)[0].text for r in rendered]
 
 
 def test_text_is_streamed_in_final_pieces_never_past_a_stop(generator, rendered):

@@ -27,6 +27,8 @@ def test_every_command_has_help(repo_root):
         proc = run(*command.split(), "--help")
         assert proc.returncode == 0, proc.stderr
         assert "usage: toolkit" in proc.stdout
+        assert " object at 0x" not in proc.stdout, f"{command}: a % in a help text was formatted by argparse"
+    assert "~30% slower" in run("train", "--help").stdout
 
 
 def test_decoding_options_come_from_decoding_params():

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def test_split(tmp_path_factory) -> Path:
-    from toolkit.data.records import build
+    from toolkit.data.build import build
 
     out = tmp_path_factory.mktemp("data")
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
@@ -61,6 +61,9 @@ def test_report_and_cache(tmp_path, test_split, params_files):
     assert len(result["per_example"]) == 3 and set(result["per_example"][0]["outputs"]) == {"base", "hot"}
     md = (out / "report.md").read_text()
     assert "BERTScore F1" in md and "95% CI" in md and "## Example generations" in md
+    # the machine the numbers were measured on (llama.cpp picks different kernels per CPU)
+    assert result["machine"]["cpu"] and "extra_bufts" in result["machine"]
+    assert md.count("Measured on: ") == 1 and "Measured on: " in (out / "report.html").read_text()
     # self-contained HTML: every image embedded as a real PNG, nothing fetched from the network
     page = _Images()
     page.feed((out / "report.html").read_text())
@@ -134,3 +137,13 @@ def _tiny_png() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), "red").save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_reports_name_the_machine_and_who_generated():
+    from toolkit.evaluate.machine import measured_line, measured_on
+
+    local = {"cpu": "Some CPU", "cores": 2, "simd": ["avx2", "fma"], "llama_cpp_python": "0.3.0", "extra_bufts": False}
+    assert measured_line(local) == "Measured on: Some CPU, 2 cores, avx2 fma; llama-cpp-python 0.3.0, extra buffer types off"
+    served = measured_on("ollama")  # no probe: no model is loaded here
+    assert "extra_bufts" not in served and served["generations"] == "ollama server"
+    assert measured_line(served).endswith("(generations by the ollama server)")

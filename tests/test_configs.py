@@ -24,7 +24,7 @@ def test_config_opens_with_purpose_and_command_and_loads(path):
     assert header and len(header[0]) > 10, "the first line says what the file is for"
     assert any("toolkit " in line or "make " in line for line in header), "the header names the command that runs it"
     if path.parent.name == "sweeps":
-        from toolkit.evaluate.sweep import load_sweep
+        from toolkit.evaluate.sweep.config import load_sweep
 
         assert load_sweep(path).space
     elif path.parent.name == "modelfiles":
@@ -32,10 +32,10 @@ def test_config_opens_with_purpose_and_command_and_loads(path):
 
         assert load_parameters(path).max_tokens > 0
     elif path.name == "search-space.yaml":
-        from toolkit.train.core import load_space
+        from toolkit.train.search import load_space
 
         assert load_space(path)
     else:
-        from toolkit.train.core import load_config
+        from toolkit.train.config import load_config
 
         assert load_config(path).r > 0

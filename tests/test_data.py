@@ -10,22 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data.records import (
-    Example,
-    build,
+from toolkit.data.build import build, parse_split, token_counter
+from toolkit.data.check import check
+from toolkit.data.readers import (
     category_matcher,
-    check,
     detect_format,
     load_examples,
-    parse_split,
     read_arxiv,
     read_chat,
     read_papers,
     read_preference,
     read_qa,
     read_records,
-    token_counter,
 )
+from toolkit.data.records import Example
 from toolkit.data.textsplit import split_sentences
 from toolkit.errors import ConfigError, DataError
 
@@ -650,7 +648,7 @@ def test_build_with_the_real_default_tokenizer(tmp_path, default_hf_dir):
     assert stats["total"]["kept"] == sum(n <= limit for n in lengths) > 0
     assert stats["total"]["skipped"]["problem_too_long"] == sum(n > limit for n in lengths) > 0
     assert token_counter("smollm2")(problems) == lengths
-    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data.records").data._TOKENIZERS
+    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data.build").data.build._TOKENIZERS
 
 
 @pytest.mark.skipif(not (SAMPLE / "abstracts.jsonl").exists(), reason="data/sample/abstracts.jsonl not present")

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.chat import gotemplate as G
+from toolkit.chat.families import CHATML, FAMILIES, SMOLLM2_DEFAULT_SYSTEM, default_system_prompt, end_of_turn_tokens, ollama_template_for
+from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
+from toolkit.chat.gotemplate.parser import parse
+from toolkit.chat.render import render_chat
 from toolkit.errors import ConfigError
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared/conformance/ollama"
@@ -61,7 +64,7 @@ def test_conformance_corpus_is_complete():
 
 @pytest.mark.parametrize("template, fixture", _render_params())
 def test_upstream_render(template, fixture):
-    out = G.render_chat(template["gotmpl"], CASES["fixtures"][fixture])
+    out = render_chat(template["gotmpl"], CASES["fixtures"][fixture])
     if template["name"] in TRAILING_SPACE_STRIPPED and out.endswith(" "):
         out = out[:-1]
     assert out == template["expected"][fixture]
@@ -71,7 +74,7 @@ def test_upstream_render(template, fixture):
 def test_ollama_template_for_never_picks_the_wrong_family(template):
     """Each HF reference maps to the Go template Ollama files it under, or to nothing."""
     for reference in template["jinja_references"]:
-        found = G.ollama_template_for(reference)
+        found = ollama_template_for(reference)
         if found is not None:
             assert found == (template["gotmpl"], template["stop"])
 
@@ -80,10 +83,14 @@ def test_shipped_constants_match_ollama_files():
     if CASES is None:
         pytest.skip(f"Ollama conformance material not found at {CONFORMANCE}")
     by_name = {t["name"]: t for t in CASES["templates"]}
-    for name, template, stops in [("chatml", G.CHATML_TEMPLATE, G.CHATML_STOPS),
-                                  ("llama3-instruct", G.LLAMA3_TEMPLATE, G.LLAMA3_STOPS),
-                                  ("phi-3", G.PHI3_TEMPLATE, G.PHI3_STOPS)]:
-        assert (template, stops) == (by_name[name]["gotmpl"], by_name[name]["stop"])
+    assert [f.name for f in FAMILIES] == ["chatml", "llama3-instruct", "gemma-instruct", "phi-3"]
+    for family in FAMILIES:
+        assert (family.ollama_template, list(family.stops)) == (by_name[family.name]["gotmpl"], by_name[family.name]["stop"])
+
+
+def test_end_of_turn_tokens_cover_every_family_in_table_order():
+    # training takes the first of these in a vocabulary, so the order ChatML, Llama 3, Gemma stays first
+    assert end_of_turn_tokens() == ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +121,8 @@ def test_chatml_legacy_and_messages_templates_render_identically():
     expected = _json_after(md, "Expected render from both:")
     messages = _md_messages(re.search(r"^- Messages:.*$", md, re.M).group(0))
     assert len(messages) == 4
-    assert G.render_chat(legacy, messages) == expected
-    assert G.render_chat(messages_tmpl, messages) == expected
+    assert render_chat(legacy, messages) == expected
+    assert render_chat(messages_tmpl, messages) == expected
 
 
 def test_mistral_legacy_cuts_after_response_only_on_the_last_turn():
@@ -126,9 +133,9 @@ def test_mistral_legacy_cuts_after_response_only_on_the_last_turn():
     conversation = _md_messages(paragraph.split(" renders ")[0])
     continuation = re.search(r'trailing assistant "([^"]*)"', paragraph).group(1)
     assert len(templates) == 2 and len(renders) == 2 and len(conversation) == 3
-    assert G.render_chat(templates[0], conversation) == renders[0]
+    assert render_chat(templates[0], conversation) == renders[0]
     tail = [*conversation, {"role": "assistant", "content": continuation}]
-    assert G.render_chat(templates[1], tail) == renders[1]
+    assert render_chat(templates[1], tail) == renders[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,10 +153,10 @@ SMOLLM2_JINJA = (
 
 
 def test_smollm2_maps_to_chatml_with_its_default_system():
-    assert G.ollama_template_for(SMOLLM2_JINJA) == (G.CHATML_TEMPLATE, G.CHATML_STOPS)
-    assert G.default_system_prompt(SMOLLM2_JINJA) == G.SMOLLM2_DEFAULT_SYSTEM
+    assert ollama_template_for(SMOLLM2_JINJA) == (CHATML.ollama_template, list(CHATML.stops))
+    assert default_system_prompt(SMOLLM2_JINJA) == SMOLLM2_DEFAULT_SYSTEM
     escaped = SMOLLM2_JINJA.replace("\n", "\\n")  # the same template with Jinja-escaped newlines
-    assert G.default_system_prompt(escaped) == G.SMOLLM2_DEFAULT_SYSTEM
+    assert default_system_prompt(escaped) == SMOLLM2_DEFAULT_SYSTEM
 
 
 @pytest.mark.parametrize("conversation", [
@@ -162,7 +169,7 @@ def test_smollm2_go_render_equals_hf_jinja_render(conversation):
     jinja2 = pytest.importorskip("jinja2")
     hf = jinja2.Environment().from_string(SMOLLM2_JINJA).render(messages=conversation,
                                                                 add_generation_prompt=True)
-    ours = G.render_chat(G.CHATML_TEMPLATE, conversation, system=G.SMOLLM2_DEFAULT_SYSTEM)
+    ours = render_chat(CHATML.ollama_template, conversation, system=SMOLLM2_DEFAULT_SYSTEM)
     assert ours == hf
 
 
@@ -171,7 +178,7 @@ def test_smollm2_equivalence_on_upstream_fixtures():
     template = jinja2.Environment().from_string(SMOLLM2_JINJA)
     for messages in _fixtures().values():
         hf = template.render(messages=messages, add_generation_prompt=True)
-        assert G.render_chat(G.CHATML_TEMPLATE, messages, system=G.SMOLLM2_DEFAULT_SYSTEM) == hf
+        assert render_chat(CHATML.ollama_template, messages, system=SMOLLM2_DEFAULT_SYSTEM) == hf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,36 +196,36 @@ def test_messages_mode_collates_and_joins_system():
     tmpl = "{{ .System }}|{{ range .Messages }}[{{ .Role }}:{{ .Content }}]{{ end }}"
     msgs = [_m("system", "s1"), _m("system", "s2"), _m(U, "a"), _m(U, "b"),
             _m("tool", "t1"), _m("tool", "t2"), _m(A, "c")]
-    assert G.render_chat(tmpl, msgs) == "s1\n\ns2|[system:s1\n\ns2][user:a\n\nb][tool:t1][tool:t2][assistant:c]"
+    assert render_chat(tmpl, msgs) == "s1\n\ns2|[system:s1\n\ns2][user:a\n\nb][tool:t1][tool:t2][assistant:c]"
 
 
 def test_messages_mode_is_chosen_by_dollar_messages_too():
     tmpl = "{{ range $i, $_ := $.Messages }}{{ $i }}{{ end }}"
-    assert G.render_chat(tmpl, [_m(U, "a"), _m(A, "b")]) == "01"
+    assert render_chat(tmpl, [_m(U, "a"), _m(A, "b")]) == "01"
 
 
 def test_prompt_only_template_gets_response_appended():
     # Ollama appends {{ .Response }} when a template names neither .Messages nor .Response.
     msgs = [_m(U, "q1"), _m(A, "r1"), _m(U, "q2")]
-    assert G.render_chat("<{{ .Prompt }}>", msgs) == "<q1>r1<q2>"
+    assert render_chat("<{{ .Prompt }}>", msgs) == "<q1>r1<q2>"
 
 
 def test_legacy_mode_turns_and_final_cut():
     tmpl = "{{ if .System }}S:{{ .System }};{{ end }}U:{{ .Prompt }};A:{{ .Response }}<end>;"
     msgs = [_m("system", "sys"), _m(U, "q1"), _m(A, "r1"), _m("system", "sys2"), _m(U, "q2")]
-    assert G.render_chat(tmpl, msgs) == "S:sys;U:q1;A:r1<end>;S:sys2;U:q2;A:"
+    assert render_chat(tmpl, msgs) == "S:sys;U:q1;A:r1<end>;S:sys2;U:q2;A:"
 
 
 def test_legacy_cut_keeps_text_before_response_inside_branches():
     tmpl = "{{ if .Prompt }}[{{ .Prompt }}|{{ .Response }}|after]{{ end }}tail"
-    assert G.render_chat(tmpl, [_m(U, "q")]) == "[q|"
+    assert render_chat(tmpl, [_m(U, "q")]) == "[q|"
 
 
 def test_modelfile_system_is_used_only_without_a_system_message():
-    tmpl = G.CHATML_TEMPLATE
-    with_default = G.render_chat(tmpl, [_m(U, "hi")], system="Default.")
+    tmpl = CHATML.ollama_template
+    with_default = render_chat(tmpl, [_m(U, "hi")], system="Default.")
     assert with_default.startswith("<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nhi")
-    own = G.render_chat(tmpl, [_m("system", "Mine."), _m(U, "hi")], system="Default.")
+    own = render_chat(tmpl, [_m("system", "Mine."), _m(U, "hi")], system="Default.")
     assert "Default." not in own and own.startswith("<|im_start|>system\nMine.")
 
 
@@ -232,7 +239,7 @@ def test_tools_and_tool_calls_print_as_ollama_json():
             "{{ end }}{{ end }}|{{ range $k, $v := (index .Tools 0).Function.Parameters.Properties }}"
             "{{ $k }}={{ $v.Type }}{{ end }}")
     calls = [{"function": {"name": "get_weather", "arguments": {"unit": "C", "city": "Paris"}}}]
-    out = G.render_chat(tmpl, [_m(U, "?"), _m(A, "", tool_calls=calls)], tools=tools)
+    out = render_chat(tmpl, [_m(U, "?"), _m(A, "", tool_calls=calls)], tools=tools)
     fn = ('{"name":"get_weather","description":"Weather \\u003cnow\\u003e \\u0026 later",'
           '"parameters":{"type":"object","required":["city"],'
           '"properties":{"city":{"type":"string","description":"City"}}}}')
@@ -242,7 +249,7 @@ def test_tools_and_tool_calls_print_as_ollama_json():
 
 def test_no_tools_is_false_and_missing_keys_print_no_value():
     tmpl = "{{ if .Tools }}T{{ else }}none{{ end }}|{{ .Nope }}|{{ if .Nope }}x{{ end }}"
-    assert G.render_chat(tmpl, [_m(U, "q")]) == "none|<no value>|"
+    assert render_chat(tmpl, [_m(U, "q")]) == "none|<no value>|"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +257,7 @@ def test_no_tools_is_false_and_missing_keys_print_no_value():
 # ---------------------------------------------------------------------------------------------
 
 def run(src: str, data: object = None) -> str:
-    return G.parse(src).execute(data if data is not None else {})
+    return parse(src).execute(data if data is not None else {})
 
 
 @pytest.mark.parametrize("src, data, expected", [
@@ -288,7 +295,7 @@ def run(src: str, data: object = None) -> str:
 ])
 def test_go_semantics(src, data, expected):
     if expected is None:
-        with pytest.raises(G.TemplateError):
+        with pytest.raises(TemplateError):
             run(src, data)
         return
     assert run(src, data) == expected
@@ -309,14 +316,14 @@ def test_go_semantics(src, data, expected):
 ])
 def test_parse_errors_are_one_line_config_errors(src, message):
     with pytest.raises(ConfigError) as info:
-        G.parse(src)
+        parse(src)
     assert str(info.value) == message
 
 
 def test_unsupported_constructs_are_reported_as_such():
-    with pytest.raises(G.TemplateUnsupported, match=r"line 2: \{\{define\}\} is not supported"):
-        G.parse('x\n{{ define "t" }}{{ end }}')
-    with pytest.raises(G.TemplateUnsupported, match="toTypeScriptType"):
+    with pytest.raises(TemplateUnsupported, match=r"line 2: \{\{define\}\} is not supported"):
+        parse('x\n{{ define "t" }}{{ end }}')
+    with pytest.raises(TemplateUnsupported, match="toTypeScriptType"):
         run("{{ toTypeScriptType .X }}", {"X": "string"})
 
 
@@ -328,19 +335,19 @@ def test_unsupported_constructs_are_reported_as_such():
     ("{{ range .S }}{{ end }}", {"S": "abc"}, "range can't iterate over abc"),
 ])
 def test_execution_errors(src, data, message):
-    with pytest.raises(G.TemplateError, match=re.escape(message)):
+    with pytest.raises(TemplateError, match=re.escape(message)):
         run(src, data)
 
 
 def test_message_fields_are_structs():
     # A struct field that does not exist is an error, as in Go; a map key is just zero.
-    with pytest.raises(G.TemplateError, match="can't evaluate field Nope in type api.Message"):
-        G.render_chat("{{ range .Messages }}{{ .Nope }}{{ end }}", [_m(U, "q")])
-    assert G.render_chat("{{ range .Messages }}{{ if .ToolCalls }}T{{ end }}{{ .Thinking }}{{ end }}",
+    with pytest.raises(TemplateError, match="can't evaluate field Nope in type api.Message"):
+        render_chat("{{ range .Messages }}{{ .Nope }}{{ end }}", [_m(U, "q")])
+    assert render_chat("{{ range .Messages }}{{ if .ToolCalls }}T{{ end }}{{ .Thinking }}{{ end }}",
                          [_m(U, "q")]) == ""
 
 
 def test_identifiers_match_ollama_vars():
-    names = G.parse("{{ if .System }}{{ $x := $.Messages }}{{ (.Chain).Skipped }}{{ end }}"
+    names = parse("{{ if .System }}{{ $x := $.Messages }}{{ (.Chain).Skipped }}{{ end }}"
                     "{{ range .Tools }}{{ .Function.Name }}{{ end }}").identifiers()
     assert names == {"system", "$", "messages", "tools", "function", "name"}

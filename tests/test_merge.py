@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # every test here merges a real adapter trained o
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    from toolkit.train.core import train
+    from toolkit.train.command import train
 
     root = tmp_path_factory.mktemp("merge")
     rows = [{"prompt": f"Question {i}: why does method {i} help?", "response": f"Because method {i} reduces variance by pooling estimates."}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.chat import gotemplate
+from toolkit.chat.families import CHATML, SMOLLM2_DEFAULT_SYSTEM
 from toolkit.errors import ConfigError, DataError
-from toolkit.export import modelfile
-from toolkit.export.modelfile import ModelfileError
+from toolkit.export.modelfile import parser, values, writer
+from toolkit.export.modelfile.parser import ModelfileError
 from toolkit.params import OLLAMA_OPTION_TYPES
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared/conformance/ollama"
@@ -64,12 +64,12 @@ def test_parser_case(case):
     """Valid exactly when Ollama's ParseFile accepts it, with the same commands or error."""
     data = _input_bytes(case)
     if case["valid"]:
-        mf = modelfile.parse(data)
+        mf = parser.parse(data)
         assert [list(c) for c in mf.commands] == case["commands"]
         assert len(mf.lines) == len(mf.commands)
         return
     with pytest.raises(ModelfileError) as info:
-        modelfile.parse(data)
+        parser.parse(data)
     err = info.value
     assert err.kind == case["error_kind"]
     assert err.ollama_error == case["error"]  # Ollama's exact text, kept on the exception
@@ -87,42 +87,42 @@ def test_parser_case(case):
 @pytest.mark.parametrize("case", _params(lambda c: c["valid"]))
 def test_parser_case_text_input(case):
     """Parsing the decoded text gives the same commands as parsing the bytes."""
-    assert [list(c) for c in modelfile.parse(case["input"]).commands] == case["commands"]
+    assert [list(c) for c in parser.parse(case["input"]).commands] == case["commands"]
 
 
 @pytest.mark.parametrize("case", _params(lambda c: "roundtrip" in c))
 def test_render_matches_ollama_string(case):
     """render() is Ollama's Modelfile.String(), and re-parses to the same commands
     except where Ollama's own form loses a FROM's surrounding spaces (FROM is never quoted)."""
-    mf = modelfile.parse(_input_bytes(case))
-    text = modelfile.render(mf)
+    mf = parser.parse(_input_bytes(case))
+    text = writer.render(mf)
     assert text == case["roundtrip"]
     lossy = any(n == "model" and v != v.strip() for n, v in mf.commands)
     if not lossy:
-        assert modelfile.parse(text).commands == mf.commands
+        assert parser.parse(text).commands == mf.commands
 
 
 @pytest.mark.parametrize("case", _params(lambda c: "create_request" in c))
 def test_create_request(case):
-    assert modelfile.parse(_input_bytes(case)).create_request() == case["create_request"]
+    assert parser.parse(_input_bytes(case)).create_request() == case["create_request"]
 
 
 @pytest.mark.parametrize("case", _params(lambda c: c["valid"]))
 def test_typed_parameters_follow_ollama_create(case):
     """Names outside api.Options/Runner are rejected like `ollama create` does;
     deprecated ones are dropped with a warning."""
-    mf = modelfile.parse(_input_bytes(case))
+    mf = parser.parse(_input_bytes(case))
     names = [n for n, _ in mf.raw_parameters]
     unknown = [n for n in names
-               if n not in OLLAMA_OPTION_TYPES and n not in modelfile.DEPRECATED_PARAMETERS]
+               if n not in OLLAMA_OPTION_TYPES and n not in parser.DEPRECATED_PARAMETERS]
     if unknown:
         with pytest.raises(ModelfileError) as info:
-            modelfile.typed_parameters(mf)
+            parser.typed_parameters(mf)
         assert info.value.ollama_error == f"unknown parameter '{unknown[0]}'"
         return
-    params, warnings = modelfile.typed_parameters(mf)
+    params, warnings = parser.typed_parameters(mf)
     assert set(params) == {n for n in names if n in OLLAMA_OPTION_TYPES}
-    assert len(warnings) == sum(n in modelfile.DEPRECATED_PARAMETERS for n in names)
+    assert len(warnings) == sum(n in parser.DEPRECATED_PARAMETERS for n in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ REQUIRES v0.14.0
 
 
 def test_accessors():
-    mf = modelfile.parse(EXAMPLE, path="Modelfile")
+    mf = parser.parse(EXAMPLE, path="Modelfile")
     assert mf.model == "./model.gguf"
     assert mf.template == "{{ .Prompt }}"  # the last TEMPLATE wins, as in Ollama
     assert mf.system == "You are terse."
@@ -168,16 +168,16 @@ def test_accessors():
 
 
 def test_float_parameters_are_float32_like_ollama():
-    mf = modelfile.parse("FROM x\nPARAMETER top_p 0.1\nPARAMETER min_p 1e-3\nPARAMETER temperature 1\n")
+    mf = parser.parse("FROM x\nPARAMETER top_p 0.1\nPARAMETER min_p 1e-3\nPARAMETER temperature 1\n")
     assert mf.parameters == {"top_p": 0.1, "min_p": 0.001, "temperature": 1.0}
-    assert modelfile.parse_value("temperature", "0.123456789") == 0.12345679  # float32 precision
+    assert values.parse_value("temperature", "0.123456789") == 0.12345679  # float32 precision
 
 
 @pytest.mark.parametrize("name, raw", [("num_ctx", "1.0"), ("num_ctx", "4k"), ("top_k", "1e3"),
                                        ("temperature", "hot"), ("temperature", "nan"),
                                        ("temperature", "1e39"), ("use_mmap", "yes")])
 def test_bad_parameter_values(name, raw):
-    mf = modelfile.parse(f"FROM x\n\nPARAMETER {name} {raw}\n", path="Modelfile")
+    mf = parser.parse(f"FROM x\n\nPARAMETER {name} {raw}\n", path="Modelfile")
     with pytest.raises(ModelfileError) as info:
         _ = mf.parameters
     message = str(info.value)
@@ -187,10 +187,10 @@ def test_bad_parameter_values(name, raw):
 
 
 def test_go_bool_and_int_spellings():
-    assert modelfile.parse_value("use_mmap", "T") is True
-    assert modelfile.parse_value("use_mmap", "0") is False
-    assert modelfile.parse_value("seed", "-1") == -1
-    assert modelfile.parse_value("seed", "+7") == 7
+    assert values.parse_value("use_mmap", "T") is True
+    assert values.parse_value("use_mmap", "0") is False
+    assert values.parse_value("seed", "-1") == -1
+    assert values.parse_value("seed", "+7") == 7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +215,8 @@ def test_go_bool_and_int_spellings():
 ])
 def test_error_messages_are_one_line_with_line_and_fix(text, expected):
     with pytest.raises(DataError) as info:
-        mf = modelfile.parse(text)
-        modelfile.check(mf)
+        mf = parser.parse(text)
+        parser.check(mf)
     message = str(info.value)
     assert message.startswith(expected), message
     assert "\n" not in message and message.endswith(")")  # "(fix)" closes the line
@@ -229,35 +229,35 @@ def test_error_messages_are_one_line_with_line_and_fix(text, expected):
 def test_validate_file_reads_bytes_and_reports_encoding(tmp_path):
     good = tmp_path / "Modelfile"
     good.write_bytes("\ufeffFROM ./m.gguf\nSYSTEM café\nPARAMETER mirostat 1\n".encode("utf-16"))
-    mf = modelfile.validate_file(good)
+    mf = parser.validate_file(good)
     assert mf.system == "café" and mf.path == str(good)
     assert mf.warnings == [f"{good}:3: parameter mirostat is deprecated; Ollama ignores it"]
 
     bad = tmp_path / "Latin1"
     bad.write_bytes(b"FROM x\nSYSTEM caf\xe9\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}:2: not valid UTF-8 .*\(save the Modelfile as UTF-8\)$"):
-        modelfile.validate_file(bad)
-    assert modelfile.parse(b"FROM x\nSYSTEM caf\xe9\n").system == "caf\ufffd"  # Ollama is lenient
+        parser.validate_file(bad)
+    assert parser.parse(b"FROM x\nSYSTEM caf\xe9\n").system == "caf\ufffd"  # Ollama is lenient
 
     with pytest.raises(DataError, match="Modelfile not found"):
-        modelfile.validate_file(tmp_path / "nope")
+        parser.validate_file(tmp_path / "nope")
 
 
 def test_validate_file_checks_adapter_relative_to_the_file(tmp_path):
     path = tmp_path / "Modelfile"
     path.write_text("FROM x\nADAPTER ./lora.gguf\n")
     with pytest.raises(ModelfileError, match=r":2: ADAPTER \"./lora.gguf\" does not exist"):
-        modelfile.validate_file(path)
+        parser.validate_file(path)
     (tmp_path / "lora.gguf").write_bytes(b"GGUF")
-    assert modelfile.validate_file(path).adapter == "./lora.gguf"
+    assert parser.validate_file(path).adapter == "./lora.gguf"
 
 
 def test_write_is_atomic_and_refuses_invalid_text(tmp_path):
-    mf = modelfile.parse("FROM x\nSYSTEM \"\"\"two\nlines\"\"\"\n")
-    out = modelfile.write(tmp_path / "sub" / "Modelfile", mf)
+    mf = parser.parse("FROM x\nSYSTEM \"\"\"two\nlines\"\"\"\n")
+    out = writer.write(tmp_path / "sub" / "Modelfile", mf)
     assert out.read_text() == 'FROM x\nSYSTEM "two\nlines"\n'
     with pytest.raises(ModelfileError):
-        modelfile.write(tmp_path / "bad", "SYSTEM no from\n")
+        writer.write(tmp_path / "bad", "SYSTEM no from\n")
     assert not (tmp_path / "bad").exists()
 
 
@@ -266,27 +266,27 @@ def test_write_is_atomic_and_refuses_invalid_text(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def _build(**kwargs) -> str:
-    args = dict(from_="./smollm2-135m.Q8_0.gguf", template=gotemplate.CHATML_TEMPLATE,
-                stops=list(gotemplate.CHATML_STOPS))
+    args = dict(from_="./smollm2-135m.Q8_0.gguf", template=CHATML.ollama_template,
+                stops=list(CHATML.stops))
     args.update(kwargs)
-    return modelfile.build_modelfile(**args)
+    return writer.build_modelfile(**args)
 
 
 def test_build_modelfile_layout():
-    text = _build(system=gotemplate.SMOLLM2_DEFAULT_SYSTEM,
+    text = _build(system=SMOLLM2_DEFAULT_SYSTEM,
                   parameters={"temperature": 0.7, "num_ctx": 2048, "use_mmap": True},
                   license="Apache License 2.0\n\n\"as is\"\n")
     lines = text.splitlines()
     assert lines[0] == "FROM ./smollm2-135m.Q8_0.gguf"
     assert lines[1].startswith('TEMPLATE """{{- range .Messages }}')
-    mf = modelfile.parse(text)
+    mf = parser.parse(text)
     assert [n for n, _ in mf.commands] == ["model", "template", "stop", "stop", "system",
                                            "temperature", "num_ctx", "use_mmap", "license"]
-    assert mf.template == gotemplate.CHATML_TEMPLATE
-    assert mf.parameters == {"stop": gotemplate.CHATML_STOPS, "temperature": 0.7,
+    assert mf.template == CHATML.ollama_template
+    assert mf.parameters == {"stop": list(CHATML.stops), "temperature": 0.7,
                              "num_ctx": 2048, "use_mmap": True}
     assert "PARAMETER stop <|im_end|>\n" in text and text.endswith("\n")
-    modelfile.check(mf)
+    parser.check(mf)
 
 
 @pytest.mark.parametrize("value", ["\n", "  padded  ", '"quoted"', 'say "hi"', "a\r\nb", '"""',
@@ -302,7 +302,7 @@ def test_build_modelfile_round_trips_awkward_values(value):
             # that is just """ ends a triple quote, and a line ending in " ends a double one).
             assert ("stops" in kwargs and not value) or value == 'x\n"""\ny', str(e)
             continue
-        mf = modelfile.parse(text)
+        mf = parser.parse(text)
         if "system" in kwargs:
             assert mf.system == value
         elif "license" in kwargs:
@@ -314,7 +314,7 @@ def test_build_modelfile_round_trips_awkward_values(value):
 def test_build_modelfile_accepts_decoding_params_options():
     text = _build(parameters={"temperature": 0.8, "top_k": 40, "num_predict": 256, "seed": 42,
                               "repeat_penalty": 1.1, "min_p": 0.0, "stop": ["<|im_end|>", "</s>"]})
-    mf = modelfile.parse(text)
+    mf = parser.parse(text)
     assert mf.stops == ["<|im_start|>", "<|im_end|>", "</s>"]  # merged, no duplicates
     assert mf.parameters["min_p"] == 0.0 and mf.parameters["seed"] == 42
 

@@ -27,6 +27,8 @@ def test_dequantized_model_is_the_real_llama_and_agrees_with_llama_cpp(default_h
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from toolkit.runtime.llamacpp import load
+
     tok = AutoTokenizer.from_pretrained(default_hf_dir)
     model = AutoModelForCausalLM.from_pretrained(default_hf_dir, dtype=torch.float32)
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -40,7 +42,11 @@ def test_dequantized_model_is_the_real_llama_and_agrees_with_llama_cpp(default_h
 
     assert "Paris" in hf_text
     # Q4_1 arithmetic in llama.cpp is not fp32: its chat answer may differ, its plain completion may not
-    raw = llamacpp_backend._llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
+    llm = load(llamacpp_backend.gguf, n_ctx=llamacpp_backend.n_ctx)  # llama-cpp-python itself, as the backend loads it
+    try:
+        raw = llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
+    finally:
+        llm.close()
     assert "Paris" in raw["choices"][0]["text"]
     # the HF prompt and the llama.cpp prompt are the same string
     assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == llamacpp_backend.render(messages)

@@ -23,17 +23,9 @@ import pytest
 from toolkit.errors import BackendError, ConfigError
 from toolkit.params import DEFAULTS, DecodingParams
 from toolkit.runtime.backends import LlamaCppBackend
-from toolkit.serve.core import (
-    HTTPError,
-    Server,
-    keep_alive_seconds,
-    named_models,
-    ollama_name,
-    ollama_params,
-    openai_params,
-    serve,
-    serve_in_thread,
-)
+from toolkit.serve.registry import ollama_name
+from toolkit.serve.request import HTTPError, keep_alive_seconds, ollama_params, openai_params
+from toolkit.serve.server import Server, named_models, serve, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -379,7 +371,7 @@ def test_parallel_requests_decode_together_with_the_texts_of_one_at_a_time(llama
 
 @pytest.mark.parametrize("value,parallel", [(None, 1), ("", 1), ("0", 1), ("4", 4), (" 16 ", 16), ("four", None), ("-2", None)])
 def test_parallel_defaults_to_ollama_num_parallel(monkeypatch, value, parallel):
-    from toolkit.serve.core import env_parallel
+    from toolkit.serve.server import env_parallel
 
     if value is None:
         monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
@@ -532,14 +524,14 @@ def _error_flow(http, monkeypatch, example: dict) -> None:
     """The "error after streaming started" case: a model failure after the first piece."""
     from toolkit.runtime.batched import BatchedGenerator
 
-    def failing(self, messages, params):
+    def failing(self, prompt, params, grammar=None):
         yield " Yes"
         raise BackendError("an error was encountered while running the model")
 
     def failing_step(self, live):  # in parallel: after each request's first token is out
         raise BackendError("an error was encountered while running the model")
 
-    monkeypatch.setattr(LlamaCppBackend, "stream", failing)
+    monkeypatch.setattr(LlamaCppBackend, "stream_prompt", failing)
     monkeypatch.setattr(BatchedGenerator, "_step", failing_step)
     r = http.post("/api/generate", json={"model": MODEL, "prompt": "hi"})
     lines = ndjson(r.text)

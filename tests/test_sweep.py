@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.evaluate.sweep import load_sweep, parse_sweep, sweep
+from toolkit.evaluate.sweep.command import sweep
+from toolkit.evaluate.sweep.config import load_sweep, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
@@ -28,7 +29,7 @@ def write_sweep(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
-    from toolkit.data.records import build
+    from toolkit.data.build import build
 
     out = tmp_path_factory.mktemp("data")
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
@@ -50,6 +51,9 @@ def test_every_shipped_sweep_loads_and_says_what_it_is_for():
     ({"space": {"temprature": {"low": 0.1, "high": 1.0}}}, "unknown parameter 'temprature'"),
     ({"space": {"top_p": {"low": 0.5, "high": 1.5}}}, r"top_p=1.5 is outside its valid range"),
     ({"space": {"temperature": {"low": 1.0, "high": 0.5}}}, "must be below high"),
+    ({"space": {"temperature": {"low": 0.0, "high": 1.0, "log": True}}}, "log needs low above 0"),
+    ({"space": {"max_tokens": {"values": []}}}, r"space\.max_tokens\.values must be a non-empty list"),
+    ({"space": {"max_tokens": {"values": [64, 96.5]}}}, "max_tokens takes whole numbers"),
     ({"sampler": "annealing"}, "sampler 'annealing' is unknown"),
     ({"metric": "meteor"}, "unknown metric 'meteor'"),
     ({"bogus": 1}, "unknown key 'bogus'"),
@@ -84,7 +88,7 @@ def _study(out: Path, name: str = "tiny"):
 
 
 def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
-    from toolkit.export.modelfile import validate_file
+    from toolkit.export.modelfile.parser import validate_file
 
     f = write_sweep(tmp_path / "s.yaml")
     mf = tmp_path / "m.Modelfile"
@@ -103,6 +107,8 @@ def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
     assert all(len(t.split(".")[-1]) <= 6 for t in temps), temps  # stepped values, not 0.30000000000000004
     assert best["search_trials"] == 3 and 0 < best["search_generations"] <= 3 * 4
     assert "Verdict" in (out / "report.md").read_text()
+    assert best["machine"]["cpu"] and "extra_bufts" in best["machine"]  # where the numbers were measured
+    assert "Measured on: " in (out / "report.md").read_text()
     params = validate_file(mf).parameters
     assert params["temperature"] != 0.123 and "top_p" in params  # the searched parameters rewritten ...
     assert "num_predict" not in params and "seed" not in params  # ... not the sweep's fixed conditions
@@ -116,7 +122,8 @@ def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
 
 
 def test_report_sets_the_search_beside_another_sweep(tmp_path):
-    from toolkit.evaluate.sweep import _load_against, render_against
+    from toolkit.evaluate.sweep.command import _load_against
+    from toolkit.evaluate.sweep.report import render_against
 
     tpe = {"study": "tpe", "search_best_value": 0.57, "search_generations": 200, "search_trials": 30}
     grid = {"study": "grid", "search_best_value": 0.56, "search_generations": 300, "search_trials": 25}
@@ -127,7 +134,7 @@ def test_report_sets_the_search_beside_another_sweep(tmp_path):
 
 
 def test_reports_never_show_a_storage_password():
-    from toolkit.evaluate.sweep import _without_password
+    from toolkit.evaluate.sweep.command import _without_password
 
     assert _without_password("postgresql://u:s3cr@t@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert _without_password("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
@@ -192,7 +199,7 @@ def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, spl
                for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
-    from toolkit.evaluate.sweep import sqlalchemy_url
+    from toolkit.evaluate.sweep.study import sqlalchemy_url
 
     try:
         trials = optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).trials

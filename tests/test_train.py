@@ -75,7 +75,8 @@ def one_line(exc: BaseException) -> str:
 
 def test_loss_masking_on_a_real_tokenized_example(tokenizer):
     from toolkit.data.records import Example
-    from toolkit.train.core import IGNORE, Collator, render, tokenize_example
+    from toolkit.train.batches import Collator
+    from toolkit.train.tokens import IGNORE, render, tokenize_example
 
     ex = Example("a", PAIRS[0][0], PAIRS[0][1], "problem-approach", {})
     ids, labels = tokenize_example(tokenizer, ex, "chat", 512)
@@ -108,7 +109,7 @@ def test_tagged_format_tokenization(tokenizer):
     from transformers import AutoTokenizer
 
     from toolkit.data.records import Example
-    from toolkit.train.core import IGNORE, TAGS, prepare_tokenizer, tokenize_example
+    from toolkit.train.tokens import IGNORE, TAGS, prepare_tokenizer, tokenize_example
 
     tok = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     new = prepare_tokenizer(tok, "tagged")
@@ -128,7 +129,7 @@ def test_tagged_format_tokenization(tokenizer):
 
 
 def test_config_from_yaml_recipes_and_overrides(tmp_path):
-    from toolkit.train.core import RECIPES_DIR, TrainConfig, load_config
+    from toolkit.train.config import RECIPES_DIR, TrainConfig, load_config
 
     assert load_config() == TrainConfig()
     for recipe in ("lora-chat", "lora-tagged", "qlora"):
@@ -164,7 +165,8 @@ def test_train_help_documents_every_option():
     import inspect
 
     from toolkit.cli import parse_docstring
-    from toolkit.train.core import FIELDS, train
+    from toolkit.train.command import train
+    from toolkit.train.config import FIELDS
 
     desc, args = parse_docstring(train.__doc__)
     params = list(inspect.signature(train).parameters)
@@ -180,7 +182,7 @@ def test_train_help_documents_every_option():
 def test_data_order_is_seeded_grouped_and_position_addressed():
     import random
 
-    from toolkit.train.core import DataOrder, epoch_batches
+    from toolkit.train.batches import DataOrder, epoch_batches
 
     rng = random.Random(1)
     lengths = [rng.randint(20, 500) for _ in range(200)]
@@ -206,7 +208,7 @@ def test_data_order_is_seeded_grouped_and_position_addressed():
 
 
 def test_bad_data_fails_in_one_line(tmp_path, data):
-    from toolkit.train.core import train
+    from toolkit.train.command import train
 
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"question": "What is LoRA?"}\n')
@@ -233,7 +235,7 @@ def test_bad_data_fails_in_one_line(tmp_path, data):
 
 @pytest.mark.slow
 def test_unknown_target_module_names_it_and_lists_the_real_ones(tmp_path, data):
-    from toolkit.train.core import train
+    from toolkit.train.command import train
 
     with pytest.raises(ConfigError) as info:
         train(**data, out=str(tmp_path / "run"), target_modules=["q_proj", "query_key_value"], max_steps=1)
@@ -249,7 +251,7 @@ def test_unknown_target_module_names_it_and_lists_the_real_ones(tmp_path, data):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory, data):
     """An uninterrupted 4-step run, and the same run stopped at step 2 then resumed."""
-    from toolkit.train.core import train
+    from toolkit.train.command import train
 
     root = tmp_path_factory.mktemp("resume")
     kw = dict(**data, **{**FAST, "eval_every": 2, "save_every": 2}, max_steps=4, seed=3)
@@ -311,8 +313,10 @@ def test_tagged_round_trip_train_reload_merge_generate(tmp_path, data, default_h
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.train.core import TAGS, load_for_training, train
+    from toolkit.train.command import train
     from toolkit.train.merge import merge
+    from toolkit.train.model import load_for_training
+    from toolkit.train.tokens import TAGS
 
     result = train(**data, **{**FAST, "eval_every": 3}, out=str(tmp_path / "run"), format="tagged", max_steps=3, lr=5e-4)
     adapter = result.adapter
@@ -361,7 +365,7 @@ def test_tagged_round_trip_train_reload_merge_generate(tmp_path, data, default_h
 def test_qlora_trains_a_few_steps_and_merges_into_fp32(tmp_path, data):
     from safetensors.torch import load_file
 
-    from toolkit.train.core import train
+    from toolkit.train.command import train
     from toolkit.train.merge import merge
 
     result = train(train_data=data["train_data"], validation_data="", out=str(tmp_path / "run"), qlora=True,
@@ -418,7 +422,8 @@ def test_training_entry_point_under_accelerate_launch(tmp_path, data, launch):
 def test_search_runs_trials_into_sqlite_resumes_and_writes_a_best_config(tmp_path, data):
     import optuna
 
-    from toolkit.train.core import load_config, search
+    from toolkit.train.config import load_config
+    from toolkit.train.search import search
 
     space = tmp_path / "space.yaml"
     space.write_text("lr: {low: 1.0e-4, high: 1.0e-3, log: true}\nr: {choices: [4, 8]}\nalpha: [8, 16]\n"
@@ -442,7 +447,7 @@ def test_search_runs_trials_into_sqlite_resumes_and_writes_a_best_config(tmp_pat
 
 
 def test_search_space_errors_are_one_line(tmp_path):
-    from toolkit.train.core import load_space
+    from toolkit.train.search import load_space
 
     assert {d.name for d in load_space("search-space")} == {"lr", "r", "alpha", "dropout"}
     for text, match in [("learning_rate: {low: 1, high: 2}\n", "cannot be searched"), ("lr: {low: 2, high: 1}\n", "low < high"),

@@ -26,19 +26,19 @@ DECODING_PREFIX = "decoding:"
 # command words -> "module:function"; groups ("data") come from the first word.
 COMMANDS: dict[str, str] = {
     "doctor": "toolkit.doctor:doctor",
-    "data build": "toolkit.data.records:build",
-    "data check": "toolkit.data.records:check",
+    "data build": "toolkit.data.build:build",
+    "data check": "toolkit.data.check:check",
     "models": "toolkit.models:show",
-    "train": "toolkit.train.core:train",
-    "train search": "toolkit.train.core:search",
+    "train": "toolkit.train.command:train",
+    "train search": "toolkit.train.search:search",
     "merge": "toolkit.train.merge:merge",
     "generate": "toolkit.generate:generate",
     "export": "toolkit.export.convert:export",
     "verify": "toolkit.export.verify:verify",
     "ollama create": "toolkit.export.convert:ollama_create",
     "chat": "toolkit.generate:chat",
-    "serve": "toolkit.serve.core:serve",
-    "sweep": "toolkit.evaluate.sweep:sweep",
+    "serve": "toolkit.serve.server:serve",
+    "sweep": "toolkit.evaluate.sweep.command:sweep",
     "compare": "toolkit.evaluate.compare:compare",
     "demo": "toolkit.demo:demo",
 }
@@ -95,6 +95,7 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
 def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, hint: Any, help_text: str,
                   first: bool = False) -> None:
     base, is_list = _base_type(hint)
+    help_text = help_text.replace("%", "%%")  # argparse %-formats help: "~30% slower" must stay text
     kwargs: dict[str, Any] = {"help": help_text or None}
     if typing.get_origin(base) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(base))

@@ -64,7 +64,7 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
 
 
 def _build(out: Path, data: Path) -> Path:
-    from toolkit.data.records.records import build
+    from toolkit.data.build import build
 
     _stage(1, "build the dataset")
     build([Path(data)], out=out / "data", split="80,10,10", seed=0)
@@ -72,7 +72,7 @@ def _build(out: Path, data: Path) -> Path:
 
 
 def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
-    from toolkit.data.records.records import load_examples
+    from toolkit.data.readers import load_examples
     from toolkit.evaluate.scoring import BertScorer
     from toolkit.generate import generate_rows
     from toolkit.io import write_json, write_jsonl
@@ -93,7 +93,7 @@ def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
 
 
 def _train(out: Path, model: str, split: Path, steps: int) -> Path:
-    from toolkit.train.core.core import train
+    from toolkit.train.command import train
 
     _stage(3, f"train a LoRA adapter ({steps} steps)")
     run = out / "train"
@@ -106,7 +106,7 @@ def _train(out: Path, model: str, split: Path, steps: int) -> Path:
 
 
 def _merge(out: Path, adapter: Path, model: str) -> Path:
-    from toolkit.train.core.merge import merge
+    from toolkit.train.merge import merge
 
     _stage(4, "merge the adapter into a full-precision base")
     dest = out / "merged"
@@ -121,7 +121,7 @@ def _merge(out: Path, adapter: Path, model: str) -> Path:
 
 
 def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path]:
-    from toolkit.export.convert.convert import export
+    from toolkit.export.convert import export
 
     _stage(5, f"export GGUF: tuned f16 + {quant}, and the base in {quant} for a fair comparison")
     params = ROOT / "modelfiles" / "default.yaml"
@@ -131,7 +131,7 @@ def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path
 
 
 def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
-    from toolkit.export.convert.verify import verify
+    from toolkit.export.verify import verify
 
     _stage(6, "verify the tuned GGUFs against the merged HF model")
     files = sorted((out / "gguf").glob("tuned-*.gguf"))
@@ -139,7 +139,7 @@ def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
 
 
 def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Path:
-    from toolkit.evaluate.sweep import sweep
+    from toolkit.evaluate.sweep.command import sweep
 
     _stage(7, f"sweep decoding parameters ({sweep_file})")
     dest = out / "sweep"

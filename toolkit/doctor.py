@@ -67,7 +67,7 @@ def doctor(skip_llamacpp: bool = False) -> int:
 
     from toolkit.console import out
     from toolkit.models import EMBEDDED_LLMS, embedded_gguf, file_digest, scorer_path
-    from toolkit.runtime.llamacpp import cpu_flags, default_threads
+    from toolkit.runtime.llamacpp import default_threads, machine_summary
 
     table = Table(title="toolkit doctor", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -78,9 +78,11 @@ def doctor(skip_llamacpp: bool = False) -> int:
     table.add_row("platform", f"{platform.system()} {platform.machine()}")
     for name in PACKAGES:
         table.add_row(name, _version(name))
-    flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx2", "avx512f", "amx_tile", "neon", "asimd") if f in flags) or "none found"
-    table.add_row("threads", f"{default_threads()} usable CPUs (of {os.cpu_count()}); SIMD: {simd}")
+    machine = machine_summary(probe=False)
+    simd = ", ".join(machine["simd"]) or "none found"
+    # the kernels llama.cpp picks follow these flags, and sampled texts (so measured scores) follow the kernels
+    table.add_row("cpu", f"{machine['cpu']}; SIMD: {simd}")
+    table.add_row("threads", f"{default_threads()} usable CPUs (of {os.cpu_count()})")
     try:
         import torch
 

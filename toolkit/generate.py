@@ -79,7 +79,8 @@ def print_stream(engine: Backend, messages: list[dict], params: DecodingParams) 
 
 
 def _examples(prompts: Iterable[str], file: Path | None) -> list:
-    from toolkit.data.records.records import Example, load_examples
+    from toolkit.data.readers import load_examples
+    from toolkit.data.records import Example
 
     if file is None:
         return [Example(id=str(i), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(prompts)]

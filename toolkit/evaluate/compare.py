@@ -38,7 +38,7 @@ class System:
 
 def parse_system(spec: str, base_params: DecodingParams) -> System:
     """`LABEL=MODEL[@PARAMS.yaml]`: e.g. `tuned=runs/demo/gguf/tuned-Q4_K_M.gguf@runs/sweeps/demo/best.yaml`."""
-    from toolkit.export.convert.convert import load_parameters
+    from toolkit.export.convert import load_parameters
 
     label, sep, rest = spec.partition("=")
     if not sep or not label or not rest:
@@ -89,7 +89,7 @@ def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> No
     """Base and tuned must run through the same backend and the same quantization type."""
     if backend != "llamacpp" or allow_mixed:
         return
-    from toolkit.export.convert.verify import gguf_type
+    from toolkit.export.verify import gguf_type
     from toolkit.models import resolve
 
     types = {s.label: gguf_type(resolve(s.model, hf=False).require_gguf()) for s in systems}
@@ -220,11 +220,13 @@ def headline(result: dict) -> str:
 
 
 def render_markdown(result: dict, plots: dict[str, str], examples_shown: int = 5) -> str:
+    from toolkit.evaluate.machine import measured_line
     from toolkit.evaluate.metrics import METRICS
 
     lines = ["# Base vs tuned: comparison report", "", f"**{headline(result)}**", "",
              f"{result['examples']} test prompts, the same seeds for every system; differences are against "
              f"`{result['reference_system']}` (paired bootstrap 95% CI, Wilcoxon signed-rank p, win rate; ✓ = beyond noise).", "",
+             *([measured_line(result["machine"]), ""] if "machine" in result else []),
              "| system | model | params | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " | tokens | cut by length | tok/s |",
              "|---|---|---|" + "---|" * (len(METRICS) + 3)]
     for s in result["systems"]:
@@ -251,6 +253,7 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
     import base64
     import html
 
+    from toolkit.evaluate.machine import measured_line
     from toolkit.evaluate.metrics import METRICS
 
     esc = html.escape
@@ -265,6 +268,7 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
     images = "".join(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
                      f"<figcaption>{esc(name)}</figcaption></figure>" for name, path in plots.items())
     labels = [s["label"] for s in result["systems"]]
+    machine = f"<p>{esc(measured_line(result['machine']))}</p>" if "machine" in result else ""
     examples = "".join(
         f"<section class=ex><h3>{esc(ex['id'])}</h3><p><b>Prompt:</b> {esc(ex['prompt'])}</p><div class=grid>"
         f"<div><h4>reference</h4><p>{esc(ex['reference'])}</p></div>"
@@ -279,6 +283,7 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
             f"<h1>Base vs tuned: comparison report</h1><p class=headline>{esc(headline(result))}</p>"
             f"<p>{result['examples']} test prompts; differences against <b>{esc(result['reference_system'])}</b> "
             "(paired bootstrap 95% CI, Wilcoxon p, win rate; ✓ = beyond noise).</p>"
+            f"{machine}"
             f"<table><tr><th>system</th><th>model</th><th>params</th>{head}<th>tokens</th><th>cut by length</th><th>tok/s</th></tr>{rows}</table>"
             f"<h2>Differences</h2><table><tr><th>system</th>{head}</tr>{diffs}</table>{images}"
             f"<h2>Example generations</h2>{examples}</body></html>")
@@ -327,7 +332,8 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
             at a time to a server; set it to the server's own parallel setting).
     """
     from toolkit.console import err
-    from toolkit.data.records.records import load_examples
+    from toolkit.data.readers import load_examples
+    from toolkit.evaluate.machine import measured_on
     from toolkit.io import write_json, write_text
     from toolkit.runtime.generation import check_parallel
 
@@ -355,6 +361,7 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     result = summarise(systems, examples, seed=params.seed)
     result["generated"] = generated
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result["machine"] = measured_on(backend)
     plots = make_plots(systems, out / "plots")
     write_json(out / "results.json", result)
     write_text(out / "report.md", render_markdown(result, {k: f"plots/{v.name}" for k, v in plots.items()}))

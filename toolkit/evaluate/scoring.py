@@ -6,7 +6,6 @@ accepts a local directory as `model_type` as long as `num_layers` is given expli
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,6 @@ class Scores:
     precision: list[float]
     recall: list[float]
     f1: list[float]
-
-    def mean_f1(self) -> float:
-        return statistics.fmean(self.f1) if self.f1 else float("nan")
 
 
 @dataclass(frozen=True)

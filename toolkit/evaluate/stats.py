@@ -22,9 +22,6 @@ class Interval:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def __str__(self) -> str:
-        return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
-
 
 def bootstrap_mean(values: list[float], *, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
     """Mean of `values` with a bootstrap interval over the items (prompts)."""

@@ -171,7 +171,7 @@ def chat_format(hf_dir: Path) -> ChatFormat:
     every end-of-turn token the generation config stops on (e.g. <|im_end|>, <|endoftext|>)."""
     from transformers import AutoTokenizer
 
-    from toolkit.chat.gotemplate import default_system_prompt, ollama_template_for
+    from toolkit.chat.families import default_system_prompt, ollama_template_for
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     found = ollama_template_for(tok.chat_template or "")
@@ -191,8 +191,8 @@ def chat_format(hf_dir: Path) -> ChatFormat:
 
 def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | None = None) -> Path:
     """Write `<gguf>.Modelfile` beside the GGUF: FROM, TEMPLATE, stops, SYSTEM, PARAMETERs, LICENSE."""
-    from toolkit.export.convert.modelfile import build_modelfile
-    from toolkit.export.convert.modelfile import write as write_mf
+    from toolkit.export.modelfile.writer import build_modelfile
+    from toolkit.export.modelfile.writer import write as write_mf
     from toolkit.params import DEFAULTS
 
     options = (params or DEFAULTS).to_ollama_options()
@@ -296,7 +296,7 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
     import ollama
 
     from toolkit.console import err, status
-    from toolkit.export.convert.modelfile import validate_file
+    from toolkit.export.modelfile.parser import validate_file
     from toolkit.runtime.backends import ollama_host
 
     mf = validate_file(modelfile)

@@ -140,9 +140,9 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
     """Render each probe conversation three ways (HF, GGUF-embedded, Modelfile); list mismatches."""
     from transformers import AutoTokenizer
 
-    from toolkit.chat.gotemplate import render_chat
     from toolkit.chat.jinja import render_jinja
-    from toolkit.export.convert.modelfile import validate_file
+    from toolkit.chat.render import render_chat
+    from toolkit.export.modelfile.parser import validate_file
     from toolkit.runtime.llamacpp import read_metadata
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
@@ -163,7 +163,7 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
                 problems.append(f"{label} differs from the HF chat template at character {at}: "
                                 f"{reference[max(0, at - 15):at + 15]!r} vs {text[max(0, at - 15):at + 15]!r}")
     if mf is not None:
-        from toolkit.export.convert.convert import chat_format
+        from toolkit.export.convert import chat_format
 
         missing = [t for t in chat_format(hf_dir).stops if t not in mf.stops]
         if missing:
@@ -213,7 +213,7 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         raise VerifyError(f"no GGUF files given and none in {hf_dir / 'gguf'}", fix="run `toolkit export` first or pass --gguf FILE")
     texts = DEFAULT_PROMPTS
     if data is not None:
-        from toolkit.data.records.records import load_examples
+        from toolkit.data.readers import load_examples
 
         texts = [ex.prompt for ex in load_examples(data)]
     texts = texts[:prompts]

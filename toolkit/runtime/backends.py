@@ -10,8 +10,10 @@ from __future__ import annotations
 import abc
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from toolkit.chat.jinja import render_jinja
 from toolkit.errors import BackendError, ConfigError
@@ -133,11 +135,23 @@ class LlamaCppBackend(Backend):
                               fix="open the backend with a larger n_ctx")
 
     def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+        self._check_num_ctx(params)  # before rendering: a num_ctx too large is reported first
+        yield from self.stream_prompt(self.render(messages), params)
+
+    def stream_prompt(self, prompt: str, params: DecodingParams, *, grammar: Any = None) -> Iterator[str | Generation]:
+        """`stream` for a prompt already rendered (a raw prompt, a request's own template, an
+        OpenAI completion), optionally constrained by a `llama_cpp.LlamaGrammar` (structured
+        output): text pieces, then the final `Generation`.
+
+        Called by `stream` and by `toolkit serve`'s one-at-a-time path. Not thread-safe: it decodes
+        on this backend's llama.cpp context, so one call at a time (the server runs it on its one
+        compute thread, under its registry lock).
+        """
         self._check_num_ctx(params)
         start = time.perf_counter()
-        prompt = self._llm.tokenize(self.render(messages).encode(), add_bos=False, special=True)
-        if len(prompt) + params.max_tokens > self.n_ctx:
-            raise BackendError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
+        tokens = self.tokenize(prompt)
+        if len(tokens) + params.max_tokens > self.n_ctx:
+            raise BackendError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
         pieces: list[str] = []
         finish = "stop"
@@ -146,7 +160,7 @@ class LlamaCppBackend(Backend):
         # logits then differ slightly from a full evaluation: same seed, different text. A full
         # prompt evaluation each time keeps results independent of what ran before.
         self._llm.reset()
-        for chunk in self._llm.create_completion(prompt, stream=True, **params.to_llamacpp()):
+        for chunk in self._llm.create_completion(tokens, stream=True, grammar=grammar, **params.to_llamacpp()):
             choice = chunk["choices"][0]
             if choice["text"]:
                 count += 1
@@ -155,9 +169,45 @@ class LlamaCppBackend(Backend):
             finish = choice.get("finish_reason") or finish
         text = "".join(pieces)
         # a chunk is a token except where a multi-byte character spans tokens: count exactly
-        completion = len(self._llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
-        yield Generation(text, "length" if finish == "length" else "stop", len(prompt), max(completion, count) if finish == "length" else completion,
+        completion = len(self.tokenize(text)) if text else 0
+        yield Generation(text, "length" if finish == "length" else "stop", len(tokens), max(completion, count) if finish == "length" else completion,
                          time.perf_counter() - start)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """`text`'s token ids as every prompt here is tokenized: no BOS added (the chat template
+        writes its own) and, with `special`, special-token text such as `<|im_start|>` read as those
+        tokens. `toolkit serve` calls it to size prompts and to return `context`.
+
+        Reads only the vocabulary and computes nothing, so any thread may call it; the server does
+        from request threads under its registry lock, which keeps the model loaded meanwhile.
+        """
+        return self._llm.tokenize(text.encode(), add_bos=False, special=special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens`, special tokens written out (undecodable bytes replaced); a
+        ValueError for an id outside the vocabulary, which would crash llama.cpp. `toolkit serve`
+        calls it for a request's `context`; thread-safety as `tokenize`.
+        """
+        if any(not 0 <= t < self._llm.n_vocab() for t in tokens):
+            raise ValueError("token id outside the vocabulary")
+        return self._llm.detokenize(tokens, special=True).decode("utf-8", "replace")
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """The GGUF's key/value metadata as llama.cpp reads it (values as strings), read-only.
+        `toolkit serve` reads it once per load (/api/show, /api/tags); read at load, so any thread."""
+        return MappingProxyType(self._llm.metadata)
+
+    @property
+    def n_params(self) -> int | None:
+        """The model's parameter count, which llama.cpp counts from the tensors (None where this
+        llama-cpp-python binding lacks the call). `toolkit serve` reports it as Ollama does; any thread."""
+        import llama_cpp
+
+        try:
+            return int(llama_cpp.llama_model_n_params(self._llm.model))
+        except (AttributeError, TypeError):  # an older or newer llama-cpp-python binding
+            return None
 
     def generate_batch(self, conversations: list[Messages], params: DecodingParams | Sequence[DecodingParams], *,
                        seeds: list[int] | None = None) -> list[Generation]:
@@ -196,7 +246,7 @@ class LlamaCppBackend(Backend):
             self._generator(max(len(self._tokens(c)) for c in conversations) + max_tokens)
 
     def _tokens(self, conversation: Messages) -> list[int]:
-        return self._llm.tokenize(self.render(as_messages(conversation)).encode(), add_bos=False, special=True)
+        return self.tokenize(self.render(as_messages(conversation)))
 
     def _generator(self, need: int):
         """The batched engine, with room for `need` tokens per sequence."""

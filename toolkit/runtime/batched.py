@@ -396,6 +396,34 @@ class BatchedGenerator:
             slot.n_past += take
         slot.last_index = self._batch.n_tokens - 1
 
+    def mixed_prefill_exact(self, first: Sequence[int], second: Sequence[int]) -> bool:
+        """Whether one decode of two prompts of unequal length gives `first` the same last logits,
+        bit for bit, as decoding `first` alone, on this machine (it depends on the CPU's kernels:
+        exact on an AVX2-only VM, wrong on AVX-512 ones). `_prefill` never mixes prompts either way
+        (measured no faster, bench/decode.py); doctor and the benchmark report it. Clears the KV
+        cache: call between generations, from the thread that uses this generator."""
+        import llama_cpp
+        import numpy as np
+
+        self._check_open()
+
+        def last_logits(seqs: list[tuple[int, Sequence[int]]]):
+            llama_cpp.llama_memory_clear(self._mem, True)
+            n = 0
+            for seq_id, tokens in seqs:
+                for pos, token in enumerate(tokens):
+                    self._put(n, token, pos, seq_id, seq_id == 0 and pos == len(tokens) - 1)
+                    n += 1
+            self._batch.n_tokens = n
+            self._decode()
+            return self._logits(len(first) - 1).copy()
+
+        try:
+            return bool(np.array_equal(last_logits([(0, first)]), last_logits([(0, first), (1, second)])))
+        finally:
+            llama_cpp.llama_memory_clear(self._mem, True)
+            self._kept = [None] * self.n_parallel  # no prompt is cached any more
+
     def _step(self, live: list[_Slot]) -> None:
         """One decode with exactly one token per generating sequence (batch index = list index);
         this shape gives bit-identical logits to decoding each sequence alone."""

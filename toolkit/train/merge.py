@@ -54,7 +54,7 @@ def find_adapter(path: str | os.PathLike) -> Path:
 
 def check_base(adapter: Path, meta: dict, hf_dir: Path, spec: str) -> None:
     """One-line ModelError when `hf_dir` is not the base the adapter was trained on."""
-    from toolkit.train.core.core import base_identity, same_base
+    from toolkit.train.model import base_identity, same_base
 
     recorded = meta.get("base") or {}
     actual = base_identity(hf_dir)
@@ -87,7 +87,7 @@ def _logits(model, input_ids, mask):
 def base_for(adapter: str | os.PathLike, base: str | None = None) -> tuple[Path, dict, str, Path]:
     """(adapter dir, its toolkit-adapter.json, base spec, base fp32 HF dir), checked to belong together."""
     from toolkit.models import resolve
-    from toolkit.train.core.core import ADAPTER_META
+    from toolkit.train.model import ADAPTER_META
 
     adapter = find_adapter(adapter)
     meta_path = adapter / ADAPTER_META

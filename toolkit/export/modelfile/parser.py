@@ -1,4 +1,5 @@
-"""Ollama Modelfiles: parse, validate, render and build them exactly as Ollama does.
+"""Ollama Modelfiles read exactly as Ollama reads them: `parse`, the typed checks `ollama create`
+makes, and `validate_file` for a user's file.
 
 `parse` is a rune-for-rune port of Ollama's `parser.ParseFile` state machine (ollama/ollama
 `parser/parser.go`), so a file is valid here exactly when `ollama create` can read it, and its
@@ -6,23 +7,18 @@ commands come out as the same `(name, value)` pairs in Ollama's naming (FROM -> 
 PARAMETER -> the parameter's own name, MESSAGE -> "role: content"). The parser alone accepts any
 parameter name, like Ollama's; the typed checks that `ollama create` applies afterwards (known
 names, int/float/bool values) live in `check`, `Modelfile.parameters` and `validate_file`.
-
-`render` is Ollama's `Modelfile.String()`. `build_modelfile` is what our export step writes: it
-quotes defensively and proves its output by parsing it back.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.errors import ConfigError, DataError
-from toolkit.io import write_text
+from toolkit.errors import DataError
+from toolkit.export.modelfile.values import TYPE_WORDS, parse_value
 from toolkit.params import OLLAMA_OPTION_TYPES
 
 # The instruction keywords Ollama accepts (case-insensitively), in the order of its error text.
@@ -44,10 +40,6 @@ ERR_INVALID_ROLE = 'message role must be one of "system", "user", or "assistant"
 ERR_MISSING_FROM = "no FROM line"
 ERR_EOF = "unexpected EOF"
 
-_FLOAT32_MAX = 3.4028234663852886e38
-_GO_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)")
-_GO_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
 _SEMVER = re.compile(r"v?(0|[1-9]\d*)(\.(0|[1-9]\d*)(\.(0|[1-9]\d*))?)?"
                      r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?")
 
@@ -214,7 +206,7 @@ def _is_alpha(ch: str) -> bool:
     return ("a" <= ch <= "z") or ("A" <= ch <= "Z")
 
 
-def _is_print(ch: str) -> bool:
+def is_print(ch: str) -> bool:
     # Python's isprintable() is Go's strconv.IsPrint: letters, marks, numbers, punctuation,
     # symbols and the ASCII space; other separators and all control/format runes are not.
     return ch.isprintable()
@@ -325,7 +317,7 @@ class _Parser:
     def rest(self) -> str:
         """The rest of the current word after the rune being read, for messages."""
         match = re.match(r"[^\s]*", self.text[self.pos + 1:])
-        return _one_line(match.group(0)[:40]) if match else ""
+        return one_line(match.group(0)[:40]) if match else ""
 
     def step(self, ch: str) -> None:
         state = self.state
@@ -348,7 +340,7 @@ class _Parser:
                 self.append(_unquote(_go_trim("".join(self.buf)))[0])
             self.buf = []
             self.state = nxt
-        if keep is not None and _is_print(keep):
+        if keep is not None and is_print(keep):
             self.buf.append(keep)
 
     def end_keyword(self, nxt: int) -> int:
@@ -387,7 +379,7 @@ class _Parser:
     def fail_on_rune(self, ch: str, kind: str) -> None:
         """An unexpected rune inside an instruction keyword, PARAMETER name or MESSAGE role."""
         word = "".join(self.buf)
-        shown = "a line break" if _is_newline(ch) else f'"{_one_line(ch)}"'
+        shown = "a line break" if _is_newline(ch) else f'"{one_line(ch)}"'
         if kind == "ParserError":
             ollama = f"(line {self.ollama_line}): {ERR_INVALID_COMMAND}"
             if word.lower() in INSTRUCTIONS and _is_newline(ch):
@@ -446,7 +438,7 @@ def _instruction_fix(word: str) -> str:
     return f"{hint}command must be one of {valid}; comments start with #"
 
 
-def _one_line(s: str) -> str:
+def one_line(s: str) -> str:
     """Show a value inside a one-line message."""
     return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -468,38 +460,6 @@ def parse(text: str | bytes, *, path=None) -> Modelfile:
 # Typed checks (what `ollama create` does after parsing)
 # ----------------------------------------------------------------------------------------------
 
-def _float32(value: float) -> float:
-    """Round to float32 and back to the shortest decimal, as Go's JSON encodes a float32."""
-    f32 = struct.unpack("f", struct.pack("f", value))[0]
-    for digits in range(1, 10):
-        text = f"{f32:.{digits}g}"
-        if struct.unpack("f", struct.pack("f", float(text)))[0] == f32:
-            return float(text)
-    return f32
-
-
-def parse_value(name: str, raw: str) -> object:
-    """Type one PARAMETER value like `api.FormatParams`; raise ValueError with Ollama's text."""
-    kind = OLLAMA_OPTION_TYPES[name]
-    if kind is list:
-        return [raw]
-    if kind is bool:
-        if raw not in _GO_BOOL:
-            raise ValueError(f"invalid bool value [{raw}]")
-        return _GO_BOOL[raw]
-    if kind is int:
-        if not re.fullmatch(r"[+-]?[0-9]+", raw) or not -2**63 <= int(raw) < 2**63:
-            raise ValueError(f"invalid int value [{raw}]")
-        return int(raw)
-    # Go also accepts inf/nan here, but such a value cannot be sent as JSON, so we refuse it.
-    if not _GO_FLOAT.fullmatch(raw) or abs(float(raw)) > _FLOAT32_MAX * (1 + 2**-25):
-        raise ValueError(f"invalid float value [{raw}]")
-    return _float32(float(raw))
-
-
-_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", list: "a string"}
-
-
 def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
     """(parameters, warnings) as `Modelfile.CreateRequest` builds them.
 
@@ -520,7 +480,7 @@ def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
         try:
             value = parse_value(name, raw)
         except ValueError as e:
-            raise ModelfileError(f'PARAMETER {name} "{_one_line(raw)}" is not {_TYPE_WORDS[OLLAMA_OPTION_TYPES[name]]}',
+            raise ModelfileError(f'PARAMETER {name} "{one_line(raw)}" is not {TYPE_WORDS[OLLAMA_OPTION_TYPES[name]]}',
                                  fix=f"Ollama says: {e}", kind="FormatParams",
                                  ollama_error=str(e), **where) from None
         if isinstance(value, list):
@@ -555,7 +515,7 @@ def _line_of(mf: Modelfile, name: str, last: bool = True) -> int | None:
 
 def _check_requires(mf: Modelfile, value: str) -> str:
     if not _SEMVER.fullmatch(value):
-        raise ModelfileError(f'REQUIRES "{_one_line(value)}" is not a version',
+        raise ModelfileError(f'REQUIRES "{one_line(value)}" is not a version',
                              path=mf.path or "Modelfile", line=_line_of(mf, "requires"),
                              fix="use a version like 0.14.0", kind="CreateRequest",
                              ollama_error="requires must be a valid semver (e.g. 0.14.0)")
@@ -588,13 +548,15 @@ def check(mf: Modelfile, *, base_dir: str | os.PathLike | None = None,
 
 
 def _check_template(template: str, where: dict) -> None:
-    from toolkit.chat import gotemplate  # local import: only templates need the evaluator
+    # local import: only templates need the evaluator
+    from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
+    from toolkit.chat.gotemplate.parser import parse as parse_template
 
     try:
-        gotemplate.parse(template)
-    except gotemplate.TemplateUnsupported:
+        parse_template(template)
+    except TemplateUnsupported:
         pass  # valid Go we do not evaluate; Ollama will judge it
-    except gotemplate.TemplateError as e:
+    except TemplateError as e:
         line = where["line"]
         if line is not None and e.line:
             line += e.line - 1  # the template text starts on the TEMPLATE line
@@ -602,24 +564,6 @@ def _check_template(template: str, where: dict) -> None:
                              fix=e.fix or "see https://pkg.go.dev/text/template",
                              kind="CreateRequest", ollama_error=f"template error: {e.detail}",
                              path=where["path"], line=line) from None
-
-
-def _template_problem(e) -> str:
-    """A template error located inside the template text."""
-    return f"{e.detail} (template line {e.line})" if e.line else e.detail
-
-
-def _require_template(template: str) -> None:
-    """Builder-side template check: a ConfigError naming the problem."""
-    from toolkit.chat import gotemplate
-
-    try:
-        gotemplate.parse(template)
-    except gotemplate.TemplateUnsupported:
-        pass
-    except gotemplate.TemplateError as e:
-        raise ConfigError(f"TEMPLATE is not a valid Go template: {_template_problem(e)}",
-                          fix=e.fix or "see https://pkg.go.dev/text/template") from None
 
 
 def validate_file(path: str | os.PathLike) -> Modelfile:
@@ -635,139 +579,3 @@ def validate_file(path: str | os.PathLike) -> Modelfile:
     mf = parse(decode(data, path=path, strict=True), path=path)
     mf.warnings = check(mf, base_dir=path.parent)
     return mf
-
-
-# ----------------------------------------------------------------------------------------------
-# Rendering and building
-# ----------------------------------------------------------------------------------------------
-
-def quote(value: str) -> str:
-    """Ollama's `quote`: raw unless the value has a newline or a leading/trailing space."""
-    if "\n" in value or value.startswith(" ") or value.endswith(" "):
-        return f'"""{value}"""' if '"' in value else f'"{value}"'
-    return value
-
-
-def command_line(name: str, value: str) -> str:
-    """One command as Ollama's `Command.String()` writes it."""
-    if name == "model":
-        return f"FROM {value}"
-    if name in NON_PARAMETER_COMMANDS - {"message"}:
-        return f"{name.upper()} {quote(value)}"
-    if name == "message":
-        role, _, content = value.partition(": ")
-        return f"MESSAGE {role} {quote(content)}"
-    return f"PARAMETER {name} {quote(value)}"
-
-
-def render(mf: Modelfile) -> str:
-    """Serialise like Ollama's `Modelfile.String()` (what `ollama show --modelfile` prints).
-
-    Note Ollama's form does not always round-trip (FROM is never quoted; a value that starts with
-    a quote is written raw); `build_modelfile` quotes defensively instead.
-    """
-    return "".join(command_line(name, value) + "\n" for name, value in mf.commands)
-
-
-def write(path: str | os.PathLike, content: Modelfile | str) -> Path:
-    """Write a Modelfile atomically; text is parsed first so an invalid file is never written."""
-    text = render(content) if isinstance(content, Modelfile) else content
-    parse(text, path=path)
-    return write_text(path, text)
-
-
-def safe_value(keyword: str, name: str, value: str, *, prefer_triple: bool = False) -> str:
-    """`keyword value` in the first quoting that Ollama's parser reads back as `(name, value)`.
-
-    Tries the raw value, then triple quotes, then double quotes (triple first if `prefer_triple`).
-    """
-    bad = [ch for ch in value if not (_is_print(ch) or ch in "\t\r\n")]
-    if bad:
-        raise ConfigError(f"{keyword} value contains {bad[0]!r}, which Ollama silently drops",
-                          fix="remove control and invisible characters")
-    forms = ['"""' + value + '"""', '"' + value + '"']
-    if not prefer_triple:
-        forms.insert(0, value)
-    for form in forms:
-        line = f"{keyword} {form}"
-        try:
-            probe = parse("FROM x\n" + line + "\n")
-        except ModelfileError:
-            continue
-        if probe.commands == [("model", "x"), (name, value)]:
-            return line
-    raise ConfigError(f"{keyword} value cannot be written in a Modelfile: {_one_line(value)[:60]!r}",
-                      fix='avoid a line that ends with """ or " inside the value')
-
-
-def format_parameter(name: str, value: object) -> str:
-    """A typed parameter value as Modelfile text, checked against Ollama's parser."""
-    if name in DEPRECATED_PARAMETERS:
-        raise ConfigError(f"parameter {name} is deprecated and Ollama ignores it", fix="drop it")
-    if name not in OLLAMA_OPTION_TYPES:
-        close = difflib.get_close_matches(name, OLLAMA_OPTION_TYPES, n=1)
-        hint = f'did you mean "{close[0]}"? ' if close else ""
-        raise ConfigError(f'unknown Ollama parameter "{name}"',
-                          fix=f"{hint}valid: {', '.join(OLLAMA_OPTION_TYPES)}")
-    kind = OLLAMA_OPTION_TYPES[name]
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"parameter {name} must be finite, got {value}")
-        text = repr(value)
-    else:
-        text = str(value)
-    try:
-        parse_value(name, text)
-        if kind is bool and not isinstance(value, (bool, str)):
-            raise ValueError(f"invalid bool value [{text}]")
-    except ValueError as e:
-        raise ConfigError(f"parameter {name}={value!r} must be {_TYPE_WORDS[kind]}",
-                          fix=f"Ollama would say: {e}") from None
-    return text
-
-
-def build_modelfile(*, from_: str, template: str, stops: list[str], system: str | None = None,
-                    parameters: dict[str, object] | None = None,
-                    license: str | None = None) -> str:
-    """Modelfile text for an exported model, proven by parsing it back.
-
-    Writes FROM, TEMPLATE (triple-quoted), one `PARAMETER stop` per stop token, SYSTEM, the other
-    PARAMETERs in the given order, then LICENSE. A "stop" entry in `parameters` is appended to
-    `stops`. Raises ConfigError for anything Ollama would reject or that would not round-trip.
-    """
-    params = dict(parameters or {})
-    extra = params.pop("stop", None) or []
-    stops = list(stops) + [s for s in ([extra] if isinstance(extra, str) else extra) if s not in stops]
-    if not from_ or from_ != from_.strip():
-        raise ConfigError(f"FROM {from_!r} is empty or has surrounding spaces",
-                          fix="pass a model name or a path without leading/trailing spaces")
-    if not template.strip():
-        raise ConfigError("TEMPLATE is empty", fix="pass the model's chat template (see gotemplate.CHATML_TEMPLATE)")
-    _require_template(template)
-    for stop in stops:
-        if not isinstance(stop, str) or not stop:
-            raise ConfigError(f"stop token {stop!r} must be a non-empty string")
-    expected: list[tuple[str, str]] = [("model", from_), ("template", template)]
-    lines = [safe_value("FROM", "model", from_),
-             safe_value("TEMPLATE", "template", template, prefer_triple=True)]
-    for stop in stops:
-        lines.append(safe_value("PARAMETER stop", "stop", stop))
-        expected.append(("stop", stop))
-    if system is not None:
-        lines.append(safe_value("SYSTEM", "system", system))
-        expected.append(("system", system))
-    for name, value in params.items():
-        text = format_parameter(name, value)
-        lines.append(safe_value(f"PARAMETER {name}", name, text))
-        expected.append((name, text))
-    if license is not None:
-        lines.append(safe_value("LICENSE", "license", license, prefer_triple="\n" in license))
-        expected.append(("license", license))
-    text = "\n".join(lines) + "\n"
-    parsed = parse(text, path="generated Modelfile")
-    if parsed.commands != expected:  # pragma: no cover - safe_value makes this unreachable
-        raise ConfigError("generated Modelfile does not parse back to its inputs",
-                          fix="report this as a toolkit bug")
-    return text
