@@ -61,7 +61,7 @@ class Dimension:
 
 
 def parse_space(raw: Any, *, where: str, types: Mapping[str, type], decimals: int | None = None,
-                valid_hint: str = "", check: Callable[..., None] | None = None) -> dict[str, Dimension]:
+                valid_hint: str = "", check: Callable[..., None] | None = None, key: str = "space") -> dict[str, Dimension]:
     """Validate a space mapping; every mistake is a one-line ConfigError naming `where` and the field.
 
     Args:
@@ -71,16 +71,18 @@ def parse_space(raw: Any, *, where: str, types: Mapping[str, type], decimals: in
         decimals: places a suggested float is rounded to.
         valid_hint: the fix shown for an unknown name (default: the searchable names).
         check: `check(name, value, where=prefix)` raises a ConfigError for a value out of its bounds.
+        key: the YAML key the mapping sits under (a sweep file's `space`), or "" when the whole file
+            is the space (training search): messages name the field as the user wrote it.
     """
     if not isinstance(raw, dict) or not raw:
         example = next(iter(types), "name")
-        raise ConfigError(f"{where}: `space` must map parameter names to ranges",
-                          fix=f"e.g. {example}: {{low: L, high: H}} or {example}: {{values: [...]}}")
+        what = f"`{key}` must map parameter names to ranges" if key else "the search space is empty: it must map names to ranges"
+        raise ConfigError(f"{where}: {what}", fix=f"e.g. {example}: {{low: L, high: H}} or {example}: {{values: [...]}}")
     dims = {}
     for name, spec in raw.items():
-        field_where = f"{where}: space.{name}"
+        field_where = f"{where}: {key}.{name}" if key else f"{where}: {name}"
         if name not in types:
-            raise ConfigError(f"{field_where}: unknown parameter {name!r}", fix=valid_hint or f"searchable: {', '.join(types)}")
+            raise ConfigError(f"{field_where}: unknown parameter {name!r} (it cannot be searched)", fix=valid_hint or f"searchable: {', '.join(types)}")
         if isinstance(spec, list):
             spec = {"values": spec}
         if not isinstance(spec, dict):
@@ -106,6 +108,8 @@ def _choices(name: str, spec: dict, where: str, kind: type, check) -> Dimension:
         for v in values:
             if not isinstance(v, str):
                 raise ConfigError(f"{where}.{key}: {v!r} is not a string")
+            if check is not None:
+                check(name, v, where=f"{where}: ")
         return Dimension(name, choices=list(values))
     if kind not in (int, float):
         return Dimension(name, choices=list(values))
@@ -131,7 +135,7 @@ def _range(name: str, spec: dict, where: str, kind: type, decimals: int | None, 
         check(name, low, where=f"{where}.low: ")
         check(name, high, where=f"{where}.high: ")
     if low >= high:
-        raise ConfigError(f"{where}: low ({low}) must be below high ({high})")
+        raise ConfigError(f"{where}: low ({low}) must be below high ({high}): need low < high")
     if step is not None and step <= 0:
         raise ConfigError(f"{where}.step must be positive, got {step}")
     if kind is int and any(v is not None and float(v) != int(v) for v in (low, high, step)):

@@ -12,7 +12,7 @@ from typing import Any
 
 from toolkit.errors import ConfigError
 from toolkit.io import write_text
-from toolkit.space import Dimension
+from toolkit.space import Dimension, parse_space
 from toolkit.train.config import TrainConfig, coerce, field_type, load_config, read_yaml, recipe_path
 from toolkit.train.loop import run_training
 
@@ -20,37 +20,22 @@ SEARCHABLE = ("lr", "r", "alpha", "dropout", "weight_decay", "warmup_ratio", "ba
 
 
 def load_space(spec: str | os.PathLike) -> list[Dimension]:
-    """The search space from YAML: `option: {low, high, log?, step?}` or `option: {choices: [...]}`."""
+    """The search space from YAML: `option: {low, high, log?, step?}` or `option: {choices: [...]}`;
+    values typed as the option (whole numbers for r, floats unrounded)."""
     path = recipe_path(spec)
-    raw = read_yaml(path)
-    if not raw:
-        raise ConfigError(f"{path}: the search space is empty", fix="name options to search, e.g. lr: {low: 1.0e-5, high: 1.0e-3, log: true}")
-    return [_dimension(path, name, body) for name, body in raw.items()]
+    # numbers by their type; a Literal option (lr_scheduler) is searched over named choices
+    types = {name: field_type(name) if field_type(name) in (int, float) else str for name in SEARCHABLE}
+    dims = parse_space(read_yaml(path), where=str(path), types=types, key="",
+                       valid_hint=f"searchable options: {', '.join(SEARCHABLE)}", check=_check_value)
+    return list(dims.values())
 
 
-def _dimension(path: Path, name: str, body: Any) -> Dimension:
-    """One entry of the space file, checked; values typed as the option (ints for r, floats unrounded)."""
-    if name not in SEARCHABLE:
-        raise ConfigError(f"{path}: {name!r} cannot be searched", fix=f"searchable options: {', '.join(SEARCHABLE)}")
-    if isinstance(body, list):
-        body = {"choices": body}
-    if not isinstance(body, dict):
-        raise ConfigError(f"{path}: {name} must be {{low, high[, log]}} or {{choices: [...]}}", fix="see toolkit/train/recipes/search-space.yaml")
-    unknown = set(body) - {"low", "high", "log", "step", "choices"}
-    if unknown:
-        raise ConfigError(f"{path}: {name}: unknown key {sorted(unknown)[0]!r}", fix="valid keys: low, high, log, step, choices")
-    integer = field_type(name) is int
-    if "choices" in body:
-        if not isinstance(body["choices"], list) or not body["choices"]:
-            raise ConfigError(f"{path}: {name}: choices must be a non-empty list", fix="e.g. choices: [4, 8, 16]")
-        return Dimension(name, choices=[coerce(name, c) for c in body["choices"]], integer=integer)
-    if "low" not in body or "high" not in body:
-        raise ConfigError(f"{path}: {name} needs low and high (or choices)", fix=f"e.g. {name}: {{low: 1.0e-5, high: 1.0e-3, log: true}}")
-    low, high = float(coerce(name, body["low"])), float(coerce(name, body["high"]))
-    if not low < high or (body.get("log") and low <= 0):
-        raise ConfigError(f"{path}: {name}: need low < high (and low > 0 with log: true)", fix="fix the bounds")
-    step = float(body["step"]) if body.get("step") else None
-    return Dimension(name, low, high, step=step, log=bool(body.get("log", False)), integer=integer)
+def _check_value(name: str, value: Any, *, where: str) -> None:
+    """A searched value must be one the option itself accepts (a known scheduler name, say)."""
+    try:
+        coerce(name, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc.message}", fix=exc.fix) from None
 
 
 def search(
