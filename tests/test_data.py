@@ -10,21 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data.build import build, parse_split, token_counter
+from toolkit.data.build import build, parse_split
 from toolkit.data.check import check
+from toolkit.data.messages import read_chat, read_preference
 from toolkit.data.readers import (
     category_matcher,
     detect_format,
     load_examples,
     read_arxiv,
-    read_chat,
     read_papers,
-    read_preference,
     read_qa,
     read_records,
 )
 from toolkit.data.records import Example
 from toolkit.data.textsplit import split_sentences
+from toolkit.data.tokens import token_counter
 from toolkit.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -648,7 +648,7 @@ def test_build_with_the_real_default_tokenizer(tmp_path, default_hf_dir):
     assert stats["total"]["kept"] == sum(n <= limit for n in lengths) > 0
     assert stats["total"]["skipped"]["problem_too_long"] == sum(n > limit for n in lengths) > 0
     assert token_counter("smollm2")(problems) == lengths
-    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data.build").data.build._TOKENIZERS
+    assert token_counter("smollm2") is not None and "smollm2" in __import__("toolkit.data.tokens").data.tokens._TOKENIZERS
 
 
 @pytest.mark.skipif(not (SAMPLE / "abstracts.jsonl").exists(), reason="data/sample/abstracts.jsonl not present")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.chat.families import CHATML, FAMILIES, SMOLLM2_DEFAULT_SYSTEM, default_system_prompt, end_of_turn_tokens, ollama_template_for
+from toolkit.chat.detect import match, ollama_template_for
+from toolkit.chat.families import CHATML, FAMILIES, SMOLLM2_DEFAULT_SYSTEM, default_system_prompt, end_of_turn_tokens
 from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
 from toolkit.chat.gotemplate.parser import parse
+from toolkit.chat.parity import run_suite
 from toolkit.chat.render import render_chat
 from toolkit.errors import ConfigError
 
@@ -70,27 +72,46 @@ def test_upstream_render(template, fixture):
     assert out == template["expected"][fixture]
 
 
+# Ollama's label for an HF reference -> the families of ours that may render it exactly.
+OUR_NAMES = {"chatml": {"chatml"}, "zephyr": {"zephyr"}, "phi-3": {"phi-3", "phi-3.5"},
+             "llama3-instruct": {"llama3-instruct", "llama3.1-instruct"}, "gemma-instruct": {"gemma-instruct"},
+             "gemma3-instruct": {"gemma-instruct"}, "llama2-chat": {"llama2-chat"}, "command-r": {"command-r"},
+             "mistral-instruct": {"mistral-instruct", "mistral-instruct-legacy", "mistral-instruct-v3"}}
+BOS_EOS = {"zephyr": ("<s>", "</s>"), "phi-3": ("<s>", "<|endoftext|>"), "gemma-instruct": ("<bos>", "<eos>"),
+           "gemma3-instruct": ("<bos>", "<eos>"), "llama3-instruct": ("<|begin_of_text|>", "<|eot_id|>")}
+
+
 @pytest.mark.parametrize("template", _template_params())
-def test_ollama_template_for_never_picks_the_wrong_family(template):
-    """Each HF reference maps to the Go template Ollama files it under, or to nothing."""
+def test_detection_never_picks_a_family_that_renders_differently(template):
+    """Each HF reference in Ollama's index maps to a family whose Go template renders the whole
+    parity suite exactly as that reference does, or to nothing; never to a wrongly named one
+    (Ollama's edit distance takes Phi-3-mini for Zephyr)."""
+    bos, eos = BOS_EOS.get(template["name"], ("<s>", "</s>"))
     for reference in template["jinja_references"]:
-        found = ollama_template_for(reference)
-        if found is not None:
-            assert found == (template["gotmpl"], template["stop"])
+        found, _ = match(reference, bos=bos, eos=eos)
+        if found is None:
+            continue
+        assert all(c.ok for c in run_suite(reference, found.template, bos=bos, eos=eos, system=found.system))
+        if template["name"] in OUR_NAMES:
+            assert found.family.name in OUR_NAMES[template["name"]], (template["name"], found.family.name)
+        if template["name"] == "phi-3":
+            assert found.family.name != "zephyr"
 
 
-def test_shipped_constants_match_ollama_files():
+def test_family_table_names_and_ollama_chatml_equivalence():
+    assert [f.name for f in FAMILIES][:4] == ["chatml", "llama3-instruct", "llama3.1-instruct", "gemma-instruct"]
     if CASES is None:
         pytest.skip(f"Ollama conformance material not found at {CONFORMANCE}")
-    by_name = {t["name"]: t for t in CASES["templates"]}
-    assert [f.name for f in FAMILIES] == ["chatml", "llama3-instruct", "gemma-instruct", "phi-3"]
-    for family in FAMILIES:
-        assert (family.ollama_template, list(family.stops)) == (by_name[family.name]["gotmpl"], by_name[family.name]["stop"])
+    # our ChatML renders Ollama's upstream fixtures (all end with a user turn) exactly as Ollama's does
+    chatml = next(t for t in CASES["templates"] if t["name"] == "chatml")
+    for fixture, expected in chatml["expected"].items():
+        assert render_chat(CHATML.template, CASES["fixtures"][fixture]) == expected
 
 
 def test_end_of_turn_tokens_cover_every_family_in_table_order():
     # training takes the first of these in a vocabulary, so the order ChatML, Llama 3, Gemma stays first
-    assert end_of_turn_tokens() == ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+    assert end_of_turn_tokens() == ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|end_of_text|>",
+                                    "<|END_OF_TURN_TOKEN|>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +174,7 @@ SMOLLM2_JINJA = (
 
 
 def test_smollm2_maps_to_chatml_with_its_default_system():
-    assert ollama_template_for(SMOLLM2_JINJA) == (CHATML.ollama_template, list(CHATML.stops))
+    assert ollama_template_for(SMOLLM2_JINJA) == (CHATML.template, list(CHATML.stops))
     assert default_system_prompt(SMOLLM2_JINJA) == SMOLLM2_DEFAULT_SYSTEM
     escaped = SMOLLM2_JINJA.replace("\n", "\\n")  # the same template with Jinja-escaped newlines
     assert default_system_prompt(escaped) == SMOLLM2_DEFAULT_SYSTEM
@@ -169,7 +190,7 @@ def test_smollm2_go_render_equals_hf_jinja_render(conversation):
     jinja2 = pytest.importorskip("jinja2")
     hf = jinja2.Environment().from_string(SMOLLM2_JINJA).render(messages=conversation,
                                                                 add_generation_prompt=True)
-    ours = render_chat(CHATML.ollama_template, conversation, system=SMOLLM2_DEFAULT_SYSTEM)
+    ours = render_chat(CHATML.template, conversation, system=SMOLLM2_DEFAULT_SYSTEM)
     assert ours == hf
 
 
@@ -178,7 +199,7 @@ def test_smollm2_equivalence_on_upstream_fixtures():
     template = jinja2.Environment().from_string(SMOLLM2_JINJA)
     for messages in _fixtures().values():
         hf = template.render(messages=messages, add_generation_prompt=True)
-        assert render_chat(CHATML.ollama_template, messages, system=SMOLLM2_DEFAULT_SYSTEM) == hf
+        assert render_chat(CHATML.template, messages, system=SMOLLM2_DEFAULT_SYSTEM) == hf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +243,7 @@ def test_legacy_cut_keeps_text_before_response_inside_branches():
 
 
 def test_modelfile_system_is_used_only_without_a_system_message():
-    tmpl = CHATML.ollama_template
+    tmpl = CHATML.template
     with_default = render_chat(tmpl, [_m(U, "hi")], system="Default.")
     assert with_default.startswith("<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nhi")
     own = render_chat(tmpl, [_m("system", "Mine."), _m(U, "hi")], system="Default.")

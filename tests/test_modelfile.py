@@ -266,7 +266,7 @@ def test_write_is_atomic_and_refuses_invalid_text(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def _build(**kwargs) -> str:
-    args = dict(from_="./smollm2-135m.Q8_0.gguf", template=CHATML.ollama_template,
+    args = dict(from_="./smollm2-135m.Q8_0.gguf", template=CHATML.template,
                 stops=list(CHATML.stops))
     args.update(kwargs)
     return writer.build_modelfile(**args)
@@ -278,11 +278,11 @@ def test_build_modelfile_layout():
                   license="Apache License 2.0\n\n\"as is\"\n")
     lines = text.splitlines()
     assert lines[0] == "FROM ./smollm2-135m.Q8_0.gguf"
-    assert lines[1].startswith('TEMPLATE """{{- range .Messages }}')
+    assert lines[1].startswith('TEMPLATE """{{- $role := "" }}{{ range .Messages }}')
     mf = parser.parse(text)
     assert [n for n, _ in mf.commands] == ["model", "template", "stop", "stop", "system",
                                            "temperature", "num_ctx", "use_mmap", "license"]
-    assert mf.template == CHATML.ollama_template
+    assert mf.template == CHATML.template
     assert mf.parameters == {"stop": list(CHATML.stops), "temperature": 0.7,
                              "num_ctx": 2048, "use_mmap": True}
     assert "PARAMETER stop <|im_end|>\n" in text and text.endswith("\n")

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "toolkit.doctor:doctor",
     "data build": "toolkit.data.build:build",
     "data check": "toolkit.data.check:check",
+    "data prefs": "toolkit.data.prefs:prefs",
     "models": "toolkit.models:show",
     "train": "toolkit.train.command:train",
     "train search": "toolkit.train.search:search",
@@ -40,6 +41,8 @@ COMMANDS: dict[str, str] = {
     "serve": "toolkit.serve.server:serve",
     "sweep": "toolkit.evaluate.sweep.command:sweep",
     "compare": "toolkit.evaluate.compare:compare",
+    "rate": "toolkit.evaluate.rate:rate",
+    "gaps": "toolkit.gaps.command:gaps",
     "demo": "toolkit.demo:demo",
 }
 GROUP_HELP = {

@@ -1,7 +1,9 @@
 """`toolkit demo`: the whole pipeline on the embedded default model and the bundled sample data.
 
 build data -> base on the dev split -> train LoRA -> merge -> export GGUF (f16, Q4_K_M; the base
-too, for a fair comparison) -> verify -> short sweep -> compare base vs tuned -> report.
+too, for a fair comparison) -> verify -> short sweep -> compare base vs tuned -> report; with
+--dpo, then preference pairs -> a short DPO run from the SFT run -> merge, export -> compare
+base, SFT and SFT+DPO.
 Every stage reuses what an earlier run finished (training resumes, exports are reused, the sweep
 study continues, generations are cached), so an interrupted demo picks up where it stopped.
 """
@@ -17,17 +19,19 @@ from toolkit.params import DEFAULTS
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = 8
+DPO_STAGES = 2
+_shown = {"stages": STAGES}  # the stage count in the headings: 10 with --dpo
 
 
 def _stage(n: int, title: str) -> None:
     from toolkit.console import err
 
-    err.rule(f"[bold]{n}/{STAGES} {title}")
+    err.rule(f"[bold]{n}/{_shown['stages']} {title}")
 
 
 def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAMPLE / "abstracts.jsonl",
          steps: int = 150, quant: str = "Q4_K_M", sweep_file: str = "demo", max_tokens: int = 200,
-         quick: bool = False) -> int:
+         quick: bool = False, dpo: bool = False, dpo_steps: int = 30) -> int:
     """Run the whole pipeline on the embedded default and the bundled sample data.
 
     Builds the data, scores the base model on the dev split, trains a LoRA adapter, merges it,
@@ -44,10 +48,14 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
         sweep_file: the sweep to run (a file from sweeps/ or its name).
         max_tokens: most tokens per generation outside the sweep.
         quick: a smoke-test run: few steps, few prompts, tiny sweep (minutes, not a result).
+        dpo: add the preference stage: pairs from the train split (chosen = reference, rejected = the
+            base model's answer), a short DPO run from the SFT run, then compare base, SFT and SFT+DPO.
+        dpo_steps: DPO steps with --dpo (batch 2 x accumulation 2, the dpo-cpu recipe).
     """
     from toolkit.console import err
 
     start = time.perf_counter()
+    _shown["stages"] = STAGES + (DPO_STAGES if dpo else 0)
     out = Path(out)
     params = DEFAULTS.replace(max_tokens=max_tokens if not quick else 32)
     split = _build(out, data)
@@ -58,6 +66,9 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
     _verify(out, merged, split / "validation.jsonl", prompts=2 if quick else 6)
     best = _sweep(out, tuned_gguf, split / "validation.jsonl", sweep_file, quick)
     report = _compare(out, base_gguf, tuned_gguf, best, split / "test.jsonl", params, quick)
+    if dpo:
+        dpo_gguf = _dpo(out, model, split, quant, params, steps=2 if quick else dpo_steps, quick=quick)
+        report = _compare_dpo(out, base_gguf, tuned_gguf, dpo_gguf, split / "test.jsonl", params, quick)
     err.rule("[bold green]done")
     err.print(f"pipeline finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
     return 0
@@ -105,11 +116,12 @@ def _train(out: Path, model: str, split: Path, steps: int) -> Path:
     return result.adapter or run / "adapter"
 
 
-def _merge(out: Path, adapter: Path, model: str) -> Path:
+def _merge(out: Path, adapter: Path, model: str, dest: Path | None = None) -> Path:
     from toolkit.train.merge import merge
 
-    _stage(4, "merge the adapter into a full-precision base")
-    dest = out / "merged"
+    if dest is None:
+        _stage(4, "merge the adapter into a full-precision base")
+    dest = dest or out / "merged"
     marker = dest / "toolkit-merge.json"
     if marker.exists() and marker.stat().st_mtime >= (adapter / "adapter_model.safetensors").stat().st_mtime:
         from toolkit.console import err
@@ -161,6 +173,36 @@ def _compare(out: Path, base_gguf: Path, tuned_gguf: Path, best: Path, test: Pat
     systems = [f"base+swept={base_gguf}@{best}", f"tuned={tuned_gguf}", f"tuned+swept={tuned_gguf}@{best}"]
     compare(systems, data=test, out=out / "compare", base=str(base_gguf), prompts=3 if quick else 0, params=params)
     return out / "compare" / "report.html"
+
+
+def _dpo(out: Path, model: str, split: Path, quant: str, params, steps: int, quick: bool) -> Path:
+    """Pairs from the train and dev splits (rejected = the base model's own answer), a short DPO run
+    from the SFT run, merged and exported like the SFT model."""
+    from toolkit.data.prefs import prefs
+    from toolkit.export.convert import export
+    from toolkit.train.command import train
+
+    _stage(STAGES + 1, f"preference pairs from the base model's answers, then DPO from the SFT run ({steps} steps)")
+    limit = 8 if quick else 0
+    pairs = {name: out / "prefs" / f"{name}.jsonl" for name in ("train", "validation")}
+    for name, dest in pairs.items():
+        prefs(split / f"{name}.jsonl", out=dest, model=model, limit=limit, params=params.replace(max_tokens=min(params.max_tokens, 128)))
+    run = out / "dpo"
+    result = train(config="dpo-cpu", model=str(out / "train"), train_data=str(pairs["train"]), validation_data=str(pairs["validation"]),
+                   out=str(run), max_steps=steps, eval_every=max(1, steps // 3), save_every=max(1, steps // 3),
+                   resume=(run / "config.yaml").exists())
+    merged = _merge(out, result.adapter or run / "adapter", str(run / "start"), dest=out / "merged-dpo")
+    export(str(merged), out=out / "gguf", quant=[quant], name="dpo", parameters=ROOT / "modelfiles" / "default.yaml")
+    return out / "gguf" / f"dpo-{quant}.gguf"
+
+
+def _compare_dpo(out: Path, base_gguf: Path, tuned_gguf: Path, dpo_gguf: Path, test: Path, params, quick: bool) -> Path:
+    from toolkit.evaluate.compare import compare
+
+    _stage(STAGES + 2, "compare base, SFT and SFT+DPO on the test split")
+    compare([f"sft={tuned_gguf}", f"sft+dpo={dpo_gguf}"], data=test, out=out / "compare-dpo", base=str(base_gguf),
+            prompts=3 if quick else 0, params=params)
+    return out / "compare-dpo" / "report.html"
 
 
 def _summary(rows: list[dict], params) -> dict:

@@ -3,6 +3,8 @@
 `resolve(spec)` turns what a user typed into a `ResolvedModel` with an HF directory (for training,
 merging and transformers generation) and/or a GGUF file (for llama.cpp). A GGUF-only model is
 dequantized once into the toolkit's cache (`$TOOLKIT_HOME/models`) and reused from then on.
+A Modelfile (`*.Modelfile`, or a folder holding exactly one) resolves to its FROM, plus the GGUF
+LoRA named by its ADAPTER, which llama.cpp applies at load (`toolkit export BASE --adapter RUN`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +39,28 @@ ALIASES = {"default": "smollm2", "smollm2-135m-instruct": "smollm2", "all-minilm
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model ready to use: `hf_dir` for transformers/PEFT, `gguf` for llama.cpp (either may be None)."""
+    """A model ready to use: `hf_dir` for transformers/PEFT, `gguf` for llama.cpp (either may be
+    None), and `adapter`, a GGUF LoRA that llama.cpp applies on top of `gguf` at load."""
 
     name: str
     hf_dir: Path | None = None
     gguf: Path | None = None
+    adapter: Path | None = None
 
     def require_gguf(self) -> Path:
+        """The GGUF, for a caller that loads it alone: refused when a LoRA must go with it, so an
+        adapter is never silently dropped (callers that apply it use `require_llamacpp`)."""
+        if self.adapter is not None:
+            raise ModelError(f"model {self.name!r} is a base GGUF plus a LoRA ADAPTER, which this command does not apply",
+                             fix="merge the adapter (`toolkit merge RUN/adapter --out MERGED`) and export MERGED, "
+                                 "or use generate, chat, sweep or compare, which apply it")
+        return self._gguf()
+
+    def require_llamacpp(self) -> tuple[Path, Path | None]:
+        """(GGUF, LoRA GGUF or None): what llama.cpp loads for this model."""
+        return self._gguf(), self.adapter
+
+    def _gguf(self) -> Path:
         if self.gguf is None:
             raise ModelError(
                 f"model {self.name!r} has no GGUF file",
@@ -50,9 +68,16 @@ class ResolvedModel:
             )
         return self.gguf
 
+    def weights_id(self) -> str:
+        """What identifies the weights llama.cpp runs: the GGUF's digest, and the LoRA's when there is one."""
+        text = "gguf:" + file_digest(self._gguf())
+        return text + ("+lora:" + file_digest(self.adapter) if self.adapter is not None else "")
+
     def require_hf(self) -> Path:
         if self.hf_dir is None:
-            raise ModelError(f"model {self.name!r} has no HF directory", fix="pass an HF model directory")
+            fix = ("pass the adapter's merged model (`toolkit merge`), or the base and --adapter" if self.adapter
+                   else "pass an HF model directory")
+            raise ModelError(f"model {self.name!r} has no HF directory", fix=fix)
         return self.hf_dir
 
 
@@ -109,16 +134,24 @@ def resolve(spec: str | os.PathLike = DEFAULT_MODEL, *, hf: bool = True) -> Reso
     path = Path(text).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return ResolvedModel(path.stem, dequantized_dir(path) if hf else None, path.resolve())
+    if path.is_file() and is_modelfile(path):
+        return resolve_modelfile(path, hf=hf)
     if path.is_dir():
         if is_hf_dir(path):
             return ResolvedModel(path.name, path.resolve(), _sibling_gguf(path))
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return resolve(ggufs[0], hf=hf)
+        modelfiles = [p for p in sorted(path.iterdir()) if p.is_file() and is_modelfile(p)]
+        if len(ggufs) > 1 and len(modelfiles) == 1:  # an adapter export: base GGUF + LoRA GGUF + Modelfile
+            return resolve_modelfile(modelfiles[0], hf=hf)
         raise ModelError(
             f"{path} is neither an HF model directory (no config.json) nor holds exactly one .gguf",
             fix="pass the model directory that has config.json, or the .gguf file itself",
         )
+    if path.is_file():  # it exists, but is no model (a data file passed as --model, say)
+        raise ModelError(f"{text} is a file but not a model: a model is a .gguf file, an HF model directory "
+                         "or an exported model directory", fix="pass the model with --model, e.g. smollm2 or a .gguf file")
     if path.suffix.lower() == ".gguf" or os.sep in text and not _looks_like_hub_id(text):
         raise ModelError(f"model path {text} does not exist", fix="check the path, or use `smollm2` for the embedded default")
     if _looks_like_hub_id(text):
@@ -127,6 +160,54 @@ def resolve(spec: str | os.PathLike = DEFAULT_MODEL, *, hf: bool = True) -> Reso
         f"unknown model {text!r}",
         fix=f"use one of {sorted(EMBEDDED_LLMS)}, a local HF directory or a .gguf file",
     )
+
+
+def is_modelfile(path: Path) -> bool:
+    return path.suffix.lower() == ".modelfile" or path.name.lower() == "modelfile"
+
+
+# One Modelfile command: a keyword, then a \"\"\"triple-quoted\"\"\", "quoted" or raw value. Matching
+# whole commands consumes multi-line TEMPLATE/SYSTEM bodies, so nothing inside them is read as one.
+_COMMAND = re.compile(r'^[ \t]*([A-Za-z]+)[ \t]+(?:"""(.*?)"""|"((?:[^"\\]|\\.)*)"|([^\n]*))', re.M | re.S)
+
+
+def modelfile_sources(text: str) -> dict[str, str]:
+    """The last FROM and ADAPTER values of a Modelfile (keys "from", "adapter"). The full parser
+    and Ollama's checks live in toolkit/export/modelfile/; resolving a model needs only these two."""
+    found: dict[str, str] = {}
+    for m in _COMMAND.finditer(text):
+        word = m.group(1).lower()
+        if word in {"from", "adapter"}:
+            value = next(g for g in m.groups()[1:] if g is not None)
+            found[word] = value.strip()
+    return found
+
+
+def resolve_modelfile(path: Path, *, hf: bool = True) -> ResolvedModel:
+    """A Modelfile's FROM (a path beside the Modelfile or any model spec) plus its ADAPTER, which
+    must be a GGUF LoRA (`toolkit export BASE --adapter RUN/adapter` writes both)."""
+    try:
+        sources = modelfile_sources(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read Modelfile {path} ({exc.__class__.__name__})", fix="check the file") from None
+    if not sources.get("from"):
+        raise ModelError(f"Modelfile {path} has no FROM line", fix="add `FROM ./model.gguf`")
+
+    def beside(value: str) -> Path:
+        target = Path(value).expanduser()
+        return target if target.is_absolute() else path.parent / target
+
+    base_text = sources["from"]
+    base = resolve(beside(base_text) if beside(base_text).exists() else base_text, hf=hf and "adapter" not in sources)
+    if base.adapter is not None:
+        raise ModelError(f"Modelfile {path}: FROM {base_text} already carries an ADAPTER", fix="use one LoRA per model")
+    if "adapter" not in sources:
+        return base
+    adapter = beside(sources["adapter"])
+    if not adapter.is_file() or adapter.suffix.lower() != ".gguf":
+        raise ModelError(f"Modelfile {path}: ADAPTER {sources['adapter']} is not a GGUF LoRA file",
+                         fix="export the adapter with `toolkit export BASE --adapter RUN/adapter`")
+    return ResolvedModel(path.stem, None, base.require_gguf(), adapter.resolve())
 
 
 def _sibling_gguf(hf_dir: Path) -> Path | None:

@@ -8,6 +8,7 @@ bounds, the llama.cpp call arguments, the Ollama `options` and the OpenAI reques
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,9 @@ class DecodingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
-            if spec.type is int and float(value) != int(value):
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every bound check
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            if spec.type is int and isinstance(value, float) and not value.is_integer():
                 raise ConfigError(f"{name} must be a whole number, got {value!r}")
             object.__setattr__(self, name, spec.type(value))
             check_bounds(name, value)
@@ -145,6 +148,8 @@ def check_bounds(name: str, value: float, *, where: str = "") -> None:
     if name not in SPECS:
         raise ConfigError(f"{where}unknown decoding parameter {name!r}", fix=f"valid: {', '.join(SPECS)}")
     spec = SPECS[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}{name}={value} is not a finite number")
     too_low = value <= spec.low if spec.low_open else value < spec.low
     if too_low or value > spec.high:
         low = f"({spec.low}" if spec.low_open else f"[{spec.low}"

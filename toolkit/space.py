@@ -9,6 +9,7 @@ hyperparameters), so both accept the same entries and name mistakes the same way
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,9 +154,11 @@ def _number(value: Any, message: str) -> float:
     """A YAML number; also a numeric string, as YAML 1.1 reads `1e-5` (no dot) as a string."""
     if isinstance(value, str):
         try:
-            return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+            value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
         except ValueError:
             raise ConfigError(message) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(message)
+    if isinstance(value, float) and not math.isfinite(value):  # .nan and .inf are YAML numbers too
+        raise ConfigError(f"{message} (numbers must be finite)")
     return value

@@ -1,37 +1,39 @@
 """`toolkit data build`: raw abstracts and QA rows -> train/validation/test prompt/response splits.
 
-The steps, in order: read every input, assign each raw record to a split by a seeded shuffle,
-filter (categories, empties, duplicates, sentence counts), apply token limits, then write the
-splits and `stats.json` atomically and print a kept/skipped table. `token_counter` is the
-tokenizer-backed length function the limits use.
+The steps, in order: work out each input's kind, container and columns; count the records (cheap:
+line counts, Parquet metadata); assign every raw record to a split by a seeded shuffle; then
+stream the records through the filters (categories, empties, `--max-chars`, duplicates, sentence
+counts, token limits: `toolkit.data.pipeline`) into spool files, and finally write the splits,
+`skipped.jsonl` (one line per skipped record, with its reason) and `stats.json` atomically and print
+a kept/skipped table. Memory stays flat in the corpus size; the same inputs and seed give
+byte-identical outputs.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
 import re
+import tempfile
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from toolkit.data.readers import category_matcher, detect_format, no_categories, read_arxiv, read_papers, read_qa
-from toolkit.data.records import normalize_format, squash
-from toolkit.data.textsplit import split_sentences
-from toolkit.errors import ConfigError, DataError, ModelError
+from toolkit.data.columns import Columns
+from toolkit.data.pipeline import REASONS, Item, Judge, Limits, Spool, assign_splits
+from toolkit.data.readers import category_matcher, no_categories, read_arxiv, read_papers, read_qa, resolve_format
+from toolkit.data.sources import count_rows, parse_format
+from toolkit.data.tokens import token_counter
+from toolkit.errors import ConfigError, DataError
 
 __all__ = ["SPLIT_NAMES", "REASONS", "parse_split", "token_counter", "build"]
 
 SPLIT_NAMES = ("train", "validation", "test")
-# skip reasons, in table order
-REASONS = ("problem_too_long", "approach_too_short", "too_few_sentences", "duplicate", "category", "empty")
 _REASON_LABELS = {
     "problem_too_long": "problem too long", "approach_too_short": "approach too short",
     "too_few_sentences": "too few sentences", "duplicate": "duplicate", "category": "filtered by category",
-    "empty": "empty",
+    "empty": "empty", "too_long": "over max chars",
 }
-_OWNED_FILES = {f"{n}.jsonl" for n in SPLIT_NAMES} | {"stats.json"}
+SKIPPED_FILE = "skipped.jsonl"
+_OWNED_FILES = {f"{n}.jsonl" for n in SPLIT_NAMES} | {"stats.json", SKIPPED_FILE}
 
 
 def parse_split(split: str) -> list[tuple[str, int]]:
@@ -51,79 +53,6 @@ def parse_split(split: str) -> list[tuple[str, int]]:
     return list(zip(SPLIT_NAMES, numbers))
 
 
-def _largest_remainder(n: int, percents: list[int]) -> list[int]:
-    counts = [n * p // 100 for p in percents]
-    left = n - sum(counts)
-    order = sorted(range(len(percents)), key=lambda i: (-(n * percents[i] % 100), i))
-    for i in order[:left]:
-        counts[i] += 1
-    return counts
-
-
-# --------------------------------------------------------------------------------------- tokens
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def token_counter(tokenizer: str = "smollm2") -> Callable[[list[str]], list[int]]:
-    """A function counting tokens of many texts at once (no special tokens added).
-
-    `tokenizer` is a model spec for `toolkit.models.resolve` (its `tokenizer.json` is used), a path
-    to a `tokenizer.json`, or `words` for whitespace-separated words. Loaded tokenizers are cached
-    per process.
-    """
-    if tokenizer == "words":
-        return lambda texts: [len(t.split()) for t in texts]
-    tok = _TOKENIZERS.get(tokenizer)
-    if tok is None:
-        tok = _TOKENIZERS[tokenizer] = _load_tokenizer(tokenizer)
-
-    def count(texts: list[str], batch: int = 4096) -> list[int]:
-        counts: list[int] = []
-        for i in range(0, len(texts), batch):
-            counts.extend(len(e.ids) for e in tok.encode_batch(texts[i : i + batch], add_special_tokens=False))
-        return counts
-
-    return count
-
-
-def _load_tokenizer(tokenizer: str) -> Any:
-    from tokenizers import Tokenizer
-
-    given = Path(tokenizer).expanduser()
-    if given.is_file() and given.suffix == ".json":
-        file = given
-    else:
-        from toolkit.models import resolve
-
-        file = resolve(tokenizer).require_hf() / "tokenizer.json"
-    if not file.is_file():
-        raise ModelError(f"{file} not found: cannot count tokens for {tokenizer!r}",
-                         fix="pass a model that has tokenizer.json, or --tokenizer words")
-    tok = Tokenizer.from_file(str(file))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-# ---------------------------------------------------------------------------------------- build
-
-
-@dataclass(slots=True)
-class _Item:
-    kind: str  # "problem-approach" | "qa"
-    id: str
-    source: str
-    title: str = ""
-    categories: list[str] = field(default_factory=list)
-    text: str = ""  # the abstract, or the question
-    answer: str = ""
-    sentences: list[str] | None = None
-    prompt: str = ""
-    response: str = ""
-    reason: str | None = None
-
-
 def build(
     inputs: list[Path],
     out: Path = Path("data/built"),
@@ -140,6 +69,11 @@ def build(
     max_question_tokens: int = 0,
     min_answer_tokens: int = 0,
     abstract_col: str = "abstract",
+    id_col: str = "id",
+    title_col: str = "title",
+    categories_col: str = "categories",
+    date_col: str = "update_date",
+    max_chars: int = 20000,
 ) -> dict:
     """Build train/validation/test prompt->response splits from abstracts and QA files.
 
@@ -150,10 +84,17 @@ def build(
     so no duplicate crosses splits. Writes OUT/train.jsonl, validation.jsonl, test.jsonl (those
     asked for) and stats.json atomically, and prints kept/skipped counts per split.
 
+    Inputs may be JSON Lines, a JSON array, CSV/TSV, Parquet, Arrow or a Hugging Face dataset saved
+    with save_to_disk (a folder); common column names are recognised (summary/summaries for the
+    abstract, terms/category for the categories, titles, date), others are named with the --*-col
+    options. OUT/skipped.jsonl lists every skipped record (id, source line, split, reason), except
+    those filtered out by --categories, which are only counted.
+
     Args:
-        inputs: arXiv metadata (JSONL or JSON array), scientific_papers JSONL, or QA CSV/JSONL files.
+        inputs: arXiv metadata, scientific_papers data or QA files (JSONL, JSON, CSV/TSV, Parquet, Arrow, a save_to_disk folder).
         out: output directory.
-        format: input format: auto (judged per file from its first record), arxiv, papers or qa.
+        format: input format: auto (judged per file from its extension and columns), a kind (arxiv, papers or qa),
+            a container (json, csv, tsv, parquet, arrow, hf), or both: arxiv,csv.
         categories: keep arXiv records with any of these categories, comma-separated (cs.LG,cs.CL); a pattern ending in '.' is a prefix (cs. = all of cs).
         max_problem_tokens: drop abstracts whose first sentence is longer than this many tokens (0 = no limit).
         min_approach_tokens: drop abstracts whose remaining sentences are shorter than this many tokens (0 = no minimum).
@@ -165,7 +106,12 @@ def build(
         answer_col: QA column holding the answer.
         max_question_tokens: drop QA rows whose question is longer than this many tokens (0 = no limit).
         min_answer_tokens: drop QA rows whose answer is shorter than this many tokens (0 = no minimum).
-        abstract_col: field holding the abstract in arXiv/scientific_papers files.
+        abstract_col: field holding the abstract in arXiv/scientific_papers files (summaries, summary, abstracts also recognised).
+        id_col: field holding the record id (arxiv_id, paper_id, article_id also recognised; else file-line).
+        title_col: field holding the title (titles also recognised).
+        categories_col: field holding the arXiv categories (terms, category also recognised; "cs.LG stat.ML", "['cs.LG', 'stat.ML']" or a list).
+        date_col: field holding the date (date, published, updated also recognised; ISO or M/D/YYYY).
+        max_chars: skip records longer than this many characters (abstract, or question + answer) as "over max chars" (0 = no limit).
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -174,168 +120,137 @@ def build(
     if not inputs:
         raise ConfigError("no input files given", fix="pass one or more arXiv, scientific_papers or QA files")
     splits = parse_split(split)
-    fmt_requested = normalize_format(format)
     match = category_matcher(categories)
     for name, value in (("max-problem-tokens", max_problem_tokens), ("min-approach-tokens", min_approach_tokens),
                         ("min-sentences", min_sentences), ("max-question-tokens", max_question_tokens),
-                        ("min-answer-tokens", min_answer_tokens)):
+                        ("min-answer-tokens", min_answer_tokens), ("max-chars", max_chars)):
         if value < 0:
             raise ConfigError(f"--{name} must be 0 or more, got {value}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory", fix="pass a directory for --out")
-
-    items, input_info = _read_inputs(inputs, fmt_requested, match, question_col, answer_col, abstract_col)
-    split_of = _assign_splits(len(items), [p for _, p in splits], seed)
-    category_counts = _filter(items, match, min_sentences)
-    _apply_token_limits(items, tokenizer, {
-        "problem-approach": (max_problem_tokens, min_approach_tokens),
-        "qa": (max_question_tokens, min_answer_tokens),
-    })
-
+    columns = Columns(id=id_col, title=title_col, abstract=abstract_col, categories=categories_col, date=date_col,
+                      question=question_col, answer=answer_col)
+    plan = _plan(inputs, format, columns, match is not None)
     names = [name for name, _ in splits]
-    per_split, rows = _tally(items, split_of, names)
-    total = {"records": len(items), "kept": sum(e["kept"] for e in per_split.values()),
-             "skipped": {r: sum(e["skipped"][r] for e in per_split.values()) for r in REASONS}}
-    stats = {
-        "splits": per_split,
-        "total": total,
-        "options": {
-            "format": fmt_requested, "categories": categories, "max_problem_tokens": max_problem_tokens,
-            "min_approach_tokens": min_approach_tokens, "min_sentences": min_sentences,
-            "split": ",".join(str(p) for _, p in splits), "seed": seed, "tokenizer": tokenizer,
-            "question_col": question_col, "answer_col": answer_col, "max_question_tokens": max_question_tokens,
-            "min_answer_tokens": min_answer_tokens, "abstract_col": abstract_col,
-        },
-        "inputs": input_info,
-        "outputs": {name: f"{name}.jsonl" for name in names},
+    limits = Limits({"problem-approach": (max_problem_tokens, min_approach_tokens), "qa": (max_question_tokens, min_answer_tokens)},
+                    {"problem-approach": ("--max-problem-tokens", "--min-approach-tokens"),
+                     "qa": ("--max-question-tokens", "--min-answer-tokens")})
+    options = {
+        "format": _format_option(format), "categories": categories,
+        "max_problem_tokens": max_problem_tokens, "min_approach_tokens": min_approach_tokens, "min_sentences": min_sentences,
+        "split": ",".join(str(p) for _, p in splits), "seed": seed, "tokenizer": tokenizer,
+        "question_col": question_col, "answer_col": answer_col, "max_question_tokens": max_question_tokens,
+        "min_answer_tokens": min_answer_tokens, "abstract_col": abstract_col, "id_col": id_col, "title_col": title_col,
+        "categories_col": categories_col, "date_col": date_col, "max_chars": max_chars,
     }
-    if total["kept"] == 0:
-        raise DataError(_nothing_kept(stats), fix=_relax_hint(stats, category_counts))
-
-    # write everything, or nothing
-    _write_outputs(out, rows, stats)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.spool.", suffix=".tmp", dir=_existing_parent(out)) as tmp:
+        spools = [Spool(Path(tmp) / f"{name}.bin") for name in names]
+        skipped = Spool(Path(tmp) / "skipped.bin")
+        judge = Judge(match, min_sentences, max_chars, limits, lambda: token_counter(tokenizer), spools, skipped, names,
+                      [path.name for path, _, _ in plan])
+        input_info = _run(plan, [p for _, p in splits], seed, judge, columns, tokenizer)
+        for spool in (*spools, skipped):
+            spool.close()
+        stats = _stats(judge, options, input_info, names, skipped.count)
+        if stats["total"]["kept"] == 0:
+            raise DataError(_nothing_kept(stats), fix=_relax_hint(stats, judge.category_counts))
+        _write_outputs(out, dict(zip(names, spools)), skipped, stats)  # everything, or nothing
     _print_build_table(stats, out)
-    for name in names:
-        if not rows[name]:
-            from toolkit.console import err
+    from toolkit.console import err
 
+    for name in names:
+        if not stats["splits"][name]["kept"]:
             err.print(f"[yellow]warning:[/] the {name} split is empty; use more data or a larger share for it")
     return stats
 
 
-def _read_inputs(inputs: list[Path], fmt_requested: str, match: Callable[[list[str]], bool] | None,
-                 question_col: str, answer_col: str, abstract_col: str) -> tuple[list[_Item], list[dict]]:
-    """Every raw record, in input order then file order, and what each input held."""
-    from toolkit.models import file_digest
+def _format_option(format: str) -> str:
+    """`--format` as stats.json records it: the kind (aliases resolved), with the container if one was named."""
+    kind, container = parse_format(format)
+    return kind if container == "auto" else container if kind == "auto" else f"{kind},{container}"
 
-    items: list[_Item] = []
-    input_info: list[dict] = []
+
+def _existing_parent(out: Path) -> Path:
+    """The nearest existing folder at or above out's parent: the spools go beside the output."""
+    parent = out.absolute().parent
+    while not parent.is_dir():
+        parent = parent.parent
+    return parent
+
+
+def _plan(inputs: list[Path], format: str, columns: Columns, categories: bool) -> list[tuple[Path, str, str]]:
+    """`(path, kind, container)` of every input, checked before anything is read."""
+    plan = []
     for path in inputs:
-        fmt = detect_format(path, question_col, answer_col) if fmt_requested == "auto" else fmt_requested
-        if fmt in ("chat", "preference", "built"):
-            raise DataError(f"{fmt} data is not a build input", path=path,
-                            fix="build takes arXiv metadata, scientific_papers JSONL or QA CSV/JSONL; "
+        kind, container = resolve_format(path, format, columns)
+        if kind in ("chat", "preference", "built"):
+            raise DataError(f"{kind} data is not a build input", path=path,
+                            fix="build takes arXiv metadata, scientific_papers data or QA files; "
                                 "chat/preference/built files are used as they are (check them with `toolkit data check`)")
-        if match is not None and fmt != "arxiv":
-            raise no_categories(path, fmt)
-        before = len(items)
-        if fmt == "qa":
-            for r in read_qa(path, question_col, answer_col):
-                items.append(_Item("qa", r.id, f"{path.name}:{r.line}", text=r.question, answer=r.answer))
-        else:
-            reader = read_arxiv(path, "", abstract_col) if fmt == "arxiv" else read_papers(path, abstract_col)
-            for r in reader:
-                items.append(_Item("problem-approach", r.id, f"{path.name}:{r.line}", title=r.title,
-                                   categories=r.categories, text=r.abstract, sentences=r.sentences))
-        input_info.append({"path": str(path), "format": fmt, "records": len(items) - before, "sha256": file_digest(path)})
-    return items, input_info
+        if categories and kind != "arxiv":
+            raise no_categories(path, kind)
+        plan.append((path, kind, container))
+    return plan
 
 
-def _assign_splits(n: int, percents: list[int], seed: int) -> list[int]:
-    """The split index of each raw record: a seeded shuffle, cut by largest-remainder counts."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    split_of = [0] * n
-    start = 0
-    for s, count in enumerate(_largest_remainder(n, percents)):
-        for idx in order[start : start + count]:
-            split_of[idx] = s
-        start += count
-    return split_of
-
-
-def _filter(items: list[_Item], match: Callable[[list[str]], bool] | None, min_sentences: int) -> Counter:
-    """Set each item's skip reason or its prompt/response; returns the categories filtered away.
-
-    Runs in file order; duplicates are global, so the first copy wins wherever it landed.
-    """
-    seen: set[tuple[str, str]] = set()
-    category_counts: Counter = Counter()
-    for it in items:
-        if match is not None and not match(it.categories):
-            it.reason = "category"
-            category_counts.update(it.categories)
-            it.text = it.answer = ""
-            it.sentences = None
-            continue
-        key = (it.kind, squash(it.text).lower())
-        if not key[1] or (it.kind == "qa" and not it.answer):
-            it.reason = "empty"
-            continue
-        if key in seen:
-            it.reason = "duplicate"
-            continue
-        seen.add(key)
-        if it.kind == "qa":
-            it.prompt, it.response = it.text, it.answer
-            continue
-        sentences = it.sentences if it.sentences is not None else split_sentences(it.text)
-        if len(sentences) < max(2, min_sentences):
-            it.reason = "too_few_sentences"
-            continue
-        it.prompt, it.response = sentences[0], " ".join(sentences[1:])
-    return category_counts
-
-
-def _apply_token_limits(items: list[_Item], tokenizer: str, limits: dict[str, tuple[int, int]]) -> None:
-    """Skip items over `(max prompt, min response)` tokens per kind, counting in batches."""
-    if not (any(v for pair in limits.values() for v in pair) and any(it.reason is None for it in items)):
-        return
+def _run(plan: list[tuple[Path, str, str]], percents: list[int], seed: int, judge: Judge, columns: Columns,
+         tokenizer: str) -> list[dict]:
+    """Every record of every input, in input order then file order, through the judge; what each input held."""
     from toolkit.console import err
 
+    counts = [count_rows(path, container) for path, _, container in plan]
+    split_of = assign_splits(sum(counts), percents, seed)
     label = "words" if tokenizer == "words" else f"the {tokenizer} tokenizer"
-    with err.status(f"Counting tokens with {label}"):  # transient: leaves no line behind
-        count = token_counter(tokenizer)
-        for kind, (max_prompt, min_response) in limits.items():
-            todo = [it for it in items if it.reason is None and it.kind == kind]
-            if not todo:
-                continue
-            if max_prompt:
-                for it, c in zip(todo, count([it.prompt for it in todo])):
-                    if c > max_prompt:
-                        it.reason = "problem_too_long"
-                todo = [it for it in todo if it.reason is None]
-            if min_response and todo:
-                for it, c in zip(todo, count([it.response for it in todo])):
-                    if c < min_response:
-                        it.reason = "approach_too_short"
+    index = 0
+    input_info = []
+    with err.status(f"Building from {sum(counts):,} records (token limits with {label})"):  # transient
+        for i, ((path, kind, container), expected) in enumerate(zip(plan, counts)):
+            before = index
+            for r in _records(path, kind, container, columns, judge.match is not None):
+                if index - before >= expected:
+                    raise RuntimeError(f"{path}: more records than counted ({expected})")
+                source, origin = f"{path.name}:{r.line}", (i << 40) | r.line
+                if kind == "qa":
+                    judge.add(Item("qa", r.id, source, split_of[index], origin, text=r.question, answer=r.answer))
+                else:
+                    judge.add(Item("problem-approach", r.id, source, split_of[index], origin, title=r.title,
+                                   categories=r.categories, text=r.abstract, sentences=r.sentences))
+                index += 1
+            if index - before != expected:
+                raise RuntimeError(f"{path}: {index - before} records read but {expected} counted")
+            input_info.append({"path": str(path), "format": kind, "records": expected, "sha256": _digest(path)})
+        judge.flush()
+    return input_info
 
 
-def _tally(items: list[_Item], split_of: list[int], names: list[str]) -> tuple[dict, dict[str, list[dict]]]:
-    """Per-split counts of records, kept and skipped (by reason), and the rows each split keeps."""
-    per_split = {name: {"records": 0, "kept": 0, "skipped": dict.fromkeys(REASONS, 0)} for name in names}
-    rows: dict[str, list[dict]] = {name: [] for name in names}
-    for idx, it in enumerate(items):
-        name = names[split_of[idx]]
-        entry = per_split[name]
-        entry["records"] += 1
-        if it.reason is not None:
-            entry["skipped"][it.reason] += 1
-            continue
-        entry["kept"] += 1
-        rows[name].append({"id": it.id, "prompt": it.prompt, "response": it.response, "kind": it.kind,
-                           "title": it.title, "categories": it.categories, "source": it.source})
-    return per_split, rows
+def _records(path: Path, kind: str, container: str, columns: Columns, categories: bool):
+    if kind == "qa":
+        return read_qa(path, columns=columns, container=container)
+    if kind == "arxiv":
+        return read_arxiv(path, columns=columns, container=container, require_categories=categories)
+    return read_papers(path, columns.abstract, container=container)
+
+
+def _digest(path: Path) -> str:
+    """sha256 of an input file; for a dataset folder, of its files' names and digests."""
+    from toolkit.models import file_digest
+
+    if not path.is_dir():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+    return h.hexdigest()
+
+
+def _stats(judge: Judge, options: dict, input_info: list[dict], names: list[str], skipped_rows: int) -> dict:
+    per_split = judge.tally
+    total = {"records": sum(e["records"] for e in per_split.values()), "kept": sum(e["kept"] for e in per_split.values()),
+             "skipped": {r: sum(e["skipped"][r] for e in per_split.values()) for r in REASONS}}
+    outputs = {name: f"{name}.jsonl" for name in names}
+    if skipped_rows:
+        outputs["skipped"] = SKIPPED_FILE
+    return {"splits": per_split, "total": total, "options": options, "inputs": input_info, "outputs": outputs}
 
 
 def _nothing_kept(stats: dict) -> str:
@@ -356,13 +271,14 @@ def _relax_hint(stats: dict, category_counts: Counter) -> str:
         "too_few_sentences": f"lower --min-sentences (now {opts['min_sentences']}); abstracts need at least 2 sentences",
         "duplicate": "the inputs repeat the same records; add different data",
         "empty": "the records have empty abstracts/questions/answers; check the column options",
+        "too_long": f"raise --max-chars (now {opts['max_chars']}) or set it to 0",
     }
     if worst in ("problem_too_long", "approach_too_short") and (opts["max_question_tokens"] or opts["min_answer_tokens"]):
         hints[worst] += " (for QA: --max-question-tokens / --min-answer-tokens)"
     return hints[worst]
 
 
-def _write_outputs(out: Path, rows: dict[str, list[dict]], stats: dict) -> None:
+def _write_outputs(out: Path, splits: dict[str, Spool], skipped: Spool, stats: dict) -> None:
     """All files land together: a fresh or build-only directory is replaced in one rename; a
     directory holding other files gets each file atomically, stale split files removed, stats last."""
     from toolkit.io import atomic_dir, write_json, write_jsonl
@@ -371,15 +287,21 @@ def _write_outputs(out: Path, rows: dict[str, list[dict]], stats: dict) -> None:
     foreign = {n for n in existing if n not in _OWNED_FILES and not (n.startswith(".") and n.endswith(".tmp"))}
     if not foreign:
         with atomic_dir(out) as tmp:
-            for name, split_rows in rows.items():
-                write_jsonl(tmp / f"{name}.jsonl", split_rows)
+            for name, spool in splits.items():
+                write_jsonl(tmp / f"{name}.jsonl", spool.rows())
+            if skipped.count:
+                write_jsonl(tmp / SKIPPED_FILE, skipped.rows())
             write_json(tmp / "stats.json", stats)
         return
-    for name, split_rows in rows.items():
-        write_jsonl(out / f"{name}.jsonl", split_rows)
+    for name, spool in splits.items():
+        write_jsonl(out / f"{name}.jsonl", spool.rows())
     for name in SPLIT_NAMES:
-        if name not in rows:
+        if name not in splits:
             (out / f"{name}.jsonl").unlink(missing_ok=True)
+    if skipped.count:
+        write_jsonl(out / SKIPPED_FILE, skipped.rows())
+    else:
+        (out / SKIPPED_FILE).unlink(missing_ok=True)
     write_json(out / "stats.json", stats)
 
 
@@ -391,8 +313,7 @@ def _print_build_table(stats: dict, out: Path) -> None:
     reasons = ["problem_too_long", "approach_too_short", "too_few_sentences", "duplicate"]
     if stats["options"]["categories"]:
         reasons.append("category")
-    if stats["total"]["skipped"]["empty"]:
-        reasons.append("empty")
+    reasons += [r for r in ("empty", "too_long") if stats["total"]["skipped"][r]]
     table = Table(title=f"toolkit data build -> {out}", title_justify="left")
     table.add_column("split")
     table.add_column("kept", justify="right", style="bold green")
@@ -403,3 +324,6 @@ def _print_build_table(stats: dict, out: Path) -> None:
         cells = [str(entry["kept"])] + [str(entry["skipped"][r]) for r in reasons]
         table.add_row(name, *cells, end_section=name == names[-1])
     stdout.print(table)
+    if "skipped" in stats["outputs"]:
+        stdout.print(f"each skipped record and its reason: {out / SKIPPED_FILE}", style="dim", highlight=False)
+

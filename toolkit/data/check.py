@@ -1,59 +1,74 @@
-"""`toolkit data check`: validate a data file of any format and print its counts.
+"""`toolkit data check`: validate a data file of any kind and container and print its counts.
 
-Validation is the readers' own (`toolkit.data.readers`): the first bad record stops with one line
-naming the file and line. The counts need no tokenizer; each format has its own counting function.
+Validation is the readers' own (`toolkit.data.readers`, `toolkit.data.messages`): every bad record
+of the file is listed (up to a bound, then counted) in one error naming the file and lines. The
+counts need no tokenizer; each kind has its own counting function. Dates are compared as dates
+(`toolkit.data.dates`), so the range of `9/8/2016` and `1/10/2008` is 2008-01-10 .. 2016-09-08.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from toolkit.data.files import check_file
-from toolkit.data.readers import (
-    detect_format,
-    read_arxiv,
-    read_built,
-    read_chat,
-    read_papers,
-    read_preference,
-    read_qa,
-    text_of,
-)
-from toolkit.data.records import ROLES, normalize_format, squash
+from toolkit.data.columns import Columns
+from toolkit.data.dates import Date
+from toolkit.data.messages import read_chat, read_preference, text_of
+from toolkit.data.readers import read_arxiv, read_built, read_papers, read_qa, resolve_format
+from toolkit.data.records import ROLES, AbstractRecord, ChatRecord, Example, PreferenceRecord, QARecord, squash
+from toolkit.data.sources import detect_container
 from toolkit.data.textsplit import split_sentences
 
 __all__ = ["check"]
 
 
-def check(path: Path, kind: str = "auto", question_col: str = "question", answer_col: str = "answer") -> dict:
+def check(path: Path, kind: str = "auto", question_col: str = "question", answer_col: str = "answer",
+          abstract_col: str = "abstract", id_col: str = "id", title_col: str = "title", categories_col: str = "categories",
+          date_col: str = "update_date", prompt_col: str = "prompt", chosen_col: str = "chosen", rejected_col: str = "rejected",
+          max_chars: int = 20000) -> dict:
     """Validate a chat, preference, QA, arXiv, scientific_papers or built file and print its counts.
 
-    Every record is checked; the first problem stops with one line naming the file and line. The
-    counts need no tokenizer: records, messages per role, characters per field, duplicates.
+    Every record is checked; the bad ones are listed (file and line, up to 10, then counted) in one
+    error. The counts need no tokenizer: records, messages per role, characters per field,
+    duplicates, the date range (in date order). Files may be JSON Lines, JSON, CSV/TSV, Parquet,
+    Arrow or a save_to_disk folder; common column names are recognised, others named with --*-col.
 
     Args:
-        path: the file to check.
-        kind: auto (judged from the first record), arxiv, papers, qa, chat, preference or built.
+        path: the file (or saved dataset folder) to check.
+        kind: auto (judged from the extension and columns), arxiv, papers, qa, chat, preference or built;
+            a container (json, csv, tsv, parquet, arrow, hf) may be added: arxiv,csv.
         question_col: QA column holding the question.
         answer_col: QA column holding the answer.
+        abstract_col: field holding the abstract (summaries, summary, abstracts also recognised).
+        id_col: field holding the record id (arxiv_id, paper_id, article_id also recognised).
+        title_col: field holding the title (titles also recognised).
+        categories_col: field holding the arXiv categories (terms, category also recognised).
+        date_col: field holding the date (date, published, updated also recognised; ISO or M/D/YYYY).
+        prompt_col: preference field holding the prompt (ShareGPT conversations also recognised).
+        chosen_col: preference field holding the chosen reply.
+        rejected_col: preference field holding the rejected reply.
+        max_chars: count abstracts (or question + answer) longer than this many characters, which `data build` skips (0 = no limit).
     """
-    path = check_file(Path(path))
-    fmt = normalize_format(kind, option="--kind")
-    if fmt == "auto":
-        fmt = detect_format(path, question_col, answer_col)
+    path = Path(path)
+    detect_container(path)  # a missing file is reported before anything else
+    columns = Columns(id=id_col, title=title_col, abstract=abstract_col, categories=categories_col, date=date_col,
+                      question=question_col, answer=answer_col, prompt=prompt_col, chosen=chosen_col, rejected=rejected_col)
+    fmt, container = resolve_format(path, kind, columns, option="--kind")
     result: dict[str, Any] = {"path": str(path), "format": fmt}
     if fmt == "chat":
-        result.update(_chat_counts(path))
+        result.update(_chat_counts(read_chat(path, container=container, option="--kind")))
     elif fmt == "preference":
-        result.update(_preference_counts(path))
+        result.update(_preference_counts(read_preference(path, columns=columns, container=container)))
     elif fmt == "qa":
-        result.update(_qa_counts(path, question_col, answer_col))
+        result.update(_qa_counts(read_qa(path, columns=columns, container=container), max_chars))
     elif fmt in ("arxiv", "papers"):
-        result.update(_abstract_counts(path, fmt))
+        records = read_arxiv(path, columns=columns, container=container) if fmt == "arxiv" else \
+            read_papers(path, columns.abstract, container=container)
+        result.update(_abstract_counts(records, fmt, max_chars))
     else:
-        result.update(_built_counts(path))
+        result.update(_built_counts(read_built(path, require_response=False, container=container, option="--kind")))
     _print_check_table(result)
     return result
 
@@ -66,10 +81,10 @@ def _duplicates(keys: Counter) -> int:
     return sum(v - 1 for v in keys.values())
 
 
-def _chat_counts(path: Path) -> dict:
+def _chat_counts(records: Iterable[ChatRecord]) -> dict:
     roles: Counter = Counter()
     turns, reply_chars, system, multi = [], [], 0, 0
-    for r in read_chat(path):
+    for r in records:
         rs = [m["role"] for m in r.messages]
         roles.update(rs)
         turns.append(len(rs))
@@ -81,10 +96,10 @@ def _chat_counts(path: Path) -> dict:
             "messages_max": max(turns), "final_reply_chars_mean": _mean(reply_chars)}
 
 
-def _preference_counts(path: Path) -> dict:
+def _preference_counts(records: Iterable[PreferenceRecord]) -> dict:
     shapes: Counter = Counter()
     chosen, rejected, same = [], [], 0
-    for r in read_preference(path):
+    for r in records:
         shapes["string" if isinstance(r.chosen, str) else "messages"] += 1
         c, j = text_of(r.chosen, "assistant"), text_of(r.rejected, "assistant")
         chosen.append(len(c))
@@ -94,46 +109,60 @@ def _preference_counts(path: Path) -> dict:
             "chosen_equals_rejected": same, "chosen_chars_mean": _mean(chosen), "rejected_chars_mean": _mean(rejected)}
 
 
-def _qa_counts(path: Path, question_col: str, answer_col: str) -> dict:
+def _qa_counts(records: Iterable[QARecord], max_chars: int) -> dict:
     qs, ans, keys = [], [], Counter()
-    empty_q = empty_a = 0
-    for r in read_qa(path, question_col, answer_col):
+    empty_q = empty_a = too_long = 0
+    for r in records:
+        too_long += bool(max_chars) and len(r.question) + len(r.answer) > max_chars
         empty_q += not r.question
         empty_a += not r.answer
         qs.append(len(r.question))
         ans.append(len(r.answer))
         if r.question:
             keys[squash(r.question).lower()] += 1
-    return {"records": len(qs), "empty_questions": empty_q, "empty_answers": empty_a,
-            "duplicate_questions": _duplicates(keys), "question_chars_mean": _mean(qs), "answer_chars_mean": _mean(ans)}
+    counts = {"records": len(qs), "empty_questions": empty_q, "empty_answers": empty_a,
+              "duplicate_questions": _duplicates(keys), "question_chars_mean": _mean(qs), "answer_chars_mean": _mean(ans)}
+    return {**counts, **_too_long(too_long, max_chars)}
 
 
-def _abstract_counts(path: Path, fmt: str) -> dict:
+def _too_long(count: int, max_chars: int) -> dict:
+    """The over-long count, shown only when there are some (the table stays as it was otherwise)."""
+    return {"over_max_chars": f"{count} (longer than --max-chars {max_chars}: data build skips them)"} if count else {}
+
+
+def _abstract_counts(records: Iterable[AbstractRecord], fmt: str, max_chars: int) -> dict:
     cats: Counter = Counter()
     keys: Counter = Counter()
-    sentences, dates, empty = [], [], 0
-    for r in read_arxiv(path) if fmt == "arxiv" else read_papers(path):
+    sentences, empty, too_long = [], 0, 0
+    first: Date | None = None
+    last: Date | None = None
+    for r in records:
+        if max_chars and len(r.abstract) > max_chars:
+            too_long += 1
+            sentences.append(0)
+            continue  # not split: a 5 MB "abstract" is not worth it
         cats.update(r.categories)
         text = squash(r.abstract).lower()
         empty += not text
         if text:
             keys[text] += 1
         sentences.append(len(r.sentences) if r.sentences is not None else len(split_sentences(r.abstract)))
-        if r.update_date:
-            dates.append(r.update_date)
+        if r.date is not None:
+            first = r.date if first is None or r.date < first else first
+            last = r.date if last is None or r.date > last else last
     counts = {"records": len(sentences), "empty_abstracts": empty, "duplicate_abstracts": _duplicates(keys),
               "sentences_mean": _mean(sentences), "one_sentence_abstracts": sum(1 for s in sentences if s < 2)}
     if fmt == "arxiv":
         counts.update(categories=len(cats), top_categories=", ".join(f"{c} {n}" for c, n in cats.most_common(8)),
-                      update_date_range=f"{min(dates)} .. {max(dates)}" if dates else "")
-    return counts
+                      update_date_range=f"{first} .. {last}" if first is not None else "")
+    return {**counts, **_too_long(too_long, max_chars)}
 
 
-def _built_counts(path: Path) -> dict:
+def _built_counts(examples: Iterable[Example]) -> dict:
     kinds: Counter = Counter()
     prompts, responses, keys = [], [], Counter()
     empty = 0
-    for ex in read_built(path, require_response=False):
+    for ex in examples:
         kinds[ex.kind] += 1
         prompts.append(len(ex.prompt))
         responses.append(len(ex.response))

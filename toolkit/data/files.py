@@ -1,7 +1,8 @@
 """Opening data files and iterating their raw records: UTF-8 decoding, JSON Lines and JSON arrays.
 
-The readers in `toolkit.data.readers` turn these raw objects into typed records; a new container
-format (one that yields plain objects per row) belongs here, beside `iter_json_records`.
+The readers in `toolkit.data.readers` turn these raw objects into typed records. The other
+containers (CSV/TSV, Parquet, Arrow, saved Hugging Face datasets) are in `toolkit.data.tables`,
+and `toolkit.data.sources` picks the container of a file.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from toolkit.data.records import json_type
+from toolkit.data.records import Problems, json_type
 from toolkit.errors import DataError
 
-__all__ = ["BOM", "check_file", "decode_all", "iter_json_records"]
+__all__ = ["BOM", "check_file", "decode_all", "iter_json_records", "count_json_records", "not_utf8", "is_json_array"]
 
 BOM = b"\xef\xbb\xbf"
 _WS = re.compile(r"\s*")
@@ -30,7 +31,8 @@ def check_file(path: Path) -> Path:
     return path
 
 
-def _not_utf8(path: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> DataError:
+def not_utf8(path: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> DataError:
+    """The error for bytes that are not UTF-8, naming the line and column."""
     return DataError(
         f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
         path=path, line=line, fix="re-save the file as UTF-8",
@@ -47,35 +49,67 @@ def decode_all(path: Path, raw: bytes) -> str:
         line_start = raw.rfind(b"\n", 0, exc.start) + 1
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = UnicodeDecodeError(exc.encoding, exc.object, exc.start - line_start, exc.end - line_start, exc.reason)
-        raise _not_utf8(path, line, raw[line_start:], bad) from None
+        raise not_utf8(path, line, raw[line_start:], bad) from None
 
 
 def _empty(path: Path) -> DataError:
     return DataError("file is empty (no records)", path=path, fix="expected one JSON object per line, or a JSON array of objects")
 
 
-def iter_json_records(path: Path) -> Iterator[tuple[int, dict]]:
+def is_json_array(path: Path, head: bytes) -> bool:
+    """Whether a file (whose first bytes are `head`) is one JSON array rather than JSON Lines."""
+    first = head[3:] if head.startswith(BOM) else head
+    return first.lstrip().startswith(b"[") and Path(path).suffix.lower() not in {".jsonl", ".ndjson"}
+
+
+def count_json_records(path: Path) -> int:
+    """How many records `iter_json_records` yields for a well-formed file, without decoding JSON Lines.
+
+    A JSON Lines record is a line with something besides whitespace on it; an array is parsed.
+    """
+    path = check_file(path)
+    with open(path, "rb") as f:
+        if is_json_array(path, f.read(1 << 16)):
+            return sum(1 for _ in iter_json_records(path))
+        f.seek(0)
+        count = 0
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[3:]
+            head = raw.lstrip()[:1]
+            if head and (0x21 <= head[0] <= 0x7E or raw.decode("utf-8", "replace").strip()):  # "{": no need to decode
+                count += 1
+        return count
+
+
+def iter_json_records(path: Path, problems: Problems | None = None) -> Iterator[tuple[int, dict]]:
     """Yield `(line, object)` from a JSON Lines file or a file holding one JSON array of objects.
 
     A file is read as an array when it starts with '[' and is not named .jsonl/.ndjson.
 
     JSON Lines are streamed (the 4 GB Kaggle snapshot is fine); an array is read whole. Blank lines
-    are skipped. Bad JSON, non-UTF-8 bytes, non-object records and empty files raise `DataError`.
+    are skipped. Bad JSON, non-UTF-8 bytes, non-object records and empty files raise `DataError`;
+    with `problems`, a bad JSON Lines line is added there instead and reading goes on.
     """
     path = check_file(path)
     with open(path, "rb") as f:
         head = f.read(1 << 16)
-        first = head[3:] if head.startswith(BOM) else head
-        stripped = first.lstrip()
-        if not stripped and not head:
+        if not head:
             raise _empty(path)
-        if stripped.startswith(b"[") and path.suffix.lower() not in {".jsonl", ".ndjson"}:
+        if is_json_array(path, head):
             yield from _iter_array(path, head + f.read())
             return
         f.seek(0)
         count = 0
         for lineno, raw in enumerate(f, 1):
-            obj = _json_line(path, lineno, raw)
+            try:
+                obj = _json_line(path, lineno, raw)
+            except DataError as exc:
+                if problems is None:
+                    raise
+                problems.add(exc)
+                count += 1  # a record, if a bad one: the file is not empty
+                continue
             if obj is not None:
                 count += 1
                 yield lineno, obj
@@ -90,7 +124,7 @@ def _json_line(path: Path, lineno: int, raw: bytes) -> dict | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _not_utf8(path, lineno, raw, exc) from None
+        raise not_utf8(path, lineno, raw, exc) from None
     if not text.strip():
         return None
     try:

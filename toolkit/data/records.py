@@ -2,16 +2,23 @@
 
 Inputs the toolkit reads (format names as used by `--format` / `--kind`):
 
-* `arxiv`: arXiv metadata as in the Kaggle snapshot, JSON Lines or one JSON array, with fields
-  `id`, `title`, `abstract`, `categories` (space-separated) and `update_date`.
-* `papers`: the `scientific_papers`/arxiv JSONL (`article`, `abstract`, `section_names`); the
-  abstract's `<S>`/`</S>` tags, newlines and tokenised spacing (`word .`) are normalised.
-* `qa`: question/answer pairs in CSV (or TSV) or JSON Lines; column names are configurable.
-* `chat`: JSON Lines with `messages`: a list of `{role, content}` (system/user/assistant/tool).
-* `preference`: JSON Lines with `prompt`, `chosen`, `rejected`, each a string or a message list.
+* `arxiv`: arXiv metadata: the Kaggle snapshot's fields `id`, `title`, `abstract`, `categories`
+  (space-separated) and `update_date`, or the names other public files use (`summaries`, `terms`,
+  ...: `toolkit.data.columns`), in any container below.
+* `papers`: the `scientific_papers`/arxiv data (`article`, `abstract`, `section_names`: JSONL, or
+  the dataset saved to disk); the abstract's `<S>`/`</S>` tags, newlines and tokenised spacing
+  (`word .`) are normalised.
+* `qa`: question/answer pairs; column names are configurable.
+* `chat`: records with `messages`: a list of `{role, content}` (system/user/assistant/tool), or
+  ShareGPT `conversations` (`toolkit.data.messages`).
+* `preference`: `prompt`, `chosen`, `rejected`, each a string or a message list, or LLaMA-Factory's
+  ShareGPT form (`conversations` + `chosen`/`rejected` objects).
 * `built`: the splits `toolkit data build` writes: one `{id, prompt, response, kind, ...}` a line.
 
-Every reader reports malformed input as one-line `DataError`s naming the file and line. Every later
+Containers (`toolkit.data.sources`): JSON Lines, a JSON array, CSV/TSV, Parquet, Arrow, and a
+Hugging Face dataset saved with `save_to_disk`. Every reader reports malformed input as one-line
+`DataError`s naming the file and line; `Problems` collects a file's bad records so one run lists
+them all (up to `Problems.SHOWN`, then a count) instead of stopping at the first. Every later
 stage (training, sweeps, comparisons) works on `Example`s from `toolkit.data.readers.load_examples`.
 """
 
@@ -21,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.data.dates import Date
 from toolkit.errors import ConfigError, DataError
 
 __all__ = [
     "Example", "AbstractRecord", "QARecord", "ChatRecord", "PreferenceRecord", "FORMATS", "ROLES",
-    "normalize_format", "json_type", "one_line", "found_fields", "squash", "string_field", "record_id",
+    "normalize_format", "json_type", "one_line", "found_fields", "squash", "string_field", "record_id", "Problems",
+    "clean_text",
 ]
 
 FORMATS = ("arxiv", "papers", "qa", "chat", "preference", "built")
@@ -69,6 +78,7 @@ class AbstractRecord:
     line: int
     update_date: str = ""
     sentences: list[str] | None = None
+    date: Date | None = None  # update_date parsed, else the month of an arXiv id
 
 
 @dataclass
@@ -163,3 +173,45 @@ def record_id(obj: dict, path: Path, line: int, key: str = "id") -> str:
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
         return str(value).strip()
     return f"{path.stem}-{line}"
+
+
+def clean_text(text: str) -> str:
+    """Text with Windows (CRLF) and old Mac (CR) line ends as plain newlines: no stray \\r in prompts."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+class Problems:
+    """The bad records of one file, collected so that one run reports all of them.
+
+    A reader `add`s each record's `DataError` and goes on; `raise_if_any` at the end of the file
+    raises the error itself when there was one, or one error listing the first `SHOWN` (file:line
+    and reason) and counting the rest.
+    """
+
+    SHOWN = 10
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.errors: list[DataError] = []
+        self.count = 0
+
+    def add(self, error: DataError) -> None:
+        self.count += 1
+        if len(self.errors) < self.SHOWN:
+            self.errors.append(error)
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        first = self.errors[0]
+        if self.count == 1:
+            raise first
+        listed = "; ".join(f"line {e.line}: {_reason(e)}" if e.line is not None else _reason(e) for e in self.errors)
+        more = f"; and {self.count - len(self.errors)} more" if self.count > len(self.errors) else ""
+        raise DataError(f"{self.count} bad records: {listed}{more}", path=self.path, line=None, fix=first.fix)
+
+
+def _reason(error: DataError) -> str:
+    """A record error's message without its `file:line: ` prefix."""
+    where = f"{error.path}:{error.line}: " if error.line is not None else f"{error.path}: "
+    return error.message[len(where):] if error.message.startswith(where) else error.message

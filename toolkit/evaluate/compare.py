@@ -9,15 +9,13 @@ gets a paired bootstrap interval, a signed-rank test and a win rate. Generations
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import ConfigError, DataError
+from toolkit.evaluate.generations import GenerationCache, model_id
 from toolkit.params import DEFAULTS, DecodingParams
 
 METRIC_LABELS = {"bertscore_f1": "BERTScore F1", "bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R",
@@ -51,40 +49,6 @@ def parse_system(spec: str, base_params: DecodingParams) -> System:
     return System(label, model, base_params)
 
 
-class GenerationCache:
-    """Generations keyed by (model digest, parameters, prompt) in one SQLite file."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-    @staticmethod
-    def key(model_id: str, params: DecodingParams, prompt: str) -> str:
-        blob = json.dumps([model_id, params.to_dict(), prompt], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> dict | None:
-        row = self._db.execute("SELECT value FROM generations WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: dict) -> None:
-        with self._db:  # one transaction per write: an interrupted run keeps what it generated
-            self._db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (key, json.dumps(value)))
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def model_id(backend: str, model: str, url: str) -> str:
-    """What identifies a model's weights: the GGUF digest in process, the name at a server otherwise."""
-    if backend == "llamacpp":
-        from toolkit.models import file_digest, resolve
-
-        return "gguf:" + file_digest(resolve(model, hf=False).require_gguf())
-    return f"{backend}:{url}:{model}"
-
-
 def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> None:
     """Base and tuned must run through the same backend and the same quantization type."""
     if backend != "llamacpp" or allow_mixed:
@@ -92,7 +56,7 @@ def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> No
     from toolkit.export.verify import gguf_type
     from toolkit.models import resolve
 
-    types = {s.label: gguf_type(resolve(s.model, hf=False).require_gguf()) for s in systems}
+    types = {s.label: gguf_type(resolve(s.model, hf=False).require_llamacpp()[0]) for s in systems}
     if len(set(types.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in types.items())
         raise ConfigError(f"systems use different quantization types ({listing})",
@@ -238,6 +202,7 @@ def render_markdown(result: dict, plots: dict[str, str], examples_shown: int = 5
     for s in result["systems"][1:]:
         lines.append(f"| {s['label']} | " + " | ".join(_diff(s["vs_reference"][m]) for m in METRICS) + " |")
     lines.append("")
+    lines += _extra_markdown(result)
     for name, rel in plots.items():
         lines += [f"![{name}]({rel})", ""]
     lines += ["## Example generations", ""]
@@ -246,6 +211,33 @@ def render_markdown(result: dict, plots: dict[str, str], examples_shown: int = 5
         for label, o in ex["outputs"].items():
             lines += [f"**{label}** (BERTScore F1 {o['bertscore_f1']:.3f}, {o['tokens']} tokens, {o['finish_reason']}): {o['text'].strip()}", ""]
     return "\n".join(lines)
+
+
+def _extra_markdown(result: dict) -> list[str]:
+    """The human ratings (`toolkit rate`) and the pairwise judge (`--judge`), when there are any."""
+    lines = []
+    if result.get("human"):
+        from toolkit.evaluate.human import render_markdown as human_markdown
+
+        lines += human_markdown(result["human"])
+    if result.get("judge"):
+        from toolkit.evaluate.judge_report import render_markdown as judge_markdown
+
+        lines += judge_markdown(result["judge"])
+    return lines
+
+
+def _extra_html(result: dict) -> str:
+    parts = ""
+    if result.get("human"):
+        from toolkit.evaluate.human import render_html as human_html
+
+        parts += human_html(result["human"])
+    if result.get("judge"):
+        from toolkit.evaluate.judge_report import render_html as judge_html
+
+        parts += judge_html(result["judge"])
+    return parts
 
 
 def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -> str:
@@ -278,14 +270,15 @@ def render_html(result: dict, plots: dict[str, Path], examples_shown: int = 8) -
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
              "th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}.grid{display:grid;"
              f"grid-template-columns:repeat({len(labels) + 1},1fr);gap:8px}}.grid div{{background:#fafafa;padding:6px;font-size:13px}}"
-             ".headline{font-size:1.1em;background:#eef6ee;padding:.6em;border-left:4px solid #4a4}")
+             ".headline{font-size:1.1em;background:#eef6ee;padding:.6em;border-left:4px solid #4a4}"
+             ".warn{background:#fbeaea;padding:.6em;border-left:4px solid #c44}")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>Base vs tuned</title><style>{style}</style></head><body>"
             f"<h1>Base vs tuned: comparison report</h1><p class=headline>{esc(headline(result))}</p>"
             f"<p>{result['examples']} test prompts; differences against <b>{esc(result['reference_system'])}</b> "
             "(paired bootstrap 95% CI, Wilcoxon p, win rate; ✓ = beyond noise).</p>"
             f"{machine}"
             f"<table><tr><th>system</th><th>model</th><th>params</th>{head}<th>tokens</th><th>cut by length</th><th>tok/s</th></tr>{rows}</table>"
-            f"<h2>Differences</h2><table><tr><th>system</th>{head}</tr>{diffs}</table>{images}"
+            f"<h2>Differences</h2><table><tr><th>system</th>{head}</tr>{diffs}</table>{_extra_html(result)}{images}"
             f"<h2>Example generations</h2>{examples}</body></html>")
 
 
@@ -303,17 +296,34 @@ def print_table(result: dict) -> None:
                       _fmt(s["metrics"]["bleu"]), delta, f"{s['mean_output_tokens']:.0f}")
     out.print(table)
     out.print(f"[bold]{headline(result)}[/]", soft_wrap=True)
+    for h in result.get("human", []):
+        from toolkit.evaluate.human import describe
+
+        out.print(describe(h)[1], soft_wrap=True)
+    if result.get("judge"):
+        from toolkit.evaluate.judge_report import calibration_line, warning
+
+        j = result["judge"]
+        for s in j["systems"]:
+            out.print(f"judge {j['model']}: {s['label']} vs {s['vs']}: {s['wins']} wins / {s['ties']} ties / {s['losses']} losses, "
+                      f"order consistency {s['order_consistency']:.0%}", soft_wrap=True)
+        out.print(calibration_line(j), soft_wrap=True)
+        if warning(j):
+            out.print(f"[bold red]{warning(j)}[/]", soft_wrap=True)
 
 
 def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl"), out: Path = Path("runs/compare"),
             base: str = "smollm2", no_base: bool = False, backend: str = "llamacpp", url: str = "", prompts: int = 0,
             scorer: str = "minilm", scorer_layer: int = 0, allow_mixed_quant: bool = False,
-            screenshot: bool = False, parallel: int = 0, params: DecodingParams = DEFAULTS) -> int:
+            screenshot: bool = False, parallel: int = 0, judge: str = "", judge_backend: str = "llamacpp", judge_url: str = "",
+            judge_prompt: Path | None = None, judge_max_tokens: int = 16, params: DecodingParams = DEFAULTS) -> int:
     """Compare systems (model + decoding parameters) on the same test prompts: metrics, significance, report.
 
     The zero-shot base model is always the first system (the reference for differences) unless
     --no-base. Generations are cached in OUT/generations.sqlite, so re-running with one more system
     only generates for that one. Writes report.md, report.html (self-contained), results.json and plots/.
+    Blind human ratings made with `toolkit rate OUT` are added to the report when the folder has
+    them; --judge adds a pairwise model judge, calibrated first (see toolkit/evaluate/judge_prompt.txt).
 
     Args:
         system: systems as LABEL=MODEL[@PARAMS.yaml], e.g. tuned=runs/demo/gguf/tuned-Q4_K_M.gguf@runs/sweeps/demo/best.yaml
@@ -330,6 +340,12 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         screenshot: open report.html in headless Chromium, check every plot renders, save report.png.
         parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
             at a time to a server; set it to the server's own parallel setting).
+        judge: a model that judges each system against the first, in both orders (a model name, a
+            GGUF, an Ollama model or a model at --judge-url); empty = no judge.
+        judge_backend: llamacpp, ollama or openai for the judge.
+        judge_url: server URL for an ollama/openai judge.
+        judge_prompt: the judge's prompt template (default: the shipped toolkit/evaluate/judge_prompt.txt).
+        judge_max_tokens: most tokens of a judge's reply (the verdict comes first).
     """
     from toolkit.console import err
     from toolkit.data.readers import load_examples
@@ -350,6 +366,11 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     if not examples or any(not ex.response.strip() for ex in examples):
         raise DataError("every test example needs a reference response", path=data, fix="use a built test split")
     check_fairness(systems, backend, allow_mixed_quant)
+    judge_spec = None
+    if judge:  # a bad template or option fails here, before anything is generated
+        from toolkit.evaluate.judge import Judge
+
+        judge_spec = Judge.open(judge, judge_backend, judge_url, judge_prompt, judge_max_tokens, params.seed)
     out = Path(out)
     cache = GenerationCache(out / "generations.sqlite")
     start = time.perf_counter()
@@ -359,6 +380,13 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         cache.close()
     score_systems(systems, examples, scorer, scorer_layer or None)
     result = summarise(systems, examples, seed=params.seed)
+    from toolkit.evaluate.human import human_summary
+
+    result["human"] = human_summary(out, result, seed=params.seed)
+    if judge_spec is not None:
+        from toolkit.evaluate.judge import run_judge
+
+        result["judge"] = run_judge(judge_spec, systems, examples, out, result["human"], params.seed)
     result["generated"] = generated
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["machine"] = measured_on(backend)
@@ -375,6 +403,7 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
             raise BrowserError(f"{out / 'report.html'}: the browser decoded {shown.decoded} of {shown.images} plots",
                               fix="open the report in a browser; re-run compare to rewrite it")
         err.print(f"rendered in headless Chromium: {shown.decoded} of {shown.images} plots shown; screenshot: {out / 'report.png'}")
-    err.print(f"generated {sum(generated.values())} new outputs ({', '.join(f'{k}: {v}' for k, v in generated.items())}); "
+    judged = f"; {result['judge']['generated']} new judge replies" if judge_spec is not None else ""
+    err.print(f"generated {sum(generated.values())} new outputs ({', '.join(f'{k}: {v}' for k, v in generated.items())}){judged}; "
               f"report: {out / 'report.html'}")
     return 0

@@ -1,4 +1,5 @@
-"""Small statistics shared by the sweep and the comparison: bootstrap intervals and paired tests.
+"""Small statistics shared by the sweep and the comparison: bootstrap intervals, paired tests, sign
+test, Cohen's kappa and the logistic fit behind length-controlled win rates.
 
 All resampling takes a seed, so the same numbers come out of the same inputs.
 """
@@ -99,3 +100,56 @@ def prompts_needed(effect: float, sd: float, *, alpha: float = 0.05, power: floa
 
     z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
     return max(2, math.ceil((z * sd / abs(effect)) ** 2))
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test of wins against losses (ties left out): the binomial p of a 50/50 split."""
+    if wins + losses == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def beats_chance(successes: int, trials: int) -> float:
+    """One-sided binomial p that `successes` of `trials` is above 50%: 1.0 with no trials."""
+    if trials == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(successes, trials, 0.5, alternative="greater").pvalue)
+
+
+def cohen_kappa(a: list, b: list) -> float:
+    """Cohen's kappa of two raters' labels on the same items (nan when undefined: no items, or both
+    raters always gave the one same label, so chance agreement is already total)."""
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs the same items: {len(a)} vs {len(b)} labels")
+    n = len(a)
+    if n == 0:
+        return float("nan")
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    labels = set(a) | set(b)
+    expected = sum((a.count(k) / n) * (b.count(k) / n) for k in labels)
+    return float("nan") if expected >= 1.0 else (observed - expected) / (1.0 - expected)
+
+
+def logistic_at_zero(x: list[float], y: list[float], *, ridge: float = 1e-2) -> tuple[float, float]:
+    """Fit P(y=1) = sigmoid(a + b·x) by penalised maximum likelihood (y may be fractional: a tie
+    is 0.5) and return (sigmoid(a), b): the predicted rate at x = 0 and the slope.
+
+    The small ridge keeps the fit finite when every y is 0 or 1 (perfect separation)."""
+    import numpy as np
+
+    X = np.column_stack([np.ones(len(x)), np.asarray(x, dtype=float)])
+    t = np.asarray(y, dtype=float)
+    w = np.zeros(2)
+    for _ in range(50):  # Newton-Raphson: converges in a handful of steps on two parameters
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - t) + ridge * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(1.0 / (1.0 + np.exp(-w[0]))), float(w[1])

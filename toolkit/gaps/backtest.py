@@ -21,7 +21,7 @@ from toolkit.gaps.corpus import Paper
 METHODS = ("gap score", "random", "size product", "similarity")
 
 
-def split(papers: list[Paper], X: np.ndarray, year: int, path=None) -> tuple[list[int], list[int]]:
+def split(papers: list[Paper], year: int, path=None) -> tuple[list[int], list[int]]:
     """Indices of the dated papers up to `year` and after it; an error when either side is too thin."""
     before = [i for i, p in enumerate(papers) if p.year is not None and p.year <= year]
     after = [i for i, p in enumerate(papers) if p.year is not None and p.year > year]
@@ -91,7 +91,7 @@ def evaluate(scores: dict[str, np.ndarray], hit: np.ndarray, ks: tuple[int, ...]
 
 def backtest(papers: list[Paper], X: np.ndarray, year: int, settings: Settings, path=None, min_new: int = 3) -> dict:
     """Fit up to `year`, rank pairs, check them against the later papers; every number for gaps.json."""
-    before, after = split(papers, X, year, path)
+    before, after = split(papers, year, path)
     fit = analyse([papers[i] for i in before], X[before], settings)
     Z_after = fit.clustering.transform(X[after])
     b_after, hit = gained(fit, Z_after, min_new)

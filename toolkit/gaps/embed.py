@@ -155,13 +155,12 @@ def embed_texts(texts: list[str], keys: list[str], encoder, cache: EmbeddingCach
     return np.stack([found[k] for k in keys]).astype(np.float32), len(missing)
 
 
-def embed_papers(papers: list, encoder_spec: str = "minilm", cache_path: Path | None = None,
-                 batch_size: int = 32) -> tuple[np.ndarray, int]:
-    """Embed `Paper`s (title + abstract); the cache defaults to `$TOOLKIT_HOME/gaps/embeddings.sqlite`."""
+def embed_papers(papers: list, encoder, cache_path: Path | None = None) -> tuple[np.ndarray, int]:
+    """Embed `Paper`s (title + abstract) with an encoder from `open_encoder`; the cache defaults to
+    `$TOOLKIT_HOME/gaps/embeddings.sqlite` (the `words` encoder is not cached: it is instant)."""
     from toolkit.io import toolkit_home
 
-    encoder = open_encoder(encoder_spec, batch_size)
-    if encoder_spec == "words":  # instant and stateless: a cache would only cost disk
+    if isinstance(encoder, WordsEncoder):
         return embed_texts([p.text for p in papers], [p.key for p in papers], encoder, None)
     cache = EmbeddingCache(cache_path or toolkit_home() / "gaps" / "embeddings.sqlite")
     try:

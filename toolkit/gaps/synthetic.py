@@ -47,7 +47,7 @@ EXPLORED = (("rl", "robotics"), ("speech", "translation"), ("galaxy", "cosmology
 def _per_year(topic: str, year: int, start: int) -> float:
     t = year - start
     if topic in PLANTED:
-        return 8 + 4 * t  # growing
+        return 12 + 4 * t  # growing
     if topic in ("quantum", "graphs"):
         return 60
     return 20
@@ -111,9 +111,14 @@ def write_corpus(path: Path, **kwargs) -> Path:
     return write_jsonl(path, generate(**kwargs))
 
 
-if __name__ == "__main__":  # python -m toolkit.gaps.synthetic OUT.jsonl [SCALE]
-    import sys
+if __name__ == "__main__":  # python -m toolkit.gaps.synthetic OUT.jsonl [--scale S] [--planted-after YEAR] [--seed N]
+    import argparse
 
-    dest = Path(sys.argv[1] if len(sys.argv) > 1 else "synthetic-abstracts.jsonl")
-    write_corpus(dest, scale=float(sys.argv[2]) if len(sys.argv) > 2 else 1.0)
-    print(f"wrote {dest}")
+    ap = argparse.ArgumentParser(description="Write a synthetic arXiv-format corpus with one planted gap.")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--scale", type=float, default=1.0, help="papers per topic and year, as a multiple of the defaults")
+    ap.add_argument("--planted-after", type=int, default=2021, help="the planted bridge appears after this year")
+    ap.add_argument("--seed", type=int, default=0)
+    ns = ap.parse_args()
+    write_corpus(ns.out, scale=ns.scale, planted_after=ns.planted_after, seed=ns.seed)
+    print(f"wrote {ns.out}")

@@ -110,14 +110,24 @@ class LlamaCppBackend(Backend):
     name = "llamacpp"
     parallel = 16
 
-    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, parallel: int | None = None):
+    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, parallel: int | None = None,
+                 vocab_only: bool = False, lora: str | Path | None = None):
+        """`vocab_only`: load the vocabulary and metadata but no weights (a few MB, under a second):
+        `render`, `tokenize`, `detokenize`, `metadata` and `max_piece_bytes` work, generation does
+        not. `toolkit serve` builds prompts with one, outside its generation lock, so a reload or
+        an unload of the model never frees what a prompt is being tokenized with. `lora`: a GGUF
+        LoRA applied at load (one-at-a-time and batched generation alike)."""
         from toolkit.runtime import llamacpp
 
         self._set_parallel(parallel)
         self.gguf = Path(gguf)
         self.n_ctx = n_ctx
-        self._llm = llamacpp.load(self.gguf, n_ctx=n_ctx, n_threads=n_threads)
+        self.vocab_only = vocab_only
+        self.lora = Path(lora) if lora is not None else None
+        self._llm = (llamacpp.load_vocab(self.gguf) if vocab_only
+                     else llamacpp.load(self.gguf, n_ctx=n_ctx, n_threads=n_threads, lora=self.lora))
         self._template = self._llm.metadata.get("tokenizer.chat_template")
+        self._max_piece: int | None = None
 
     def render(self, messages: Messages) -> str:
         """The prompt text for `messages`, from the chat template embedded in the GGUF."""
@@ -138,18 +148,25 @@ class LlamaCppBackend(Backend):
         self._check_num_ctx(params)  # before rendering: a num_ctx too large is reported first
         yield from self.stream_prompt(self.render(messages), params)
 
-    def stream_prompt(self, prompt: str, params: DecodingParams, *, grammar: Any = None) -> Iterator[str | Generation]:
+    def stream_prompt(self, prompt: str | list[int], params: DecodingParams, *, grammar: Any = None,
+                      cancelled: Callable[[], bool] | None = None) -> Iterator[str | Generation]:
         """`stream` for a prompt already rendered (a raw prompt, a request's own template, an
-        OpenAI completion), optionally constrained by a `llama_cpp.LlamaGrammar` (structured
-        output): text pieces, then the final `Generation`.
+        OpenAI completion) or already tokenized, optionally constrained by a
+        `llama_cpp.LlamaGrammar` (structured output): text pieces, then the final `Generation`.
+
+        `cancelled` is asked after every decoded token (also while text is held back for a stop
+        string); once it says True, generation ends there, as if a stop string had matched.
+        `toolkit serve` stops a request whose client left with it.
 
         Called by `stream` and by `toolkit serve`'s one-at-a-time path. Not thread-safe: it decodes
         on this backend's llama.cpp context, so one call at a time (the server runs it on its one
         compute thread, under its registry lock).
         """
         self._check_num_ctx(params)
+        if self.vocab_only:
+            raise BackendError(f"{self.gguf} was opened with its vocabulary only", fix="open it without vocab_only to generate")
         start = time.perf_counter()
-        tokens = self.tokenize(prompt)
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise BackendError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
@@ -160,7 +177,13 @@ class LlamaCppBackend(Backend):
         # logits then differ slightly from a full evaluation: same seed, different text. A full
         # prompt evaluation each time keeps results independent of what ran before.
         self._llm.reset()
-        for chunk in self._llm.create_completion(tokens, stream=True, grammar=grammar, **params.to_llamacpp()):
+        stopping = None
+        if cancelled is not None:
+            from llama_cpp import StoppingCriteriaList
+
+            stopping = StoppingCriteriaList([lambda ids, logits: cancelled()])
+        for chunk in self._llm.create_completion(tokens, stream=True, grammar=grammar, stopping_criteria=stopping,
+                                                 **params.to_llamacpp()):
             choice = chunk["choices"][0]
             if choice["text"]:
                 count += 1
@@ -191,6 +214,22 @@ class LlamaCppBackend(Backend):
         if any(not 0 <= t < self._llm.n_vocab() for t in tokens):
             raise ValueError("token id outside the vocabulary")
         return self._llm.detokenize(tokens, special=True).decode("utf-8", "replace")
+
+    @property
+    def max_piece_bytes(self) -> int:
+        """The most bytes one token stands for (special tokens as written): a text of more than
+        n * this many bytes is more than n tokens, known before tokenizing it. Any thread."""
+        if self._max_piece is None:
+            import ctypes
+
+            import llama_cpp
+
+            vocab, buf, longest = self._llm._model.vocab, ctypes.create_string_buffer(256), 1
+            for token in range(self._llm.n_vocab()):
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+                longest = max(longest, n if n >= 0 else -n)  # negative: the piece needs -n bytes
+            self._max_piece = longest
+        return self._max_piece
 
     @property
     def metadata(self) -> Mapping[str, str]:
@@ -262,7 +301,7 @@ class LlamaCppBackend(Backend):
             if batched is not None:
                 batched.close()
             batched = self._batched = BatchedGenerator(self.gguf, n_ctx_per_seq=min(self.n_ctx, -(-need // 256) * 256),
-                                                       n_parallel=self.parallel, n_threads=self._llm.n_threads)
+                                                       n_parallel=self.parallel, n_threads=self._llm.n_threads, lora=self.lora)
         return batched
 
     def close(self) -> None:
@@ -377,7 +416,8 @@ def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = 
     if kind == "llamacpp":
         from toolkit.models import resolve
 
-        return LlamaCppBackend(resolve(model, hf=False).require_gguf(), n_ctx=n_ctx, parallel=parallel)
+        gguf, lora = resolve(model, hf=False).require_llamacpp()  # a Modelfile's ADAPTER comes along
+        return LlamaCppBackend(gguf, n_ctx=n_ctx, parallel=parallel, lora=lora)
     if kind == "ollama":
         return OllamaBackend(model, url, parallel=parallel)
     if kind == "openai":

@@ -98,10 +98,11 @@ class BatchedGenerator:
         n_parallel: sequences decoded together (slots); exactness checked up to 64.
         n_threads: CPU threads (default: all this process may use).
         n_batch: most prompt tokens in one prefill decode (longer prompts take several).
+        lora: a GGUF LoRA applied to the model at scale 1, as `llamacpp.load(lora=...)` applies it.
     """
 
     def __init__(self, gguf: str | Path, *, n_ctx_per_seq: int = 1024, n_parallel: int = 16,
-                 n_threads: int | None = None, n_batch: int = 512):
+                 n_threads: int | None = None, n_batch: int = 512, lora: str | Path | None = None):
         import llama_cpp
         from llama_cpp._logger import set_verbose
 
@@ -144,6 +145,8 @@ class BatchedGenerator:
             self.close()
             raise BackendError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {self.gguf}",
                                fix="lower n_parallel or n_ctx_per_seq")
+        if lora is not None:
+            self._apply_lora(Path(lora))
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
@@ -152,6 +155,22 @@ class BatchedGenerator:
         self._kept: list[tuple[list[int], object] | None] = [None] * n_parallel
         self.prefills = self.shared_prefills = 0  # prompts prefilled, and prompts copied instead
         self.most_live = 0  # the most sequences decoded together in one step so far
+
+    def _apply_lora(self, lora: Path) -> None:
+        """Load a GGUF LoRA for this model and set it on the context, as `Llama(lora_path=)` does.
+        The adapter belongs to the model: llama.cpp frees it with the model (close())."""
+        import ctypes
+
+        import llama_cpp
+
+        adapter = llama_cpp.llama_adapter_lora_init(self._model, str(lora).encode()) if lora.exists() else None
+        if not adapter:
+            self.close()
+            raise ModelError(f"llama.cpp cannot load LoRA {lora} for {self.gguf}", fix="is the LoRA exported for this base GGUF?")
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+        if llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
+            self.close()
+            raise BackendError(f"llama.cpp could not apply LoRA {lora} to {self.gguf}")
 
     # -- tokens ------------------------------------------------------------------------------
 

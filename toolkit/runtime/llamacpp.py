@@ -162,15 +162,23 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, **kwargs):
-    """A `llama_cpp.Llama` for `gguf`, safe on this CPU (see the module docstring)."""
+def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, lora: Path | None = None,
+         **kwargs):
+    """A `llama_cpp.Llama` for `gguf`, safe on this CPU (see the module docstring).
+
+    `lora`: a GGUF LoRA (`toolkit export BASE --adapter RUN`) that llama.cpp applies at load, at
+    scale 1 (alpha/rank, as PEFT trained it). llama-cpp-python then reads the base into memory
+    instead of mapping it."""
     from llama_cpp import Llama
 
     from toolkit.errors import ModelError
 
     gguf = Path(gguf)
-    if not gguf.exists():
-        raise ModelError(f"GGUF file {gguf} does not exist", fix="check the path or run `toolkit export`")
+    for path in (gguf, lora):
+        if path is not None and not Path(path).exists():
+            raise ModelError(f"GGUF file {path} does not exist", fix="check the path or run `toolkit export`")
+    if lora is not None:
+        kwargs["lora_path"] = str(lora)
     extra = probe_extra_bufts()["extra_bufts"]
     with _model_params(extra):
         try:
@@ -179,8 +187,10 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
             # machine those extra threads spin, so both follow n_threads.
             kwargs.setdefault("n_threads_batch", threads)
             return Llama(str(gguf), n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False, **kwargs)
-        except ValueError as exc:  # llama-cpp-python reports a bad file as ValueError
-            raise ModelError(f"llama.cpp cannot load {gguf}: {exc}", fix="is it a complete GGUF file?") from None
+        except ValueError as exc:  # llama-cpp-python reports a bad file (or a LoRA for another base) as ValueError
+            what = f"{gguf} with LoRA {lora}" if lora is not None else str(gguf)
+            fix = "is the LoRA exported for this base GGUF?" if lora is not None and "LoRA" in str(exc) else "is it a complete GGUF file?"
+            raise ModelError(f"llama.cpp cannot load {what}: {exc}", fix=fix) from None
 
 
 @contextlib.contextmanager

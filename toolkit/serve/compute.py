@@ -3,6 +3,7 @@
 Every llama.cpp computation of the server runs on one thread (`Compute`); with `--parallel`, plain
 generations from several connections decode together in one llama.cpp batch (`Engine`, over
 `toolkit.runtime.batched`): several times the total throughput on a CPU, same texts per seed.
+A request whose client left (its `cancel` event set) stops within one decode step on either path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.params import DecodingParams
+from toolkit.serve.request import Cancelled
+
+POLL = 0.05  # seconds between looks at a waiting request's cancel event
 
 
 class Compute:
@@ -46,9 +50,10 @@ class Compute:
         """Run `fn` on the compute thread; its result, or its error raised here."""
         return self.submit(fn, *args, **kwargs).result()
 
-    def iterate(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    def iterate(self, make: Callable[[], Iterator[Any]], cancel: threading.Event | None = None) -> Iterator[Any]:
         """The items of `make()`, computed on the compute thread and yielded here as they come. A
-        caller that stops early stops the computation, and waits until it has stopped."""
+        caller that stops early stops the computation, and waits until it has stopped; so does a
+        `cancel` event once set (then Cancelled is raised here)."""
         items: queue.Queue = queue.Queue()
         stop = threading.Event()
         end = object()
@@ -63,7 +68,7 @@ class Compute:
         task = self.submit(work)
         task.add_done_callback(lambda _: items.put(end))
         try:
-            while (item := items.get()) is not end:
+            while (item := _get(items, cancel)) is not end:
                 yield item
             task.result()  # raises the computation's error, if any
         finally:
@@ -113,11 +118,12 @@ class Engine:
         self._scheduled = False  # a batch task is queued or running
         self._guard = threading.Lock()  # for _pending and _scheduled, shared with the compute thread
 
-    def enqueue(self, text: str, params: DecodingParams) -> tuple[int, queue.Queue]:
+    def enqueue(self, tokens: list[int], params: DecodingParams) -> tuple[int, queue.Queue]:
+        """Queue a generation for prompt `tokens` (tokenized by the caller, outside any lock)."""
         from toolkit.runtime.batched import Job
 
         key, replies = next(self._keys), queue.Queue()
-        job = Job(key, self.gen.tokenize(text), params, on_text=replies.put)
+        job = Job(key, tokens, params, on_text=replies.put)
         with self._guard:
             self._pending.append((job, replies))
             if not self._scheduled:
@@ -125,14 +131,15 @@ class Engine:
                 self._compute.submit(self._batch)
         return key, replies
 
-    def replies(self, key: int, replies: queue.Queue) -> Iterator[Any]:
-        """Text pieces, then the Completion; a consumer that stops early drops the request."""
+    def replies(self, key: int, replies: queue.Queue, cancel: threading.Event | None = None) -> Iterator[Any]:
+        """Text pieces, then the Completion; a consumer that stops early, or whose `cancel` is
+        set (Cancelled is raised), drops the request before the next decode step."""
         from toolkit.runtime.batched import Completion
 
         done = False
         try:
             while not done:
-                item = replies.get()
+                item = _get(replies, cancel)
                 if isinstance(item, BaseException):
                     done = True
                     raise item
@@ -144,6 +151,8 @@ class Engine:
 
     def _next(self, drain: bool) -> Any:
         with self._guard:
+            while self._pending and self._pending[0][0].key in self._gone:  # left before it started
+                self._gone.discard(self._pending.popleft()[0].key)
             if not self._pending or (self._compute.busy() and not drain):
                 return None
             job, replies = self._pending.popleft()
@@ -176,3 +185,16 @@ class Engine:
             self.gen.close()
 
         self._compute.call(finish)
+
+
+def _get(items: queue.Queue, cancel: threading.Event | None) -> Any:
+    """The next item; Cancelled once `cancel` is set while waiting for it."""
+    if cancel is None:
+        return items.get()
+    while True:
+        if cancel.is_set():
+            raise Cancelled()
+        try:
+            return items.get(timeout=POLL)
+        except queue.Empty:
+            pass

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from toolkit.runtime.generation import Generation
+from toolkit.serve.prompt import check_messages, render_gguf
 from toolkit.serve.registry import Done, Registry, ServedModel, drain, normalize
 from toolkit.serve.request import HTTPError, Request, Stream, embed_inputs, grammar_for, is_int, openai_params, parse_json
 
@@ -47,8 +48,9 @@ def chat(registry: Registry, req: Request) -> dict | Stream:
     body, name, model = _request(registry, req, "/v1/chat/completions")
     messages = _messages(body.get("messages"))
     params = openai_params(body, registry.base(openai=True))
-    events = registry.generate(model, lambda backend: backend.render(messages), params,
-                               grammar=_grammar(body.get("response_format")))
+    check_messages(messages, model.vocab, params.num_ctx)
+    events = registry.generate(model, lambda vocab: render_gguf(vocab, messages), params,
+                               grammar=_grammar(body.get("response_format")), cancel=req.cancel)
     return _reply(events, body, name, chat=True)
 
 
@@ -60,7 +62,8 @@ def completions(registry: Registry, req: Request) -> dict | Stream:
     if not isinstance(prompt, str) or not prompt:
         raise HTTPError(400, "prompt must be a non-empty string (or a list of one)")
     params = openai_params(body, registry.base(openai=True))
-    events = registry.generate(model, lambda backend: prompt, params)
+    check_messages([{"content": prompt}], model.vocab, params.num_ctx)
+    events = registry.generate(model, lambda vocab: prompt, params, cancel=req.cancel)
     return _reply(events, body, name, chat=False)
 
 
@@ -72,7 +75,7 @@ def embeddings(registry: Registry, req: Request) -> dict:
     dims = body.get("dimensions")
     if dims is not None and (not is_int(dims) or dims < 1):
         raise HTTPError(400, "dimensions must be a positive integer")
-    vectors, count, _ = registry.embed(model, texts) if texts else ([], 0, 0)
+    vectors, count, _ = registry.embed(model, texts, cancel=req.cancel) if texts else ([], 0, 0)
     data = [{"object": "embedding", "embedding": normalize(v[:dims] if dims else v), "index": i} for i, v in enumerate(vectors)]
     return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": count, "total_tokens": count}}
 

@@ -5,6 +5,11 @@ generation is serialised by its lock, as Ollama's default OLLAMA_NUM_PARALLEL=1 
 `parallel` > 1 plain generations (no structured output) go to the model's batched `Engine`. Every
 llama.cpp computation runs on the registry's one `Compute` thread. Generations yield text pieces,
 then a `Done` with the timings Ollama reports.
+
+Only generation (and loading, unloading, embedding) holds the lock: prompts are rendered and
+tokenized before it, with the model's vocabulary-only handle and within the bounds of
+`toolkit.serve.prompt`. At most `max_queue` requests wait for it (OLLAMA_MAX_QUEUE); past that a
+request gets Ollama's 503. A request whose `cancel` event is set stops waiting or generating.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from toolkit.errors import ConfigError
 from toolkit.params import DEFAULTS, SPECS, DecodingParams
 from toolkit.runtime.backends import LlamaCppBackend
 from toolkit.runtime.generation import MAX_PARALLEL, Generation
-from toolkit.serve.compute import Compute, Engine
-from toolkit.serve.request import HTTPError
+from toolkit.serve.compute import POLL, Compute, Engine
+from toolkit.serve.prompt import text_limit, tokens_for
+from toolkit.serve.request import Cancelled, HTTPError
 
 log = logging.getLogger("toolkit.serve.registry")
 
@@ -82,6 +88,7 @@ class ServedModel:
     gguf: Path
     meta: dict[str, str] = field(default_factory=dict)  # GGUF metadata, kept after an unload
     backend: LlamaCppBackend | None = None
+    vocab: LlamaCppBackend | None = None  # vocabulary only: prompts are built with it, outside the lock
     embedder: Any = None  # a second llama.cpp context with embeddings on, made on first use
     engine: Engine | None = None  # the batched generator when serving with parallel > 1
     _digest: str | None = None
@@ -116,7 +123,7 @@ class Registry:
     generations; `compute` is the one thread every llama.cpp computation runs on."""
 
     def __init__(self, models: Mapping[str, str | os.PathLike], *, n_ctx: int = 2048, n_threads: int | None = None,
-                 parallel: int = 1):
+                 parallel: int = 1, max_queue: int = 512):
         from toolkit.models import resolve
 
         DEFAULTS.replace(num_ctx=n_ctx)  # validates n_ctx before anything loads
@@ -127,6 +134,9 @@ class Registry:
         self.compute = Compute()  # every llama.cpp computation runs on this one thread
         self.n_threads = n_threads  # None: every core this process may use
         self.lock = threading.Lock()
+        self.max_queue = max_queue
+        self.waiting = 0  # requests waiting for the lock or generating, counted under _count
+        self._count = threading.Lock()
         self.closed = False
         self.models: dict[str, ServedModel] = {}
         for name, spec in models.items():
@@ -138,6 +148,8 @@ class Registry:
             self.models[full.lower()] = ServedModel(full, resolve(str(spec), hf=False).require_gguf())
         try:
             for model in self.models.values():
+                model.vocab = LlamaCppBackend(model.gguf, vocab_only=True)
+                model.vocab.max_piece_bytes  # noqa: B018  # measured once, at start
                 model.backend = self._open(model, n_ctx)
                 self._engine(model)  # with parallel > 1: loaded up front, so a failure shows at start
         except BaseException:
@@ -181,12 +193,12 @@ class Registry:
         model.backend = self._open(model, n_ctx)
         return model.backend
 
-    def load(self, model: ServedModel, num_ctx: int) -> None:
-        with self.lock:
+    def load(self, model: ServedModel, num_ctx: int, cancel: threading.Event | None = None) -> None:
+        with self._queued(), self._locked(cancel):
             self._ready(model, num_ctx)
 
-    def unload(self, model: ServedModel) -> None:
-        with self.lock:
+    def unload(self, model: ServedModel, cancel: threading.Event | None = None) -> None:
+        with self._queued(), self._locked(cancel):
             self._unload(model)
 
     def _engine(self, model: ServedModel) -> Engine | None:
@@ -203,58 +215,90 @@ class Registry:
             if handle is not None:
                 handle.close()
 
-    def generate(self, model: ServedModel, build: Callable[[LlamaCppBackend], str], params: DecodingParams, *,
-                 grammar: Any = None, want_context: bool = False, unload: bool = False) -> Iterator[str | Done]:
-        """Text pieces, then a `Done`. One at a time, the lock is held while pieces flow and
-        released before `Done`, so a consumer that stops after `Done` never keeps other requests
-        waiting; in parallel, the lock is only held to queue the request for the batch.
+    @contextlib.contextmanager
+    def _queued(self) -> Iterator[None]:
+        """A place among the requests waiting or generating: 503 past `max_queue` waiting ones."""
+        with self._count:
+            if self.waiting >= self.max_queue + self.parallel:
+                raise HTTPError(503, "server busy, please try again.  maximum pending requests exceeded")
+            self.waiting += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.waiting -= 1
 
-        `build` makes the prompt text from the model's backend; `grammar` (structured output) and
-        `unload` (keep_alive 0) run the request alone; `want_context` returns the prompt and reply
-        as tokens (/api/generate's `context`).
+    @contextlib.contextmanager
+    def _locked(self, cancel: threading.Event | None) -> Iterator[None]:
+        """The lock, given up while waiting for it if the client leaves (Cancelled)."""
+        while not self.lock.acquire(timeout=POLL):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+        try:
+            if self.closed:
+                raise HTTPError(503, "server is shutting down")
+            yield
+        finally:
+            self.lock.release()
+
+    def generate(self, model: ServedModel, build: Callable[[LlamaCppBackend], str], params: DecodingParams, *,
+                 grammar: Any = None, want_context: bool = False, unload: bool = False,
+                 cancel: threading.Event | None = None) -> Iterator[str | Done]:
+        """Text pieces, then a `Done`. The prompt is built and tokenized first, without the lock.
+        One at a time, the lock is then held while pieces flow and released before `Done`, so a
+        consumer that stops after `Done` never keeps other requests waiting; in parallel, it is only
+        held to queue the request for the batch.
+
+        `build` makes the prompt text from the model's vocabulary-only backend; `grammar`
+        (structured output) and `unload` (keep_alive 0) run the request alone; `want_context`
+        returns the prompt and reply as tokens (/api/generate's `context`); `cancel`, once set,
+        stops the request within a decode step (Cancelled is raised).
         """
         asked = time.perf_counter()
-        context = None
-        with self.lock:
-            backend = self._ready(model, params.num_ctx)
-            ready = time.perf_counter()
-            text = build(backend)
-            fitted = _fit(backend, text, params)
-            # together with other requests when serving in parallel, unless it needs what only the
-            # one-at-a-time path has: a grammar, an unload after it, or more context than the slots
-            engine = self._engine(model) if grammar is None and not unload and fitted.num_ctx <= self.n_ctx else None
+        text = build(model.vocab)
+        tokens = tokens_for(model.vocab, text, params.num_ctx)
+        if not tokens:
+            raise HTTPError(400, "prompt is empty")
+        engine = None
+        with self._queued():
+            with self._locked(cancel):
+                backend = self._ready(model, params.num_ctx)
+                ready = time.perf_counter()
+                fitted = _fit(backend, len(tokens), params)
+                # together with other requests when serving in parallel, unless it needs what only the
+                # one-at-a-time path has: a grammar, an unload after it, or more context than the slots
+                if grammar is None and not unload and fitted.num_ctx <= self.n_ctx:
+                    engine = self._engine(model)
+                if engine is not None:
+                    ticket = engine.enqueue(tokens, fitted)
+                else:
+                    alone = lambda: self._generate_alone(backend, tokens, fitted, grammar, cancel)  # noqa: E731
+                    for piece in self.compute.iterate(alone, cancel):
+                        if isinstance(piece, tuple):
+                            final, first, end = piece
+                        else:
+                            yield piece
+                    if unload:  # keep_alive 0: the client asked for the memory back after this request
+                        self._unload(model)
             if engine is not None:
-                ticket = engine.enqueue(text, fitted)
-            else:
-                alone = lambda: self._generate_alone(backend, text, fitted, grammar)  # noqa: E731
-                for piece in self.compute.iterate(alone):
-                    if isinstance(piece, tuple):
-                        final, first, end = piece
-                    else:
-                        yield piece
-                context = backend.tokenize(text + final.text) if want_context else None
-                if unload:  # keep_alive 0: the client asked for the memory back after this request
-                    self._unload(model)
-        if engine is not None:
-            first = None
-            for item in engine.replies(*ticket):
-                if isinstance(item, str):
-                    first = first or time.perf_counter()
-                    yield item
-            end = time.perf_counter()
-            first = first or end
-            final = item.generation
-            if want_context:
-                with self.lock:
-                    context = self._ready(model, fitted.num_ctx).tokenize(text + final.text)
+                first = None
+                for item in engine.replies(*ticket, cancel):
+                    if isinstance(item, str):
+                        first = first or time.perf_counter()
+                        yield item
+                end = time.perf_counter()
+                first = first or end
+                final = item.generation
+        context = model.vocab.tokenize(text + final.text) if want_context else None
         yield Done(final, ns(ready - asked), ns(first - ready), ns(end - first), context)
 
-    def _generate_alone(self, backend: LlamaCppBackend, text: str, fitted: DecodingParams,
-                        grammar: Any) -> Iterator[str | tuple[Generation, float, float]]:
+    def _generate_alone(self, backend: LlamaCppBackend, tokens: list[int], fitted: DecodingParams, grammar: Any,
+                        cancel: threading.Event | None) -> Iterator[str | tuple[Generation, float, float]]:
         """One generation on the model's own llama.cpp context (compute thread, lock held): its
         pieces, then the final Generation with the times of its first piece and of its end."""
         first = final = None
-        for piece in backend.stream_prompt(text, fitted, grammar=grammar):
+        cancelled = cancel.is_set if cancel is not None else None
+        for piece in backend.stream_prompt(tokens, fitted, grammar=grammar, cancelled=cancelled):
             if isinstance(piece, Generation):
                 final = piece
                 continue
@@ -265,16 +309,16 @@ class Registry:
         end = time.perf_counter()
         yield final, first or end, end
 
-    def embed(self, model: ServedModel, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int, int]:
+    def embed(self, model: ServedModel, texts: list[str], *, truncate: bool = True,
+              cancel: threading.Event | None = None) -> tuple[list[list[float]], int, int]:
         """Mean-pooled embeddings (not normalised), the token count and the load time in ns."""
         if any(not t for t in texts):  # llama.cpp corrupts its heap on an empty sequence
             raise HTTPError(400, "input must not contain empty strings")
+        texts = [_embed_text(model.vocab, t, truncate) for t in texts]
         from toolkit.runtime import llamacpp
 
         asked = time.perf_counter()
-        with self.lock:
-            if self.closed:
-                raise HTTPError(503, "server is shutting down")
+        with self._queued(), self._locked(cancel):
             if model.embedder is None:
                 model.embedder = llamacpp.load(model.gguf, n_ctx=EMBED_CTX, n_threads=self.n_threads,
                                                n_threads_batch=self.n_threads, embedding=True)
@@ -299,16 +343,26 @@ class Registry:
             self.lock.release()
 
 
-def _fit(backend: LlamaCppBackend, text: str, params: DecodingParams) -> DecodingParams:
-    """Clamp max_tokens to the room left in the context: a long answer then ends with
-    done_reason "length", as in Ollama, instead of failing the backend's context check."""
+def _fit(backend: LlamaCppBackend, used: int, params: DecodingParams) -> DecodingParams:
+    """Clamp max_tokens to the room left in the context after `used` prompt tokens: a long answer
+    then ends with done_reason "length", as in Ollama, instead of failing the backend's check."""
     ctx = min(params.num_ctx, backend.n_ctx)
-    used = len(backend.tokenize(text))  # as the backend tokenizes, so the counts agree with its check
-    if used == 0:
-        raise HTTPError(400, "prompt is empty")
     if used >= ctx:
         raise HTTPError(400, f"the input length ({used} tokens) exceeds the context length ({ctx})")
     return params.replace(num_ctx=ctx, max_tokens=min(params.max_tokens, ctx - used))
+
+
+def _embed_text(vocab: LlamaCppBackend, text: str, truncate: bool) -> str:
+    """`text` as the embedder may take it without tokenizing megabytes under the lock: longer than
+    EMBED_CTX tokens can hold, it is refused, or with `truncate` cut to twice that many bytes (at
+    least 2 x EMBED_CTX tokens, so its first EMBED_CTX tokens, all that is kept, are unchanged)."""
+    limit = text_limit(vocab, EMBED_CTX)
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    if not truncate:
+        raise HTTPError(400, "the input length exceeds the context length")
+    return data[: 2 * limit].decode("utf-8", "ignore")
 
 
 def _mean(rows: list) -> list[float]:

@@ -5,14 +5,20 @@ say. Ollama `options` and OpenAI sampling fields become `DecodingParams` (`ollam
 `openai_params`), so the bounds and names are the ones the rest of the toolkit uses; `format` and
 `response_format` become llama.cpp grammars. Routes answer with a dict (one JSON object), a
 `Reply` or a `Stream`, or raise `HTTPError`.
+
+Bodies are read as Go's decoder reads them where Python's `json` is laxer: `NaN` and `Infinity` are
+not JSON, a number past float64's range does not fit any field, and a lone UTF-16 surrogate escape
+(`"\\ud800"`) becomes U+FFFD, as Go's decoder replaces it (Ollama then runs the request; so do we).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.params import OLLAMA_OPTION_TYPES, SPECS, DecodingParams
@@ -27,12 +33,18 @@ class HTTPError(Exception):
         self.message = message
 
 
-@dataclass
+class Cancelled(Exception):
+    """The client went away: the request's work stops and nothing is sent."""
+
+
+@dataclass(eq=False)  # compared and hashed by identity: the HTTP layer keeps a set of running ones
 class Request:
     method: str
     path: str
-    body: bytes
+    body: bytes | bytearray
     started: float  # perf_counter() when the request arrived: total_duration counts from here
+    # set by the HTTP layer when the client leaves; generation checks it between decode steps
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -91,18 +103,68 @@ def _kind(v: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(v), "null")
 
 
-def parse_json(raw: bytes) -> Any:
+class _BadNumber:
+    """A number no field can hold (NaN, ±Infinity, past float64, thousands of digits), kept as its
+    text until `_clean` finds which field it is in."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _float(text: str) -> float | _BadNumber:
+    value = float(text)
+    return value if math.isfinite(value) else _BadNumber(text)
+
+
+def _int(text: str) -> int | _BadNumber:
+    return int(text) if len(text) <= 300 else _BadNumber(text)  # int() refuses 4,300+ digits anyway
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _clean(value: Any, where: str = "") -> Any:
+    """`value` with lone surrogates replaced by U+FFFD (json.loads already joined valid pairs), or a
+    400 naming the field of a number that is not finite."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, _BadNumber):
+        raise HTTPError(400, f'invalid number {value.text} in field "{where or "body"}": numbers must be finite and within range')
+    return value
+
+
+def parse_json(raw: bytes | bytearray) -> Any:
     """A request body's JSON, or a 400 with Go's message."""
     if not raw.strip():
         raise HTTPError(400, "missing request body")
+    bad: list[str] = []
+
+    def constant(text: str) -> _BadNumber:
+        bad.append(text)
+        return _BadNumber(text)
+
+    def number(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        def hook(text: str) -> Any:
+            value = parse(text)
+            if isinstance(value, _BadNumber):
+                bad.append(text)
+            return value
+        return hook
+
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=constant, parse_float=number(_float), parse_int=number(_int))
     except json.JSONDecodeError as exc:
         if exc.pos >= len(exc.doc.rstrip()):
             raise HTTPError(400, "unexpected EOF") from None
         raise HTTPError(400, f"invalid character {exc.doc[exc.pos]!r} looking for beginning of value") from None
     except ValueError:  # not UTF-8
         raise HTTPError(400, "invalid UTF-8 in request body") from None
+    return _clean(body) if bad or _SURROGATE_ESCAPE.search(raw) else body
 
 
 def check_fields(body: dict, struct: str, fields: Mapping[str, Check]) -> dict:
@@ -114,7 +176,7 @@ def check_fields(body: dict, struct: str, fields: Mapping[str, Check]) -> dict:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def parse_body(raw: bytes, struct: str, fields: Mapping[str, Check]) -> dict:
+def parse_body(raw: bytes | bytearray, struct: str, fields: Mapping[str, Check]) -> dict:
     """An Ollama request body (a JSON object, api.`struct`) with its `fields` type-checked."""
     body = parse_json(raw)
     if not isinstance(body, dict):
@@ -160,7 +222,8 @@ def _option(key: str, value: Any) -> Any:
     """One of Ollama's options (api.Options and api.Runner), type-checked like Ollama's
     Options.FromMap, with its messages."""
     kind = OLLAMA_OPTION_TYPES[key]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and (isinstance(value, int) or math.isfinite(value))
     if kind is bool and not isinstance(value, bool):
         raise HTTPError(400, f'option "{key}" must be of type boolean')
     if kind is int and not number:

@@ -43,6 +43,13 @@ def train(
     gradient_checkpointing: bool | None = None,
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None,
     stop_after: int | None = None,
+    method: Literal["sft", "dpo", "simpo"] | None = None,
+    beta: float | None = None,
+    loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] | None = None,
+    label_smoothing: float | None = None,
+    simpo_gamma: float | None = None,
+    precompute_ref: bool | None = None,
+    skip_bad: bool | None = None,
     resume: bool = False,
 ) -> TrainResult:
     options = {k: v for k, v in locals().items() if k in FIELDS}
@@ -51,7 +58,12 @@ def train(
         saved = Path(out or field_default("out")) / "config.yaml"
         cfg_file = str(saved) if saved.exists() else None  # `--out DIR --resume` continues with the run's own options
     cfg = load_config(cfg_file, **options)
-    result = run_training(cfg, resume=resume)
+    if cfg.method != "sft":  # preference tuning runs on TRL's trainers (toolkit/train/dpo.py)
+        from toolkit.train.dpo import run_preference
+
+        result = run_preference(cfg, resume=resume)
+    else:
+        result = run_training(cfg, resume=resume)
     _print_result(result)
     return result
 
@@ -77,6 +89,12 @@ Writes OUT/config.yaml (resolved), OUT/adapter (PEFT adapter + tokenizer), OUT/m
 (step, loss, lr, tokens/s, validation loss), OUT/loss.png and checkpoints for --resume. Uses a
 GPU (CUDA or Apple MPS) when there is one. Options override --config; --config takes a YAML file
 or a recipe name ({recipes}).
+
+Preference tuning (--method dpo, after SFT): --model is the SFT run (its adapter is merged into
+OUT/start, the reference policy) and --train-data/--validation-data hold preference pairs (TRL
+prompt/chosen/rejected, ShareGPT preference or Anthropic HH; `toolkit data prefs` makes them). A
+fresh LoRA is trained with TRL's DPOTrainer; OUT/eval.csv and OUT/dpo.png hold the rewards table.
+  toolkit train --config dpo-cpu --model runs/lora-chat --train-data prefs/train.jsonl
 
 Several GPUs or machines (data parallel, no code change):
   accelerate launch --num_processes 2 -m toolkit train --config lora-chat

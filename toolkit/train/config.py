@@ -80,6 +80,20 @@ class TrainConfig:
     """auto = bf16 on a GPU that supports it (else fp16), fp32 on CPU and Apple MPS."""
     stop_after: int = 0
     """Stop after this many steps as if interrupted, keeping a checkpoint for --resume (0 = run to the end)."""
+    method: Literal["sft", "dpo", "simpo"] = "sft"
+    """sft: prompt/response; dpo: preference pairs vs the starting model (--model: SFT run, adapter or merged); simpo: reference-free."""
+    beta: float = 0.1
+    """dpo/simpo: how far the policy may move from the reference (DPO's beta, IPO's tau, SimPO's reward scale)."""
+    loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] = "sigmoid"
+    """dpo loss: sigmoid (DPO), ipo, robust (label-smoothed, for noisy labels: set label_smoothing) or hinge."""
+    label_smoothing: float = 0.0
+    """robust loss: assumed share of pairs whose labels are flipped, in [0, 0.5) (the paper suggests 0.1)."""
+    simpo_gamma: float = 0.5
+    """simpo: target reward margin (gamma)."""
+    precompute_ref: bool = True
+    """dpo: compute the reference log-probs once before training, so each step runs one model, not two."""
+    skip_bad: bool = False
+    """Preference data: skip bad rows and count them, instead of stopping before training with the first few listed."""
 
     def validate(self) -> TrainConfig:
         """Raise a one-line ConfigError for a value out of range."""
@@ -94,6 +108,8 @@ class TrainConfig:
             (self.eval_every >= 0, "eval_every", "must be >= 0"), (self.save_every >= 0, "save_every", "must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"), (self.stop_after >= 0, "stop_after", "must be >= 0"),
             (bool(self.target_modules), "target_modules", "needs at least one module name"),
+            (self.beta > 0, "beta", "must be > 0"), (0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
+            (self.simpo_gamma >= 0, "simpo_gamma", "must be >= 0"),
             (bool(str(self.train_data)), "train_data", "is required"),
         ]
         for ok, name, what in checks:

@@ -1,9 +1,18 @@
 """Executing a parsed Go template: control flow, variables, pipelines, field access and function
-calls (`and`/`or` lazily), with Go's error texts."""
+calls (`and`/`or` lazily), with Go's error texts.
+
+`bounded(Budget(...))` bounds every execution run inside it (a template from an untrusted request,
+as `toolkit serve` takes one): steps, characters written or returned by a function, and wall time
+are shared by all executions in the block, and running past one raises TemplateError naming it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
@@ -23,6 +32,43 @@ class _Continue(Exception):
 _MISSING = object()
 
 
+@dataclass
+class Budget:
+    """What the executions in a `bounded` block may use together: steps (nodes run, range
+    iterations, function calls), characters (written, or returned by one function) and seconds."""
+
+    steps: int
+    chars: int
+    seconds: float
+    deadline: float = 0.0
+    used_steps: int = 0
+    used_chars: int = 0
+
+    def spend(self, steps: int = 1, chars: int = 0) -> None:
+        self.used_steps += steps
+        self.used_chars += chars
+        if self.used_steps > self.steps:
+            raise TemplateError(f"template execution took more than {self.steps} steps")
+        if self.used_chars > self.chars:
+            raise TemplateError(f"template output is over {self.chars} characters")
+        if time.monotonic() > self.deadline:
+            raise TemplateError(f"template execution took longer than {self.seconds:g} s")
+
+
+_BUDGET: ContextVar[Budget | None] = ContextVar("gotemplate_budget", default=None)
+
+
+@contextlib.contextmanager
+def bounded(budget: Budget) -> Iterator[Budget]:
+    """Run the executions inside this block within `budget` (this thread or task only)."""
+    budget.deadline = time.monotonic() + budget.seconds
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
 class Execution:
     """One execution: the variable stack and the output."""
 
@@ -30,6 +76,11 @@ class Execution:
         self.vars: list[list] = [["$", data]]
         self.out: list[str] = []
         self.line = 0
+        self.budget = _BUDGET.get()  # None: unbounded (templates the toolkit itself ships)
+
+    def spend(self, steps: int = 1, chars: int = 0) -> None:
+        if self.budget is not None:
+            self.budget.spend(steps, chars)
 
     def error(self, message: str) -> TemplateError:
         return TemplateError(message, line=self.line or None)
@@ -37,13 +88,17 @@ class Execution:
     # -- control flow --------------------------------------------------------------------------
     def walk(self, dot: Any, nodes: list) -> None:
         for node in nodes:
+            self.spend()
             if isinstance(node, Text):
+                self.spend(0, len(node.text))
                 self.out.append(node.text)
             elif isinstance(node, Action):
                 # Declared variables persist to the enclosing {{end}}; declarations print nothing.
                 value = self.eval_pipe(dot, node.pipe)
                 if not node.pipe.decl:
-                    self.out.append(go_print(value, top=True))
+                    text = go_print(value, top=True)
+                    self.spend(0, len(text))
+                    self.out.append(text)
             elif isinstance(node, Branch):
                 mark = len(self.vars)
                 try:
@@ -74,12 +129,16 @@ class Execution:
         elif isinstance(value, dict) and not isinstance(value, GoStruct):
             pairs = [(k, value[k]) for k in sorted(value)]  # Go ranges over maps in key order
         elif isinstance(value, int) and not isinstance(value, bool):
+            budget = self.budget  # {{range 100000000}} past the budget fails before making the list
+            if budget is not None and value > budget.steps - budget.used_steps:
+                self.spend(value)
             pairs = [(i, i) for i in range(value)]
         else:
             raise self.error(f"range can't iterate over {go_print(value)}")
         decl, mark = node.pipe.decl, len(self.vars)
         try:
             for index, elem in pairs:
+                self.spend()
                 self.set_range_vars(decl, node.pipe.assign, index, elem)
                 try:
                     self.walk(elem, node.body)
@@ -178,8 +237,13 @@ class Execution:
         fn = FUNCS.get(name)
         if fn is None:
             raise TemplateUnsupported(f"function {name} is not supported by this renderer", line=self.line)
+        self.spend()
         try:
-            return fn(*values)
+            result = fn(*values)
+            budget = self.budget
+            if budget is not None and isinstance(result, str) and len(result) > budget.chars - budget.used_chars:
+                self.spend(0, len(result))  # a string doubled in a loop never grows past the budget
+            return result
         except TemplateError:
             raise
         except (TypeError, ValueError, IndexError, KeyError) as e:

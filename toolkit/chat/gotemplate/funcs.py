@@ -112,6 +112,10 @@ def _printf(fmt: str, *args: Any) -> str:
         out.append(fmt[pos: m.start()])
         pos = m.end()
         flags, width, prec, verb = m.groups()
+        if _too_large(width) or _too_large(prec):  # Go's parsenum gives up: the rest is not formatted
+            out.append("%!(NOVERB)")
+            pos = len(fmt)
+            break
         if verb == "%":
             out.append("%")
             continue
@@ -125,6 +129,17 @@ def _printf(fmt: str, *args: Any) -> str:
         extra = ", ".join(f"{type_name(a)}={go_print(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _too_large(digits: str | None) -> bool:
+    """Whether Go's fmt stops reading this width or precision: its parsenum checks the number so
+    far against 1e6 before each further digit (so 8 digits pass, 9 never do)."""
+    num = 0
+    for ch in digits or "":
+        if num > 1_000_000:
+            return True
+        num = num * 10 + int(ch)
+    return False
 
 
 def _format_verb(flags: str, width: str | None, prec: str | None, verb: str, arg: Any) -> str:

@@ -93,6 +93,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
             raise ConfigError(f"sweep file {path} does not exist", fix="pass a file from sweeps/")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a binary file (a .gguf, say) passed as the sweep file
+        raise ConfigError(f"{path}: not a sweep file: it is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})",
+                          fix="pass a YAML sweep file, e.g. one from sweeps/") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -104,10 +104,10 @@ def format_parameter(name: str, value: object) -> str:
 
 def build_modelfile(*, from_: str, template: str, stops: list[str], system: str | None = None,
                     parameters: dict[str, object] | None = None,
-                    license: str | None = None) -> str:
+                    license: str | None = None, adapter: str | None = None) -> str:
     """Modelfile text for an exported model, proven by parsing it back.
 
-    Writes FROM, TEMPLATE (triple-quoted), one `PARAMETER stop` per stop token, SYSTEM, the other
+    Writes FROM, ADAPTER (a LoRA GGUF applied on top of FROM, when given), TEMPLATE (triple-quoted), one `PARAMETER stop` per stop token, SYSTEM, the other
     PARAMETERs in the given order, then LICENSE. A "stop" entry in `parameters` is appended to
     `stops`. Raises ConfigError for anything Ollama would reject or that would not round-trip.
     """
@@ -123,9 +123,13 @@ def build_modelfile(*, from_: str, template: str, stops: list[str], system: str 
     for stop in stops:
         if not isinstance(stop, str) or not stop:
             raise ConfigError(f"stop token {stop!r} must be a non-empty string")
-    expected: list[tuple[str, str]] = [("model", from_), ("template", template)]
-    lines = [safe_value("FROM", "model", from_),
-             safe_value("TEMPLATE", "template", template, prefer_triple=True)]
+    expected: list[tuple[str, str]] = [("model", from_)]
+    lines = [safe_value("FROM", "model", from_)]
+    if adapter is not None:
+        lines.append(safe_value("ADAPTER", "adapter", adapter))
+        expected.append(("adapter", adapter))
+    lines.append(safe_value("TEMPLATE", "template", template, prefer_triple=True))
+    expected.append(("template", template))
     for stop in stops:
         lines.append(safe_value("PARAMETER stop", "stop", stop))
         expected.append(("stop", stop))

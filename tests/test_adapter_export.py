@@ -1,0 +1,107 @@
+"""LoRA adapters shipped without merging: a tiny random-weight Llama (the default model's tokenizer
+and ChatML template) trains an adapter for two steps -> `export --adapter` writes base GGUF + GGUF
+LoRA + a Modelfile with FROM and ADAPTER -> the base with the LoRA applied by llama.cpp matches the
+merged twin's logits (verify) -> generate and the batched engine run through the Modelfile.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import ModelError
+from toolkit.export.adapter import check_exportable
+from toolkit.models import resolve
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, default_hf_dir):
+    from test_family_export import build_tiny_model
+
+    from toolkit.train.command import train
+
+    root = tmp_path_factory.mktemp("adapter")
+    tiny = build_tiny_model(default_hf_dir, root / "tiny", "qwen2.5")
+    rows = [{"prompt": f"Question {i}: why does method {i} help?", "response": f"Because method {i} pools estimates."}
+            for i in range(4)]
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # a high learning rate so the adapter moves the logits clearly: the checks must have something to catch
+    result = train(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
+                   batch_size=2, grad_accum=1, max_length=64, lr=5e-2, eval_every=0, save_every=0)
+    return tiny, result.adapter
+
+
+def test_adapter_exports_serves_and_verifies_against_its_merged_twin(trained, tmp_path):
+    from toolkit.export.convert import export
+    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.verify import check_templates, compare_gguf, reference_sequences, verify
+    from toolkit.params import DecodingParams
+    from toolkit.runtime.backends import open_backend
+    from toolkit.train.merge import merge
+
+    tiny, adapter = trained
+    out = tmp_path / "gguf"
+    assert export(str(tiny), out=out, outtype="f32", adapter=adapter) == 0
+    base, lora, modelfile = out / "tiny-f32.gguf", out / "run-lora-f32.gguf", out / "run-F32.Modelfile"
+    mf = validate_file(modelfile)
+    assert (mf.model, mf.adapter) == ("./tiny-f32.gguf", "./run-lora-f32.gguf")
+    assert "<|im_end|>" in mf.stops and "<|im_start|>" in mf.template
+    assert lora.stat().st_size < base.stat().st_size / 20  # the point: a few MB beside the base, not a second model
+
+    # the merged twin is the reference: base + LoRA in llama.cpp matches it, the base alone does not
+    merged = merge(adapter, tmp_path / "merged").out
+    seqs, starts, logprobs = reference_sequences(merged, ["Why does pooling help?", "What is a baseline?"], 12)
+    with_lora = compare_gguf(base, seqs, starts, logprobs, lora)
+    alone = compare_gguf(base, seqs, starts, logprobs)
+    assert with_lora.type == "F32+LoRA" and with_lora.passed and with_lora.top1_agreement >= 0.99
+    assert with_lora.mean_kl < 1e-4 < alone.mean_kl
+    assert check_templates(merged, base, modelfile) == []
+    # the command: the adapter itself as MODEL (merged in memory), its export's Modelfiles by default
+    assert verify(str(adapter), gguf=[modelfile], prompts=2, tokens=8) == 0
+
+    # generate through the Modelfile: one at a time and batched (the engine's own LoRA hook) agree
+    params = DecodingParams(temperature=0, max_tokens=8, num_ctx=256)
+    messages = [{"role": "user", "content": "Why does pooling help?"}]
+    with open_backend("llamacpp", str(modelfile), n_ctx=256) as engine:
+        assert engine.lora == lora.resolve()
+        one = engine.chat(messages, params)
+        batch = engine.generate_batch([messages, messages], params)
+    assert one.completion_tokens >= 1 and [g.text for g in batch] == [one.text, one.text]
+    assert resolve(out, hf=False).adapter == lora.resolve()  # the export folder resolves to its Modelfile
+
+
+def test_resolving_a_modelfile_keeps_its_adapter(tmp_path):
+    from toolkit.models import embedded_gguf
+
+    default_gguf = embedded_gguf()
+    (tmp_path / "lora.gguf").write_bytes(b"GGUF")
+    mf = tmp_path / "tuned.Modelfile"
+    mf.write_text(f'FROM {default_gguf}\nADAPTER ./lora.gguf\nTEMPLATE """FROM nowhere\nADAPTER inside"""\n')
+    model = resolve(mf, hf=False)
+    assert (model.gguf, model.adapter) == (default_gguf.resolve(), (tmp_path / "lora.gguf").resolve())
+    assert model.require_llamacpp() == (model.gguf, model.adapter)
+    assert "+lora:" in model.weights_id()
+    with pytest.raises(ModelError, match="LoRA ADAPTER, which this command does not apply"):
+        model.require_gguf()  # a caller that would load the base alone never drops the adapter silently
+    mf.write_text("FROM smollm2\nADAPTER ./missing.gguf\n")
+    with pytest.raises(ModelError, match="is not a GGUF LoRA file"):
+        resolve(mf, hf=False)
+    mf.write_text("FROM smollm2\n")
+    assert resolve(mf, hf=False).gguf == default_gguf and resolve(mf, hf=False).adapter is None
+
+
+@pytest.mark.parametrize("meta,config,reason", [
+    ({"format": "tagged", "added_tokens": {"<problem>": 49152}}, {}, r"adds tokens \(<problem>\)"),
+    ({}, {"modules_to_save": ["embed_tokens"]}, "trains whole modules"),
+    ({}, {"trainable_token_indices": {"embed_tokens": [5]}}, "trains embedding rows"),
+    ({}, {"target_modules": ["q_proj", "lm_head"]}, "adapts the embeddings or output head"),
+    ({}, {"use_dora": True}, "DoRA"),
+])
+def test_adapters_that_must_merge_are_refused_in_one_line(tmp_path, meta, config, reason):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q_proj"], **config}))
+    with pytest.raises(ModelError, match=reason) as info:
+        check_exportable(Path(tmp_path), meta)
+    assert "\n" not in str(info.value) and "toolkit merge" in info.value.fix

@@ -1,0 +1,203 @@
+"""Chat and preference records: message lists checked turn by turn, in OpenAI or ShareGPT form.
+
+Chat records hold `messages` (`[{role, content}, ...]`), or LLaMA-Factory's ShareGPT form:
+`conversations` of `{from, value}` turns (`human`, `gpt`, `system`, `observation`,
+`function_call`) with an optional `system` field. Preference records hold `prompt`, `chosen` and
+`rejected`, each a string or a message list; LLaMA-Factory's ShareGPT preference form
+(`conversations` + `chosen`/`rejected` message objects) reads as the same thing. Field names
+follow `--prompt-col`/`--chosen-col`/`--rejected-col` (`toolkit.data.columns`).
+
+A bad record is a `DataError` naming file and line; each file's bad records are collected and
+reported together (`toolkit.data.records.Problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from toolkit.data.columns import Columns
+from toolkit.data.records import ROLES, ChatRecord, PreferenceRecord, Problems, found_fields, json_type, record_id
+from toolkit.data.sources import detect_container, iter_rows
+from toolkit.errors import DataError
+
+__all__ = ["read_chat", "read_preference", "text_of", "check_messages", "SPEAKERS"]
+
+# ShareGPT speaker names (LLaMA-Factory's tags and common variants) -> chat roles
+SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+            "bot": "assistant", "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
+_MESSAGES_FIX = 'messages are [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+
+
+def _check_message(m: Any, at: str, path: Path, line: int, fix: str) -> None:
+    if not isinstance(m, dict):
+        raise DataError(f"{at} must be an object with role and content, got {json_type(m)}", path=path, line=line, fix=fix)
+    if "role" not in m:
+        raise DataError(f"{at} has no 'role' ({found_fields(m)})", path=path, line=line, fix=fix)
+    role = m["role"]
+    if role not in ROLES:
+        raise DataError(f"{at} has role {role!r}; expected one of {', '.join(ROLES)}", path=path, line=line, fix=fix)
+    content = m.get("content")
+    if content is None and not (role in ("assistant", "tool") and ("tool_calls" in m or role == "tool")):
+        raise DataError(f"{at} ({role}) has no 'content' ({found_fields(m)})", path=path, line=line, fix=fix)
+    if content is not None and not isinstance(content, str):
+        raise DataError(f"{at} ({role}) content must be a string, got {json_type(content)}", path=path, line=line, fix=fix)
+
+
+def check_messages(messages: Any, path: Path, line: int, where: str, *, final_assistant: bool, need_user: bool = True) -> list[dict]:
+    """`messages` once every turn is checked: roles, contents, a user turn, and (for training) a final reply."""
+    fix = _MESSAGES_FIX
+    if not isinstance(messages, list):
+        raise DataError(f"{where} must be a list of messages, got {json_type(messages)}", path=path, line=line, fix=fix)
+    if not messages:
+        raise DataError(f"{where} is an empty list", path=path, line=line, fix=fix)
+    for i, m in enumerate(messages, 1):
+        _check_message(m, f"{where} message {i} of {len(messages)}", path, line, fix)
+    roles = [m["role"] for m in messages]
+    if need_user and "user" not in roles:
+        raise DataError(f"{where} has no user message (roles: {', '.join(roles)})", path=path, line=line, fix=fix)
+    if final_assistant:
+        if roles[-1] != "assistant":
+            raise DataError(f"{where} ends with a {roles[-1]} message; training data must end with the assistant's reply",
+                            path=path, line=line, fix="drop trailing turns or add the assistant's answer")
+        if not (messages[-1].get("content") or "").strip():
+            raise DataError(f"{where} ends with an empty assistant message", path=path, line=line, fix="give the final reply text")
+    return messages
+
+
+# ------------------------------------------------------------------------------------ ShareGPT
+
+
+def _is_sharegpt_turn(m: Any) -> bool:
+    return isinstance(m, dict) and "from" in m and "role" not in m
+
+
+def _from_sharegpt(value: Any, where: str, path: Path, line: int) -> Any:
+    """ShareGPT turns (`{from, value}`) as `{role, content}` messages; anything else is returned as it is."""
+    if _is_sharegpt_turn(value):
+        value = [value]
+    if not (isinstance(value, list) and value and any(_is_sharegpt_turn(m) for m in value)):
+        return value
+    out = []
+    for i, m in enumerate(value, 1):
+        if not _is_sharegpt_turn(m):
+            out.append(m)
+            continue
+        role = SPEAKERS.get(str(m["from"]).lower())
+        if role is None:
+            raise DataError(f"{where} message {i} of {len(value)} is from {m['from']!r}; expected one of "
+                            f"{', '.join(SPEAKERS)}", path=path, line=line, fix="ShareGPT turns are {\"from\": \"human\"|\"gpt\"|..., \"value\": ...}")
+        out.append({"role": role, "content": m.get("value")})
+    return out
+
+
+def _with_system(messages: list[dict], obj: dict) -> list[dict]:
+    """ShareGPT's separate `system` field as the first message."""
+    system = obj.get("system")
+    if isinstance(system, str) and system.strip() and messages and isinstance(messages[0], dict) and messages[0].get("role") != "system":
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+# ---------------------------------------------------------------------------------------- chat
+
+
+def read_chat(path: Path, training: bool = True, *, container: str = "auto", option: str = "--format") -> Iterator[ChatRecord]:
+    """Conversations from chat records (`messages`, or ShareGPT `conversations`); with `training`,
+    each must end with the assistant. `option` is the command's kind option, named in hints."""
+    path = Path(path)
+    container = detect_container(path) if container == "auto" else container
+    problems = Problems(path)
+    for line, obj in iter_rows(path, container, problems):
+        try:
+            messages = _chat_messages(obj, path, line, training, option)
+        except DataError as exc:
+            problems.add(exc)
+            continue
+        yield ChatRecord(record_id(obj, path, line), messages, line)
+    problems.raise_if_any()
+
+
+def _chat_messages(obj: dict, path: Path, line: int, training: bool, option: str) -> list[dict]:
+    if "messages" in obj:
+        return check_messages(obj["messages"], path, line, "messages", final_assistant=training)
+    if "conversations" in obj:
+        converted = _with_system(_from_sharegpt(obj["conversations"], "conversations", path, line), obj)
+        return check_messages(converted, path, line, "conversations", final_assistant=training)
+    raise DataError(f"missing field 'messages' ({found_fields(obj)})", path=path, line=line,
+                    fix='chat records are {"messages": [{"role": ..., "content": ...}, ...]} or ShareGPT "conversations"; '
+                        f"for other data pass {option} (arxiv, papers, qa, preference, built)")
+
+
+# ---------------------------------------------------------------------------------- preference
+
+_PREFERENCE_FIX = "preference records need prompt, chosen and rejected: strings, or lists of {role, content} messages"
+
+
+def _preference_value(obj: dict, name: str, key: str, path: Path, line: int) -> str | list[dict]:
+    """One of prompt/chosen/rejected (under column `key`): a non-empty string, or a valid message list."""
+    fix = _PREFERENCE_FIX
+    if key not in obj:
+        raise DataError(f"missing field {key!r} ({found_fields(obj)})", path=path, line=line, fix=fix)
+    value = _from_sharegpt(obj[key], name, path, line)
+    if isinstance(value, dict) and "role" in value:
+        value = [value]  # one message object
+    if name == "prompt" and isinstance(value, list):
+        value = _with_system(value, obj)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"field {key!r} is empty", path=path, line=line, fix=fix)
+    elif isinstance(value, list):
+        if name == "prompt":
+            check_messages(value, path, line, "prompt", final_assistant=False)
+            if value[-1]["role"] == "assistant":
+                raise DataError("prompt ends with an assistant message; the reply belongs in chosen/rejected",
+                                path=path, line=line, fix=fix)
+        else:
+            check_messages(value, path, line, name, final_assistant=True, need_user=False)
+    else:
+        raise DataError(f"field {key!r} must be a string or a list of messages, got {json_type(value)}",
+                        path=path, line=line, fix=fix)
+    return value
+
+
+def _preference_keys(obj: dict, columns: Columns) -> dict[str, str]:
+    """The column of each of prompt/chosen/rejected in this record (mapped, or a recognised name)."""
+    return {name: columns.find(name, obj) or getattr(columns, name) for name in ("prompt", "chosen", "rejected")}
+
+
+def read_preference(path: Path, *, columns: Columns | None = None, container: str = "auto") -> Iterator[PreferenceRecord]:
+    """Preference pairs (`prompt`, `chosen`, `rejected`), each a plain string or a list of messages;
+    LLaMA-Factory's ShareGPT form (`conversations` + `chosen`/`rejected` objects) reads the same."""
+    path = Path(path)
+    columns = columns or Columns()
+    container = detect_container(path) if container == "auto" else container
+    problems = Problems(path)
+    for line, obj in iter_rows(path, container, problems):
+        try:
+            record = _preference_record(obj, _preference_keys(obj, columns), path, line)
+        except DataError as exc:
+            problems.add(exc)
+            continue
+        yield record
+    problems.raise_if_any()
+
+
+def _preference_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:
+    values = {name: _preference_value(obj, name, key, path, line) for name, key in keys.items()}
+    if isinstance(values["chosen"], str) != isinstance(values["rejected"], str):
+        shapes = {k: "a string" if isinstance(v, str) else "a message list" for k, v in values.items()}
+        raise DataError(f"chosen is {shapes['chosen']} but rejected is {shapes['rejected']}", path=path, line=line,
+                        fix="give chosen and rejected the same shape")
+    return PreferenceRecord(record_id(obj, path, line), values["prompt"], values["chosen"], values["rejected"], line)
+
+
+def text_of(value: str | list[dict], role: str) -> str:
+    """A preference field's text: the string itself, or the last `role` message of a list."""
+    if isinstance(value, str):
+        return value
+    for m in reversed(value):
+        if m["role"] == role:
+            return m.get("content") or ""
+    return value[-1].get("content") or ""

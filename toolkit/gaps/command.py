@@ -1,0 +1,152 @@
+"""`toolkit gaps CORPUS`: the command that ties reading, embedding, analysis, backtest, drafts and reports.
+
+Every number is computed before anything is written, and each output is written atomically, so a
+bad corpus or an interrupted run leaves no half-written report; the embedding and draft caches are
+the only files written along the way, and they are what makes a re-run resume.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from toolkit.errors import ConfigError
+from toolkit.params import DEFAULTS, DecodingParams
+
+
+def _check_options(clusters: int, dims: int, bootstrap: int, window: int, bridge_quantile: float, top: int, drafts: int) -> None:
+    checks = [
+        (clusters == 0 or clusters >= 2, f"--clusters {clusters}", "give 0 (choose by silhouette) or 2 or more"),
+        (dims >= 2, f"--dims {dims}", "give 2 or more PCA dimensions (50 is the default)"),
+        (0 <= bootstrap <= 100, f"--bootstrap {bootstrap}", "give 0 (no stability check) to 100 resamples"),
+        (window >= 2, f"--window {window}", "growth needs a window of 2 or more years"),
+        (0 < bridge_quantile < 0.5, f"--bridge-quantile {bridge_quantile}", "give a fraction between 0 and 0.5 (0.1 is the default)"),
+        (top >= 1, f"--top {top}", "show 1 or more gaps"),
+        (drafts >= 1, f"--drafts {drafts}", "draft 1 or more gaps"),
+    ]
+    for ok, what, fix in checks:
+        if not ok:
+            raise ConfigError(f"{what} is out of range", fix=fix)
+
+
+def _clean(obj):
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers, private keys dropped."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abstract_col: str = "abstract",
+         categories: str = "", encoder: str = "minilm", clusters: int = 0, dims: int = 50, bootstrap: int = 5,
+         window: int = 5, bridge_quantile: float = 0.1, top: int = 10, backtest: int = 0, draft: bool = False,
+         drafts: int = 5, backend: str = "llamacpp", model: str = "smollm2", url: str = "", parallel: int = 0,
+         fit_seed: int = 0, params: DecodingParams = DEFAULTS) -> int:
+    """Find under-explored areas in a corpus of abstracts: clusters, growth, bridges, ranked gaps.
+
+    Embeds title + abstract (cached by content hash in $TOOLKIT_HOME/gaps, so a re-run or a grown
+    corpus embeds only new papers), clusters with PCA + k-means, labels clusters by c-TF-IDF, checks
+    their stability by bootstrap, measures each cluster's growth from dates or arXiv ids, and ranks
+    pairs of clusters that are near in meaning, bridged less than chance and growing. Writes
+    gaps.json (every number), map.png, report.md and report.html (self-contained) to OUT.
+
+    Args:
+        corpus: abstracts: Kaggle arXiv metadata (JSON/JSONL), the scientific_papers JSONL, or any file the data readers take.
+        out: where the report goes.
+        format: input format (auto, arxiv, papers).
+        abstract_col: the field holding the abstract.
+        categories: keep only these arXiv categories (e.g. cs.LG,cs.CL or a prefix like cs.).
+        encoder: minilm (embedded all-MiniLM-L6-v2), a local HF encoder directory, or words (model-free, fast).
+        clusters: number of clusters (0 = the k with the highest silhouette over 4..24).
+        dims: PCA dimensions before clustering.
+        bootstrap: bootstrap re-clusterings for the stability check (0 = skip).
+        window: growth is the trend over this many last years.
+        bridge_quantile: the fraction of papers nearest a tie between two clusters that count as bridging.
+        top: how many candidate gaps to report.
+        backtest: fit on papers up to this YEAR and check which pairs gain bridging papers later (0 = no backtest).
+        draft: ask a local model for a problem -> approach draft for each top gap, citing its sources.
+        drafts: how many top gaps get a draft.
+        backend: which backend runs the drafting model: llamacpp (in process), ollama or openai.
+        model: the drafting model: embedded name (smollm2), a .gguf file, an exported directory, or a server's model name.
+        url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
+        parallel: drafts generated at once (0 = the backend's default).
+        fit_seed: seed for PCA, k-means, the bootstrap and the random baseline (--seed is the drafts' sampling seed).
+    """
+    from toolkit.console import err, status
+    from toolkit.gaps.analysis import Settings, analyse
+    from toolkit.gaps.cluster import require_sklearn
+    from toolkit.gaps.corpus import check_size, load_corpus
+    from toolkit.gaps.embed import embed_papers, open_encoder
+    from toolkit.runtime.generation import check_parallel
+
+    _check_options(clusters, dims, bootstrap, window, bridge_quantile, top, drafts)
+    if parallel:
+        check_parallel(parallel)
+    require_sklearn()
+    data = load_corpus(Path(corpus), format, categories, abstract_col)
+    check_size(data, clusters)
+    if backtest and data.dated:  # a YEAR outside the corpus is an error before any work, not after
+        from toolkit.gaps.backtest import split
+
+        split(data.papers, backtest, data.path)
+    enc = open_encoder(encoder)
+    X, computed = embed_papers(data.papers, enc)
+    err.print(f"embedded {computed} new abstracts ({len(data.papers) - computed} from the cache)")
+    settings = Settings(clusters=clusters, dims=dims, seed=fit_seed, bootstrap=bootstrap, window=window, bridge_quantile=bridge_quantile)
+    with status(f"clustering {len(data.papers)} abstracts, {bootstrap} bootstrap rounds, bridges"):
+        fit = analyse(data.papers, X, settings)
+    result = fit.to_dict(top)
+    result["corpus"] = {"path": str(corpus), "papers": len(data.papers), "records": data.read, "duplicates": data.duplicates,
+                        "empty": data.empty, "dated": data.dated,
+                        "years": f"{data.years[0]}..{data.years[-1]}" if data.years else None, "encoder": encoder}
+    if result["growth_skipped"]:
+        err.print(f"[yellow]growth skipped:[/] {result['growth_skipped']}")
+    if backtest:
+        result["backtest"] = _backtest(data, X, backtest, settings)
+    if draft:
+        result["drafts"] = _drafts(fit, X, result, enc, backend, model, url, params, Path(out), parallel, drafts)
+    _write(Path(out), fit, result)
+    return 0
+
+
+def _backtest(data, X, year: int, settings) -> dict:
+    from toolkit.console import err, status
+    from toolkit.gaps.backtest import backtest as run_backtest
+
+    if not data.dated:
+        reason = "no paper has a date or an arXiv id, so the backtest was skipped"
+        err.print(f"[yellow]backtest skipped:[/] {reason}")
+        return {"skipped": reason}
+    with status(f"backtest: fit up to {year}, check the later papers"):
+        return run_backtest(data.papers, X, year, settings, path=data.path)
+
+
+def _drafts(fit, X, result: dict, enc, backend: str, model: str, url: str, params: DecodingParams, out: Path,
+            parallel: int, count: int) -> list[dict]:
+    from toolkit.console import err
+    from toolkit.gaps.draft import draft_gaps
+
+    if not result["gaps"]:
+        err.print("[yellow]drafts skipped:[/] there are no candidate gaps to draft for")
+        return []
+    return draft_gaps(fit, X, result["gaps"][:count], enc, backend, model, url, params, out / "drafts.sqlite", parallel or None)
+
+
+def _write(out: Path, fit, result: dict) -> None:
+    """map.png, gaps.json, report.md, report.html (each atomic), then the terminal table."""
+    from toolkit.console import err
+    from toolkit.gaps.report import make_map, print_table, render_html, render_markdown
+    from toolkit.io import write_json, write_text
+
+    result = _clean(result)
+    map_png = make_map(fit, result["gaps"], out / "map.png", seed=fit.settings.seed)
+    write_json(out / "gaps.json", result)
+    write_text(out / "report.md", render_markdown(result, "map.png"))
+    write_text(out / "report.html", render_html(result, map_png))
+    print_table(result)
+    err.print(f"report: {out / 'report.html'} (every number in {out / 'gaps.json'})")
