@@ -8,7 +8,7 @@ abusers keep sending the requests that used to stall everyone (issue 15, case 1:
 errors (must be 0), what the abusers got back, and the server's RSS at the start and end of each
 round. Bounded: N x M chats per phase, a time limit per phase, abusers stop with the chats.
 
-Run: .venv/bin/python bench/serve_load.py [--clients 2] [--requests 6] [--abusers 3] [--parallel 1] [--hang-ups]
+Run: .venv/bin/python bench/serve_load.py [--clients 2] [--requests 10] [--abusers 3] [--parallel 1] [--pause 0] [--hang-ups]
 """
 
 from __future__ import annotations
@@ -36,13 +36,11 @@ ABUSES = [
 HANG_UP = {"model": "smollm2", "prompt": "Count from 1 to 1000.", "stream": False, "options": {"num_predict": 1000}}
 
 
-def serve(port: int, parallel: int) -> None:
+def serve(port: int, parallel: int, threads: int) -> None:
     """The server process: the embedded model on loopback until killed."""
     from toolkit.serve.server import Server
 
-    if os.environ.get("SWITCH"):
-        sys.setswitchinterval(float(os.environ["SWITCH"]))
-    with Server({"smollm2": "smollm2"}, host=HOST, port=port, n_ctx=1024, parallel=parallel) as server:
+    with Server({"smollm2": "smollm2"}, host=HOST, port=port, n_ctx=1024, parallel=parallel, n_threads=threads or None) as server:
         print("ready", flush=True)
         server.serve_forever()
 
@@ -54,15 +52,21 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+_clients = threading.local()
+
+
 def post(port: int, path: str, body: bytes, timeout: float = 300) -> tuple[int, float]:
-    """(status, seconds) of one POST on a connection of its own (0: no reply)."""
+    """(status, seconds) of one POST (0: no reply), on this thread's keep-alive connection: a new
+    client per request would spend more CPU on this shared machine than the server does."""
     import httpx
 
+    if getattr(_clients, "http", None) is None:
+        _clients.http = httpx.Client(base_url=f"http://{HOST}:{port}", headers={"content-type": "application/json"})
     start = time.perf_counter()
     try:
-        r = httpx.post(f"http://{HOST}:{port}{path}", content=body, headers={"content-type": "application/json"}, timeout=timeout)
+        r = _clients.http.post(path, content=body, timeout=timeout)
         return r.status_code, time.perf_counter() - start
-    except httpx.HTTPError:
+    except httpx.HTTPError:  # e.g. a body the server refused unread, then closed the connection on
         return 0, time.perf_counter() - start
 
 
@@ -100,9 +104,10 @@ def chats(port: int, clients: int, requests: int, limit: float) -> tuple[list[fl
     return latencies, errors[0]
 
 
-def abuse(port: int, n: int, stop: threading.Event, hang_ups: bool) -> Counter:
+def abuse(port: int, n: int, stop: threading.Event, hang_ups: bool, pause: float) -> Counter:
     """`n` abusers cycling through ABUSES (and, with `hang_ups`, a client that leaves a long
-    generation after a second) back to back until `stop`; what they got back."""
+    generation after a second) until `stop`, `pause` seconds apart (0: back to back); what they
+    got back."""
     got: Counter = Counter()
     kinds = [(name, path, json.dumps(body).encode()) for name, path, body in ABUSES]
     if hang_ups:
@@ -114,6 +119,7 @@ def abuse(port: int, n: int, stop: threading.Event, hang_ups: bool) -> Counter:
             name, path, body = kinds[k % len(kinds)]
             got[name, hang_up(port, body) if name == "hang-up" else post(port, path, body, timeout=120)[0]] += 1
             k += 1
+            stop.wait(pause)
 
     threads = [threading.Thread(target=abuser, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
@@ -134,29 +140,35 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--requests", type=int, default=6, help="chats per client per phase")
+    ap.add_argument("--requests", type=int, default=10, help="chats per client per phase")
     ap.add_argument("--abusers", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=1, help="the server's --parallel")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--hang-ups", action="store_true", help="abusers also leave long generations after a second")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between one abuser's requests (0: back to back)")
     ap.add_argument("--limit", type=float, default=600, help="seconds per phase at most")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="llama.cpp threads in the server (0: every core); on a shared machine more than one "
+                         "thread spin-waits whenever another process takes a core")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        return serve(args.serve, args.parallel)
+        return serve(args.serve, args.parallel, args.threads)
 
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--parallel", str(args.parallel)],
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--parallel", str(args.parallel),
+                             "--threads", str(args.threads)],
                             stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
     try:
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit("the server did not start")
         post(port, "/api/chat", json.dumps(CHAT).encode())  # warm up
-        print(f"server pid {proc.pid}, --parallel {args.parallel}; {args.clients} clients x {args.requests} chats per phase, "
-              f"{args.abusers} abusers; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+        print(f"server pid {proc.pid}, --parallel {args.parallel}, {args.threads or 'all'} llama.cpp thread(s); "
+              f"{args.clients} clients x {args.requests} chats per phase, "
+              f"{args.abusers} abusers {args.pause:g} s apart; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
         print(f"{'round':<6}{'phase':<16}{'p50 s':>8}{'p95 s':>8}{'errors':>8}{'RSS MB':>16}  abusers got")
         for r in range(1, args.rounds + 1):
             start_rss = rss_mb(proc.pid)
@@ -164,7 +176,7 @@ def main() -> None:
             print(f"{r:<6}{'alone':<16}{pct(alone, .5):>8.2f}{pct(alone, .95):>8.2f}{alone_err:>8}{start_rss:>16.0f}")
             stop = threading.Event()
             got: list[Counter] = []
-            abusers = threading.Thread(target=lambda out, ev: out.append(abuse(port, args.abusers, ev, args.hang_ups)),
+            abusers = threading.Thread(target=lambda out, ev: out.append(abuse(port, args.abusers, ev, args.hang_ups, args.pause)),
                                        args=(got, stop))
             abusers.start()
             time.sleep(1.0)  # the abusers are at it before the chats start

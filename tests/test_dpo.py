@@ -159,3 +159,23 @@ def test_bad_rows_stop_before_the_model_loads(tmp_path, data):
     text = str(info.value)
     assert "\n" not in text and f"{bad}:1: chosen is identical to rejected" in text and f"{bad}:2: missing rejected" in text
     assert "--skip-bad" in text
+
+
+def _eval(step, loss, acc, margin, chosen, rejected):
+    return {"step": step, "val_loss": loss, "eval_rewards/accuracies": acc, "eval_rewards/margins": margin,
+            "eval_logps/chosen": chosen, "eval_logps/rejected": rejected}
+
+
+def test_health_warnings_name_the_usual_dpo_mistakes():
+    from toolkit.train.dpo_report import health
+
+    good = [_eval(0, math.log(2), 0.0, 0.0, -100, -80), _eval(10, 0.6, 0.7, 0.2, -99, -85)]
+    assert health(good, warmup_steps=1, loss_type="sigmoid") == []
+    wrong_reference = [_eval(0, 0.01, 1.0, 5.0, -100, -80), _eval(10, 0.001, 1.0, 6.0, -99, -85)]
+    assert any("1.0 at step 0" in w for w in health(wrong_reference, 1, "sigmoid"))
+    flat = [_eval(0, math.log(2), 0.0, 0.0, -100, -80), _eval(10, math.log(2) + 1e-4, 0.0, 1e-5, -100, -80)]
+    assert any("flat at ln 2" in w for w in health(flat, 1, "sigmoid"))
+    collapse = [_eval(0, math.log(2), 0.0, 0.0, -100, -80), _eval(10, 0.3, 0.9, 3.0, -140, -150)]
+    assert any("collapsing" in w for w in health(collapse, 1, "sigmoid"))
+    nan = good + [{"step": 11, "loss": float("nan")}]
+    assert any("NaN" in w for w in health(nan, 1, "sigmoid"))

@@ -180,7 +180,8 @@ def test_compare_validates_the_judge_before_generating(tmp_path):
 
 
 def test_compare_with_the_default_model_as_judge_then_human_ratings(tmp_path, default_gguf):
-    """The real thing, small: 6 prompts, 16-token answers, 4-token verdicts; then ratings and a re-run."""
+    """The real thing, small: 5 prompts (the fewest a calibration can pass on), 8-token answers, a short
+    template of our own, 4-token verdicts; then a person's ratings and a re-run."""
     from toolkit.data.build import build
     from toolkit.evaluate.compare import compare
     from toolkit.evaluate.rate import open_session
@@ -188,30 +189,32 @@ def test_compare_with_the_default_model_as_judge_then_human_ratings(tmp_path, de
 
     build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=tmp_path / "data", split="80,10,10", seed=0, tokenizer="words")
     (tmp_path / "hot.yaml").write_text("# hot\nparameters: {temperature: 1.3}\n")
+    (tmp_path / "short.txt").write_text("# a short judge prompt\nTask: {prompt}\nA: {answer_a}\nB: {answer_b}\nBetter, [[A]] or [[B]]?")
     out = tmp_path / "cmp"
-    run = dict(data=tmp_path / "data" / "test.jsonl", out=out, prompts=6, params=DEFAULTS.replace(max_tokens=16),
-               judge=str(default_gguf), judge_max_tokens=4)
+    run = dict(data=tmp_path / "data" / "test.jsonl", out=out, prompts=5, params=DEFAULTS.replace(max_tokens=8),
+               judge=str(default_gguf), judge_max_tokens=4, judge_prompt=tmp_path / "short.txt")
     assert compare([f"hot=smollm2@{tmp_path / 'hot.yaml'}"], **run) == 0
     result = json.loads((out / "results.json").read_text())
     j = result["judge"]
-    assert j["model"] == str(default_gguf) and j["calibration"]["pairs"] == 6 and j["generated"] == 2 * 6 + 2 * 6
+    assert j["model"] == str(default_gguf) and j["calibration"]["pairs"] == 5 and j["generated"] == 2 * 5 + 2 * 5
+    assert j["template"] == str(tmp_path / "short.txt")
     [s] = j["systems"]
-    assert s["wins"] + s["ties"] + s["losses"] == 6 and 0 <= s["order_consistency"] <= 1
+    assert s["wins"] + s["ties"] + s["losses"] == 5 and 0 <= s["order_consistency"] <= 1
     assert s["human_agreement"] is None and result["human"] == []
     md = (out / "report.md").read_text()
     assert "## Pairwise judge" in md and Path(default_gguf).name in md and "Calibration" in md and "length-controlled" in md
     if not j["trusted"]:
         assert "too weak to trust" in md
     # a person rates every pair; the re-run adds the human result and judges nothing again
-    session = open_session(out, [], 6, seed=0)
+    session = open_session(out, [], 5, seed=0)
     for k, p in enumerate(session.pairs):
         session.store.rate("ann", p["pair_id"], ("A", "B", "tie")[k % 3])
     assert compare([f"hot=smollm2@{tmp_path / 'hot.yaml'}"], **run) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["generated"] == {"base": 0, "hot": 0} and again["judge"]["generated"] == 0
     [h] = again["human"]
-    assert h["systems"] == ["base", "hot"] and h["ratings"] == 6 and h["stale"] == 0
-    assert again["judge"]["systems"][0]["human_agreement"]["ratings"] == 6
+    assert h["systems"] == ["base", "hot"] and h["ratings"] == 5 and h["stale"] == 0
+    assert again["judge"]["systems"][0]["human_agreement"]["ratings"] == 5
     md = (out / "report.md").read_text()
     assert "## Human ratings" in md and "Human win rate of hot" in md and "Sign test" in md
     html = (out / "report.html").read_text()

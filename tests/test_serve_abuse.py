@@ -103,10 +103,10 @@ def decodes(monkeypatch) -> list:
 # -- 1. work for one request never holds the generation lock ---------------------------------------
 
 ABUSIVE = [  # (body, what the 400 names); each held the lock 12-46 s before
-    ({"model": MODEL, "prompt": "hi", "template": "{{range 6000}}{{range 6000}}{{end}}{{end}}"}, "more than 100000 steps"),
-    ({"model": MODEL, "prompt": "hi", "template": '{{printf "%10000000s" .Prompt}}'}, "over 4194304 characters"),
+    ({"model": MODEL, "prompt": "hi", "template": "{{range 6000}}{{range 6000}}{{end}}{{end}}"}, "more than 6000 steps"),
+    ({"model": MODEL, "prompt": "hi", "template": '{{printf "%10000000s" .Prompt}}'}, "template output is over 82944 characters"),
     ({"model": MODEL, "prompt": "hi", "template": "{{.Prompt}}" + " " * 70_000}, "over the 65536-byte limit"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "x" * (20 << 20)}]}, "-byte limit of a 1024-token context"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}, "over the 82944-byte limit of a 1024-token context"),
 ]
 
 
@@ -119,17 +119,29 @@ def test_prompt_work_runs_outside_the_generation_lock_and_within_bounds(server, 
             r = http.post("/api/chat" if "messages" in body else "/api/generate", json=body)
             assert r.status_code == 400 and bound in r.json()["error"], r.text[:300]
             assert time.monotonic() - start < 15, bound  # answered while the generation runs
+        # a body larger than any served context could hold is refused on its Content-Length, unread
+        huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (20 << 20)}]}).encode()
+        with socket.create_connection(("127.0.0.1", _port(server)), timeout=30) as sock:
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(huge) + huge[:1000])
+            reply = _read_until(sock, b"}", 15)
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"request body too large (the limit is" in reply
         assert server.registry.lock.locked(), "the long generation should still be running"
     finally:
         stream.close()
 
 
-def test_printf_width_is_capped_as_in_go():
-    from toolkit.serve.prompt import render_go
+def test_printf_width_is_capped_as_in_go_and_templates_are_bounded():
+    from toolkit.serve.prompt import HTTPError, render_go
 
     msgs = [{"role": "user", "content": "hi"}]
-    assert render_go('{{printf "%100000000s" .Prompt}}', msgs) == "%!(NOVERB)%!(EXTRA string=hi)"  # 9 digits: Go gives up
-    assert len(render_go('{{printf "%1000000s" .Prompt}}', msgs)) == 1_000_000
+    assert render_go('{{printf "%100000000s" .Prompt}}', msgs, 10**7) == "%!(NOVERB)%!(EXTRA string=hi)"  # 9 digits: Go gives up
+    assert len(render_go('{{printf "%1000000s" .Prompt}}', msgs, 10**7)) == 1_000_000
+    doubling = '{{$x := printf "%1000s" ""}}{{range 40}}{{$x = printf "%s%s" $x $x}}{{end}}{{$x}}'
+    for template, bound in [(doubling, "over 100000 characters"), ("{{range 100000000}}{{end}}", "more than 6000 steps")]:
+        start = time.monotonic()
+        with pytest.raises(HTTPError, match=bound):
+            render_go(template, msgs, 100_000)
+        assert time.monotonic() - start < 1
 
 
 # -- 2. a client that hangs up stops its generation, streaming or not, batched or not --------------
@@ -181,7 +193,7 @@ def _chunked(server: Server, size_line: bytes, data: bytes) -> bytes:
 
 def test_chunked_bodies_are_bounded(server):
     assert _chunked(server, b"-1", b"x" * 100_000).startswith(b"HTTP/1.1 400 ")
-    reply = _chunked(server, b"ffffffffffff", b"x" * (25 << 20))  # over this server's 24 MiB
+    reply = _chunked(server, b"ffffffffffff", b"x" * (25 << 20))  # over this server's 24 MiB limit
     assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
 
 
@@ -274,6 +286,18 @@ def test_idle_connections_hold_no_thread_and_are_closed(server):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_replies_are_not_held_back_by_nagle(server, http):
+    """A reply goes out in two writes (head, body): with Nagle on, the second waits ~40 ms for
+    the client's delayed ACK. asyncio turns it off only on a socket created as IPPROTO_TCP."""
+    assert server.sock.proto == socket.IPPROTO_TCP
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        http.get("/api/version").raise_for_status()
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[10] < 0.035
 
 
 def test_a_burst_of_connections_is_all_served(server):

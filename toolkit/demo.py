@@ -31,7 +31,7 @@ def _stage(n: int, title: str) -> None:
 
 def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAMPLE / "abstracts.jsonl",
          steps: int = 150, quant: str = "Q4_K_M", sweep_file: str = "demo", max_tokens: int = 200,
-         quick: bool = False, dpo: bool = False, dpo_steps: int = 30) -> int:
+         quick: bool = False, dpo: bool = False, dpo_steps: int = 24) -> int:
     """Run the whole pipeline on the embedded default and the bundled sample data.
 
     Builds the data, scores the base model on the dev split, trains a LoRA adapter, merges it,
@@ -50,7 +50,7 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
         quick: a smoke-test run: few steps, few prompts, tiny sweep (minutes, not a result).
         dpo: add the preference stage: pairs from the train split (chosen = reference, rejected = the
             base model's answer), a short DPO run from the SFT run, then compare base, SFT and SFT+DPO.
-        dpo_steps: DPO steps with --dpo (batch 2 x accumulation 2, the dpo-cpu recipe).
+        dpo_steps: DPO steps with --dpo (2 pairs each, the dpo-cpu recipe).
     """
     from toolkit.console import err
 
@@ -183,10 +183,11 @@ def _dpo(out: Path, model: str, split: Path, quant: str, params, steps: int, qui
     from toolkit.train.command import train
 
     _stage(STAGES + 1, f"preference pairs from the base model's answers, then DPO from the SFT run ({steps} steps)")
-    limit = 8 if quick else 0
     pairs = {name: out / "prefs" / f"{name}.jsonl" for name in ("train", "validation")}
     for name, dest in pairs.items():
-        prefs(split / f"{name}.jsonl", out=dest, model=model, limit=limit, params=params.replace(max_tokens=min(params.max_tokens, 128)))
+        # one epoch's worth of training prompts: generating (and scoring) more would only cost time
+        limit = 8 if quick else (steps * 2 if name == "train" else 0)
+        prefs(split / f"{name}.jsonl", out=dest, model=model, limit=limit, params=params.replace(max_tokens=min(params.max_tokens, 96)))
     run = out / "dpo"
     result = train(config="dpo-cpu", model=str(out / "train"), train_data=str(pairs["train"]), validation_data=str(pairs["validation"]),
                    out=str(run), max_steps=steps, eval_every=max(1, steps // 3), save_every=max(1, steps // 3),

@@ -145,6 +145,9 @@ def resolve(spec: str | os.PathLike = DEFAULT_MODEL, *, hf: bool = True) -> Reso
         modelfiles = [p for p in sorted(path.iterdir()) if p.is_file() and is_modelfile(p)]
         if len(ggufs) > 1 and len(modelfiles) == 1:  # an adapter export: base GGUF + LoRA GGUF + Modelfile
             return resolve_modelfile(modelfiles[0], hf=hf)
+        if len(ggufs) > 1 and modelfiles:
+            raise ModelError(f"{path} holds {len(ggufs)} .gguf files and {len(modelfiles)} Modelfiles",
+                             fix=f"pass one of them, e.g. {modelfiles[0]}")
         raise ModelError(
             f"{path} is neither an HF model directory (no config.json) nor holds exactly one .gguf",
             fix="pass the model directory that has config.json, or the .gguf file itself",
@@ -166,7 +169,7 @@ def is_modelfile(path: Path) -> bool:
     return path.suffix.lower() == ".modelfile" or path.name.lower() == "modelfile"
 
 
-# One Modelfile command: a keyword, then a \"\"\"triple-quoted\"\"\", "quoted" or raw value. Matching
+# One Modelfile command: a keyword, then a triple-quoted, "quoted" or raw value. Matching
 # whole commands consumes multi-line TEMPLATE/SYSTEM bodies, so nothing inside them is read as one.
 _COMMAND = re.compile(r'^[ \t]*([A-Za-z]+)[ \t]+(?:"""(.*?)"""|"((?:[^"\\]|\\.)*)"|([^\n]*))', re.M | re.S)
 
@@ -198,6 +201,8 @@ def resolve_modelfile(path: Path, *, hf: bool = True) -> ResolvedModel:
         return target if target.is_absolute() else path.parent / target
 
     base_text = sources["from"]
+    if beside(base_text).resolve() == path.resolve():
+        raise ModelError(f"Modelfile {path} names itself in FROM", fix="FROM the base .gguf")
     base = resolve(beside(base_text) if beside(base_text).exists() else base_text, hf=hf and "adapter" not in sources)
     if base.adapter is not None:
         raise ModelError(f"Modelfile {path}: FROM {base_text} already carries an ADAPTER", fix="use one LoRA per model")
@@ -310,10 +315,15 @@ def _dequantize(gguf: Path, out: Path) -> None:
         (out / "toolkit-source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
 
 
+# Tokens a dequantized or merged model stops on besides its EOS, when its vocabulary has them (an
+# adapter's Modelfile stops on the same ones, so it ends where the merged model would).
+GENERATION_STOPS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
+
+
 def _set_generation_defaults(model, tok) -> None:
     """Stop on the chat template's end-of-turn token as well as the model's EOS."""
     stops = {model.config.eos_token_id, tok.eos_token_id}
-    for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
+    for token in GENERATION_STOPS:
         tid = tok.convert_tokens_to_ids(token) if token in tok.get_vocab() else None
         if tid is not None:
             stops.add(tid)

@@ -128,3 +128,14 @@ def write_adapter_modelfile(path: Path, base_gguf: Path, lora_gguf: Path, fmt, p
                            template=fmt.template, stops=stops, system=fmt.system, parameters=options,
                            license=license)
     return write_mf(path, text)
+
+
+def merged_stops(hf_dir: Path, meta: dict) -> list[str]:
+    """The tokens `toolkit merge` makes the merged twin stop on (the adapter's recorded stops and
+    the usual end-of-turn tokens of the vocabulary), so the adapter's Modelfile stops there too."""
+    from transformers import AutoTokenizer
+
+    from toolkit.models import GENERATION_STOPS
+
+    vocab = AutoTokenizer.from_pretrained(hf_dir).get_vocab()
+    return [t for t in dict.fromkeys([*meta.get("stop", []), *GENERATION_STOPS]) if t in vocab]

@@ -254,7 +254,7 @@ def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, qu
                     modelfile: bool, force: bool) -> int:
     """`toolkit export BASE --adapter DIR`: base GGUF(s), the LoRA GGUF, one Modelfile per base GGUF."""
     from toolkit.console import err, status
-    from toolkit.export.adapter import adapter_stem, check_exportable, convert_adapter, write_adapter_modelfile
+    from toolkit.export.adapter import adapter_stem, check_exportable, convert_adapter, merged_stops, write_adapter_modelfile
     from toolkit.train.merge import base_for
 
     adapter_dir, meta, spec, hf_dir = base_for(adapter, base or None)
@@ -269,13 +269,12 @@ def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, qu
     if problems:
         raise ModelError(f"{base_gguf.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
     with status(f"Converting adapter {adapter_dir} to a GGUF LoRA ({outtype})"):
-        lora_type = outtype if outtype in ("f32", "f16", "bf16", "q8_0") else "f16"
-        lora = convert_adapter(adapter_dir, hf_dir, out / f"{stem}-lora-{lora_type}.gguf", lora_type, force=force)
+        lora = convert_adapter(adapter_dir, hf_dir, out / f"{stem}-lora-{outtype}.gguf", outtype, force=force)
     fmt = None
     if modelfile:
         try:
             fmt = chat_format(hf_dir)
-            fmt.stops += [s for s in meta.get("stop", []) if s not in fmt.stops]
+            fmt.stops += [s for s in merged_stops(hf_dir, meta) if s not in fmt.stops]
         except NoChatFamily as exc:
             err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
     size = lora.path.stat().st_size / 2**20
@@ -326,8 +325,9 @@ def load_parameters(path: Path, base=None):
 def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
     """Register an exported model with a reachable Ollama server from its Modelfile.
 
-    The GGUF named by FROM is uploaded as a blob, then the model is created with the Modelfile's
-    TEMPLATE, SYSTEM, PARAMETERs and LICENSE through the official `ollama` client.
+    The GGUF named by FROM (and the GGUF LoRA named by ADAPTER, for `export --adapter`) is uploaded
+    as a blob, then the model is created with the Modelfile's TEMPLATE, SYSTEM, PARAMETERs and
+    LICENSE through the official `ollama` client.
 
     Args:
         name: the Ollama model name to create, e.g. `smollm2-tuned`.
@@ -354,6 +354,10 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
             request["files"] = {gguf.name: digest}
         else:
             request["from_"] = mf.model
+        if mf.adapter:
+            lora = (Path(modelfile).parent / mf.adapter).resolve()
+            with status(f"uploading {lora.name} to {host}"):
+                request["adapters"] = {lora.name: client.create_blob(lora)}
         client.create(**request)
     except (httpx.ConnectError, ConnectionError) as exc:
         from toolkit.errors import BackendError

@@ -278,7 +278,8 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     texts = texts[:prompts]
     with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
         seqs, starts, logprobs = reference_sequences(hf_dir, texts, tokens, adapter)
-    table = Table(title=f"GGUF fidelity vs {hf_dir.name} ({len(texts)} prompts x {tokens} tokens)",
+    reference = f"{hf_dir.name} + adapter {adapter}" if adapter else hf_dir.name
+    table = Table(title=f"GGUF fidelity vs {reference} ({len(texts)} prompts x {tokens} tokens)",
                   caption=f"decisive: top-1 agreement where the HF model's top token leads by >= {DECISIVE_MARGIN} nats")
     for col in ("file", "type", "top-1", "decisive", "mean KL", "max KL", "templates", "result"):
         table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right", no_wrap=True)

@@ -43,6 +43,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/models"): openai.list_models, ("POST", "/v1/chat/completions"): openai.chat,
     ("POST", "/v1/completions"): openai.completions, ("POST", "/v1/embeddings"): openai.embeddings}
 JSON_TYPE = "application/json; charset=utf-8"
+GENERATION = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ class Api:
         if any(p == path for _, p in ROUTES):
             raise HTTPError(405, "method not allowed")
         raise HTTPError(404, "404 page not found")
+
+    def body_limit(self, path: str) -> int | None:
+        """The most bytes a generation request's body can usefully have: the longest prompt the
+        served models' largest context holds, every byte JSON-escaped (6 bytes), plus room for one
+        message per token. A larger body is refused on its Content-Length, unread (None: no
+        limit but the server's)."""
+        if (path.split("?", 1)[0].rstrip("/") or "/") not in GENERATION:
+            return None
+        return 6 * self.registry.prompt_bytes + 64 * self.registry.max_ctx + (64 << 10)
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
@@ -129,8 +139,9 @@ class App:
             body = error_body(path, 401, "unauthorized: send the server's API key as `Authorization: Bearer KEY`")
             await self._reply(send, 401, dumps(body), JSON_TYPE, [(b"www-authenticate", b"Bearer")])
             return
+        limit = min(self.limits.max_body, self.api.body_limit(path) or self.limits.max_body)
         try:
-            data = await self._read_body(headers, receive)
+            data = await self._read_body(headers, receive, limit)
         except HTTPError as exc:  # the rest of the body is not read: the connection cannot be reused
             await self._reply(send, exc.status, dumps(error_body(path, exc.status, exc.message)), JSON_TYPE,
                               [(b"connection", b"close")])
@@ -139,10 +150,11 @@ class App:
             return
         await self._run(Request(scope["method"], path, data, started), receive, send)
 
-    async def _read_body(self, headers: dict[str, str], receive: Callable) -> bytearray:
+    async def _read_body(self, headers: dict[str, str], receive: Callable, limit: int) -> bytearray:
+        too_large = HTTPError(413, f"request body too large (the limit is {limit} bytes)")
         length = headers.get("content-length")
-        if length is not None and int(length) > self.limits.max_body:  # h11 has checked it is a number
-            raise HTTPError(413, f"request body too large (the limit is {self.limits.max_body} bytes)")
+        if length is not None and int(length) > limit:  # h11 has checked it is a number
+            raise too_large
         data = bytearray()
         while True:
             try:
@@ -153,8 +165,8 @@ class App:
             if message["type"] == "http.disconnect":
                 raise Cancelled()
             data += message.get("body", b"")
-            if len(data) > self.limits.max_body:  # a chunked body has no Content-Length to check first
-                raise HTTPError(413, f"request body too large (the limit is {self.limits.max_body} bytes)")
+            if len(data) > limit:  # a chunked body has no Content-Length to check first
+                raise too_large
             if not message.get("more_body"):
                 return data  # json.loads reads a bytearray as it is: no copy of a large body
 

@@ -21,7 +21,7 @@ from toolkit.errors import ConfigError
 from toolkit.params import DEFAULTS
 from toolkit.runtime.backends import LlamaCppBackend
 from toolkit.runtime.generation import as_messages
-from toolkit.serve.prompt import check_messages, detokenize, render_gguf, render_go
+from toolkit.serve.prompt import check_messages, detokenize, render_gguf, render_go, text_limit
 from toolkit.serve.registry import Done, Registry, ServedModel, drain, normalize, ns, stamp
 from toolkit.serve.request import (
     CHAT,
@@ -110,18 +110,17 @@ def _messages(raw: list[dict], model: ServedModel) -> list[dict[str, str]]:
     return out
 
 
-def _render(vocab: LlamaCppBackend, messages: list[dict[str, str]], go_template: str | None = None) -> str:
-    if go_template:  # a request's own TEMPLATE, in Ollama's Go template syntax, run within bounds
-        return render_go(go_template, messages)
-    return render_gguf(vocab, messages)
-
-
-def _generate_prompt(body: dict, vocab: LlamaCppBackend) -> str:
+def _generate_prompt(body: dict, vocab: LlamaCppBackend, num_ctx: int) -> str:
     """What llama.cpp sees for /api/generate: `context` tokens, then the prompt through the
-    template (the GGUF's, or the request's Go `template`), or the prompt as-is when raw."""
+    template (the GGUF's, or the request's Go `template`, run within bounds), or the prompt
+    as-is when raw."""
     if body.get("raw"):
         return body["prompt"]
-    text = _render(vocab, as_messages(body["prompt"], body.get("system") or None), body.get("template"))
+    messages = as_messages(body["prompt"], body.get("system") or None)
+    if body.get("template"):
+        text = render_go(body["template"], messages, text_limit(vocab, num_ctx))
+    else:
+        text = render_gguf(vocab, messages)
     return detokenize(vocab, body["context"]) + text if body.get("context") else text
 
 
@@ -230,7 +229,7 @@ def generate(registry: Registry, req: Request) -> dict | Stream:
     check_messages([{"content": body.get(k)} for k in ("system", "prompt")], model.vocab, params.num_ctx)
     if len(body.get("context") or ()) >= params.num_ctx:
         raise HTTPError(400, f"context has {len(body['context'])} tokens, more than num_ctx ({params.num_ctx}) can hold")
-    events = registry.generate(model, lambda vocab: _generate_prompt(body, vocab), params,
+    events = registry.generate(model, lambda vocab: _generate_prompt(body, vocab, params.num_ctx), params,
                                grammar=grammar_for(body.get("format")), want_context=not raw,
                                unload=keep_alive_seconds(body.get("keep_alive")) == 0, cancel=req.cancel)
     if body.get("stream", True):
@@ -252,7 +251,7 @@ def chat(registry: Registry, req: Request) -> dict | Stream:
         return _load_or_unload(registry, model, body, reply, req)
     params = ollama_params(body.get("options", {}), registry.base())
     check_messages(messages, model.vocab, params.num_ctx)
-    events = registry.generate(model, lambda vocab: _render(vocab, messages), params,
+    events = registry.generate(model, lambda vocab: render_gguf(vocab, messages), params,
                                grammar=grammar_for(body.get("format")),
                                unload=keep_alive_seconds(body.get("keep_alive")) == 0, cancel=req.cancel)
     if body.get("stream", True):

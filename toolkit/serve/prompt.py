@@ -18,9 +18,11 @@ from toolkit.runtime.backends import LlamaCppBackend
 from toolkit.serve.request import HTTPError
 
 MAX_TEMPLATE_BYTES = 64 << 10  # Ollama's own templates are under 8 KB
-TEMPLATE_STEPS = 100_000  # ~0.2 s of this interpreter; a chat of a hundred turns takes a few thousand
+# Execution steps: the shipped templates take 7-13 per message (a 100-message chat: 700-1,300),
+# so this is ten times that and more; 5,000 steps are about a millisecond of this interpreter.
+TEMPLATE_STEPS = 5_000
+TEMPLATE_STEPS_PER_MESSAGE = 1_000
 TEMPLATE_SECONDS = 2.0
-TEMPLATE_CHARS = 4 << 20  # what one render may write, or one template function return
 
 
 def text_limit(vocab: LlamaCppBackend, num_ctx: int) -> int:
@@ -60,8 +62,10 @@ def _too_long(what: str, size: int, limit: int, vocab: LlamaCppBackend, num_ctx:
             f"(this model's tokens are at most {vocab.max_piece_bytes} bytes): the input length exceeds the context length")
 
 
-def render_go(template: str, messages: list[dict[str, str]]) -> str:
-    """A request's own Go TEMPLATE rendered as Ollama renders it, within the template bounds."""
+def render_go(template: str, messages: list[dict[str, str]], max_chars: int) -> str:
+    """A request's own Go TEMPLATE rendered as Ollama renders it, within the template bounds:
+    its size, TEMPLATE_STEPS (+ TEMPLATE_STEPS_PER_MESSAGE), TEMPLATE_SECONDS, and `max_chars`
+    (more text than the context can hold is refused later anyway)."""
     size = len(template.encode("utf-8", "replace"))
     if size > MAX_TEMPLATE_BYTES:
         raise HTTPError(400, f"template is {size} bytes, over the {MAX_TEMPLATE_BYTES}-byte limit")
@@ -69,8 +73,9 @@ def render_go(template: str, messages: list[dict[str, str]]) -> str:
     from toolkit.chat.gotemplate.execute import Budget, bounded
     from toolkit.chat.render import render_chat
 
+    steps = TEMPLATE_STEPS + TEMPLATE_STEPS_PER_MESSAGE * len(messages)
     try:
-        with bounded(Budget(TEMPLATE_STEPS, TEMPLATE_CHARS, TEMPLATE_SECONDS)):
+        with bounded(Budget(steps, max_chars, TEMPLATE_SECONDS)):
             return render_chat(template, messages)
     except TemplateError as exc:
         raise HTTPError(400, f"template: {exc}") from None

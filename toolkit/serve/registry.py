@@ -155,6 +155,10 @@ class Registry:
         except BaseException:
             self.close()
             raise
+        # the most text any request's prompt can have: the largest context a request may ask for
+        most = [(m.trained_ctx() or int(SPECS["num_ctx"].high), m) for m in self.models.values()]
+        self.max_ctx = max(min(ctx, int(SPECS["num_ctx"].high)) for ctx, _ in most)
+        self.prompt_bytes = max(text_limit(m.vocab, min(ctx, self.max_ctx)) for ctx, m in most)
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(ollama_name(name).lower()) if name else None

@@ -33,7 +33,9 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is outside 0..65535", fix="pick a free port such as 11435, or 0 for any free one")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP given, not left 0: asyncio turns Nagle off only on sockets that say they are TCP,
+    # and with Nagle on, a reply written in two parts waits 40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -47,6 +49,22 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}", fix="pass an IP address or host name as --host") from None
     sock.setblocking(False)
     return sock
+
+
+def return_large_buffers() -> None:
+    """Have glibc give large freed buffers (request bodies, their text) back to the system.
+
+    glibc raises its mmap threshold each time a large mmapped block is freed, up to 32 MB, and then
+    serves later blocks of that size from per-thread arenas, which keep them: a client sending
+    20 MB messages grew the server by hundreds of MB. A fixed threshold (set once, for the process)
+    keeps blocks over 1 MB mmapped, so they are returned when freed. Elsewhere it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def is_loopback(host: str) -> bool:
@@ -73,6 +91,7 @@ class Server:
         import uvicorn
 
         self.limits = limits or Limits()
+        return_large_buffers()
         self.sock = _bind(host, port, self.limits.backlog)  # clients that connect meanwhile wait in the backlog
         try:
             self.registry = Registry(models, n_ctx=n_ctx, n_threads=n_threads, parallel=parallel, max_queue=max_queue)

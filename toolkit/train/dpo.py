@@ -153,14 +153,18 @@ def trainer_args(cfg: TrainConfig, out: Path, steps: int, precision: str, has_va
         bf16=precision == "bf16", fp16=precision == "fp16", gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=device_kind() == "cpu", dataloader_num_workers=0, max_length=cfg.max_length, beta=cfg.beta,
         disable_dropout=True)
-    if cfg.method == "simpo":
-        from trl.experimental.cpo import CPOConfig
+    import warnings
 
-        return CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.simpo_gamma)
-    from trl import DPOConfig
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # transformers' rename
+        if cfg.method == "simpo":
+            from trl.experimental.cpo import CPOConfig
 
-    return DPOConfig(**common, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
-                     precompute_ref_log_probs=cfg.precompute_ref, precompute_ref_batch_size=cfg.batch_size * 2)
+            return CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.simpo_gamma)
+        from trl import DPOConfig
+
+        return DPOConfig(**common, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
+                         precompute_ref_log_probs=cfg.precompute_ref, precompute_ref_batch_size=cfg.batch_size * 2)
 
 
 @contextlib.contextmanager
@@ -197,14 +201,15 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, pairs: Pairs, system: str,
     what = "tokenizing pairs" + (", computing reference log-probs once" if cfg.method == "dpo" and cfg.precompute_ref else "")
     with _quiet_tqdm(), status(f"{cfg.method.upper()}: {what} ({len(pairs.train)} train, {len(pairs.val)} validation pairs)"):
         if cfg.method == "simpo":
-            from trl.experimental.cpo import CPOTrainer
-
-            return CPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
-                              peft_config=lora, callbacks=callbacks)
-        from trl import DPOTrainer
-
-        return DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
+            from trl.experimental.cpo import CPOTrainer as Trainer
+        else:
+            from trl import DPOTrainer as Trainer
+        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
                           peft_config=lora, callbacks=callbacks)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the bar and the table say it better
+    return trainer
 
 
 def _last_checkpoint(out: Path) -> Path | None:

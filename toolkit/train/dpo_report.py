@@ -58,20 +58,32 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, int):
         return str(value)
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
 
 
 def print_table(table: list[dict], title: str) -> None:
+    """One column per evaluation step when that fits the terminal (ten metrics as rows), else one
+    row per step with the terminal widened (logs and pipes have no width of their own)."""
     from rich.table import Table
 
     from toolkit.console import out
 
     shown = Table(title=title)
+    if 16 + 10 * len(table) <= out.width:
+        shown.add_column("step", justify="left")
+        for row in table:
+            shown.add_column(str(row["step"]), justify="right")
+        for col in COLUMNS[1:]:
+            shown.add_row(col.replace("_", " "), *(_cell(row.get(col)) for row in table))
+        out.print(shown)
+        return
     for col in COLUMNS:
-        shown.add_column(col.replace("rewards/", "r/").replace("_", " "), justify="right")
+        shown.add_column(col.replace("_", " "), justify="right", no_wrap=True, min_width=len(col))
     for row in table:
         shown.add_row(*(_cell(row.get(c)) for c in COLUMNS))
-    out.print(shown)
+    from rich.console import Console
+
+    Console(file=out.file, width=max(out.width, 200)).print(shown)
 
 
 def markdown_table(table: list[dict]) -> str:

@@ -9,6 +9,7 @@ are shared by all executions in the block, and running past one raises TemplateE
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -81,6 +82,11 @@ class Execution:
     def spend(self, steps: int = 1, chars: int = 0) -> None:
         if self.budget is not None:
             self.budget.spend(steps, chars)
+
+    def fits(self, chars: int) -> None:
+        """Raise if a value of `chars` characters would not fit what is left of the budget."""
+        if self.budget is not None and chars > self.budget.chars - self.budget.used_chars:
+            self.budget.spend(0, chars)
 
     def error(self, message: str) -> TemplateError:
         return TemplateError(message, line=self.line or None)
@@ -238,11 +244,12 @@ class Execution:
         if fn is None:
             raise TemplateUnsupported(f"function {name} is not supported by this renderer", line=self.line)
         self.spend()
+        if name == "printf" and values and isinstance(values[0], str):
+            self.fits(_widest(values[0]))  # a padded field is refused before it is made
         try:
             result = fn(*values)
-            budget = self.budget
-            if budget is not None and isinstance(result, str) and len(result) > budget.chars - budget.used_chars:
-                self.spend(0, len(result))  # a string doubled in a loop never grows past the budget
+            if isinstance(result, str):
+                self.fits(len(result))  # a string doubled in a loop never grows past the budget
             return result
         except TemplateError:
             raise
@@ -262,6 +269,14 @@ class Execution:
             if truth(value) != (name == "and"):
                 return value
         return value
+
+
+_WIDTHS = re.compile(r"%[-+# 0]*(\d{0,8})(?:\.(\d{0,8}))?(?!\d)")
+
+
+def _widest(fmt: str) -> int:
+    """The largest width or precision in a printf format (9 digits or more print nothing: see funcs)."""
+    return max((int(n) for m in _WIDTHS.finditer(fmt) for n in m.groups() if n), default=0)
 
 
 def _describe(node: Any) -> str:

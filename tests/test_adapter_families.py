@@ -1,0 +1,78 @@
+"""Training through other chat families: a tiny random-weight Mistral and Gemma 3 (their families'
+chat templates, built as in test_family_export.py) train an adapter for two steps whose labels end
+with the token the exported Modelfile stops on; the adapter ships unmerged as a GGUF LoRA that
+matches its merged twin in llama.cpp, and merged it goes export -> verify (parity suite).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["mistral-v0.2", "gemma-3"])
+def trained(request, default_hf_dir, tmp_path_factory):
+    """(case, tiny base, adapter, merged twin, root)."""
+    from test_family_export import build_tiny_model
+
+    from toolkit.train.command import train
+    from toolkit.train.merge import merge
+
+    root = tmp_path_factory.mktemp(request.param)
+    tiny = build_tiny_model(default_hf_dir, root / "tiny", request.param)
+    rows = [{"prompt": f"Why does method {i} help?", "response": f"It pools estimates {i}."} for i in range(4)]
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = train(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
+                batch_size=2, grad_accum=1, max_length=256, lr=5e-2, eval_every=0, save_every=0)
+    return request.param, tiny, run.adapter, merge(run.adapter, root / "merged").out, root
+
+
+def test_family_adapter_ships_unmerged_and_stops_where_training_taught(trained):
+    from transformers import AutoTokenizer
+
+    from toolkit.data.records import Example
+    from toolkit.export.convert import convert, export
+    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.verify import check_templates, compare_gguf, reference_sequences
+    from toolkit.train.tokens import IGNORE, tokenize_example
+
+    case, tiny, adapter, merged, root = trained
+    out = root / "lora"
+    assert export(str(tiny), out=out, outtype="f32", adapter=adapter) == 0
+    base, lora, modelfile = out / "tiny-f32.gguf", out / "run-lora-f32.gguf", out / "run-F32.Modelfile"
+    mf = validate_file(modelfile)
+    assert check_templates(tiny, base, modelfile) == []
+    # what training taught the model to end a reply with is a token the Modelfile stops on
+    tok = AutoTokenizer.from_pretrained(tiny)
+    _, labels = tokenize_example(tok, Example("0", "Why does method 0 help?", "It pools estimates 0.", "qa"), max_length=256)
+    taught = tok.convert_ids_to_tokens([i for i in labels if i != IGNORE])
+    assert any(t in mf.stops for t in taught), (taught, mf.stops)
+    # base + LoRA in llama.cpp is the merged twin in llama.cpp: the same agreement with the merged HF
+    # model, position for position. (Against HF itself the tiny Gemma 3 reaches only ~75% top-1 and
+    # KL ~1e-3 merged or not, and its base alone does no better: a llama.cpp-vs-transformers gap of
+    # that tiny architecture, not of the adapter; the tiny Mistral agrees 100%.)
+    seqs, starts, logprobs = reference_sequences(merged, ["Why does pooling help?", "What is a baseline?"], 12)
+    with_lora = compare_gguf(base, seqs, starts, logprobs, lora)
+    twin = compare_gguf(convert(merged, root / "merged-f32.gguf", "f32").path, seqs, starts, logprobs)
+    assert with_lora.per_prompt == twin.per_prompt and abs(with_lora.mean_kl - twin.mean_kl) < 1e-6
+    assert with_lora.max_kl < 0.01
+    if case == "mistral-v0.2":
+        assert with_lora.passed and with_lora.top1_agreement >= 0.99 and with_lora.mean_kl < 1e-4
+
+
+@pytest.mark.xfail(strict=True, reason="train/merge save the tokenizer with transformers' generic class, which drops "
+                   "tokenizer_config.json's add_bos_token (build_tiny_model states it only there): the merged GGUF "
+                   "gets add_bos_token false although the family's template writes BOS. Fix in toolkit/train "
+                   "(keep the base's add_bos_token/add_eos_token when saving), then remove this mark.")
+def test_family_merged_twin_exports_and_verifies(trained):
+    from toolkit.export.convert import export
+    from toolkit.export.verify import check_templates
+
+    _case, _tiny, _adapter, merged, root = trained
+    assert export(str(merged), out=root / "m", outtype="f32") == 0
+    gguf = root / "m" / "merged-f32.gguf"
+    assert check_templates(merged, gguf, gguf.with_suffix(".Modelfile")) == []
