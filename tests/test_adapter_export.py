@@ -1,7 +1,8 @@
 """LoRA adapters shipped without merging: a tiny random-weight Llama (the default model's tokenizer
 and ChatML template) trains an adapter for two steps -> `export --adapter` writes base GGUF + GGUF
 LoRA + a Modelfile with FROM and ADAPTER -> the base with the LoRA applied by llama.cpp matches the
-merged twin's logits (verify) -> generate and the batched engine run through the Modelfile.
+merged twin's logits (verify) -> generate, the batched engine and `toolkit serve` run through the
+Modelfile and answer alike.
 """
 
 from __future__ import annotations
@@ -34,8 +35,18 @@ def trained(tmp_path_factory, default_hf_dir):
     return tiny, result.adapter
 
 
-def test_adapter_exports_serves_and_verifies_against_its_merged_twin(trained, tmp_path):
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The folder `toolkit export TINY --adapter RUN/adapter` wrote."""
     from toolkit.export.convert import export
+
+    tiny, adapter = trained
+    out = tmp_path_factory.mktemp("export") / "gguf"
+    assert export(str(tiny), out=out, outtype="f32", adapter=adapter) == 0
+    return out
+
+
+def test_adapter_exports_and_verifies_against_its_merged_twin(trained, exported, tmp_path):
     from toolkit.export.modelfile.parser import validate_file
     from toolkit.export.verify import check_templates, compare_gguf, reference_sequences, verify
     from toolkit.params import DecodingParams
@@ -43,8 +54,7 @@ def test_adapter_exports_serves_and_verifies_against_its_merged_twin(trained, tm
     from toolkit.train.merge import merge
 
     tiny, adapter = trained
-    out = tmp_path / "gguf"
-    assert export(str(tiny), out=out, outtype="f32", adapter=adapter) == 0
+    out = exported
     base, lora, modelfile = out / "tiny-f32.gguf", out / "run-lora-f32.gguf", out / "run-F32.Modelfile"
     mf = validate_file(modelfile)
     assert (mf.model, mf.adapter) == ("./tiny-f32.gguf", "./run-lora-f32.gguf")
@@ -71,6 +81,48 @@ def test_adapter_exports_serves_and_verifies_against_its_merged_twin(trained, tm
         batch = engine.generate_batch([messages, messages], params)
     assert one.completion_tokens >= 1 and [g.text for g in batch] == [one.text, one.text]
     assert resolve(out, hf=False).adapter == lora.resolve()  # the export folder resolves to its Modelfile
+
+
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-at-a-time", "parallel"])
+def test_adapter_modelfile_serves_what_generate_answers(exported, parallel):
+    """`toolkit serve` on the adapter's Modelfile: its greedy /api/chat answer is generate's through
+    the same Modelfile (one at a time and in the batched engine), not the base's alone; /api/show
+    names the ADAPTER by file name only; the digest and size count the LoRA."""
+    import re
+
+    import httpx
+
+    from toolkit.params import DEFAULTS
+    from toolkit.runtime.backends import LlamaCppBackend, open_backend
+    from toolkit.serve.server import named_models, serve_in_thread
+
+    base, lora, modelfile = exported / "tiny-f32.gguf", exported / "run-lora-f32.gguf", exported / "run-F32.Modelfile"
+    messages = [{"role": "user", "content": "Question 1: why does method 1 help?"}]
+    params = DEFAULTS.replace(temperature=0, max_tokens=8, num_ctx=256)
+    with open_backend("llamacpp", str(modelfile), n_ctx=256) as tuned:
+        want = tuned.chat(messages, params).text
+    with LlamaCppBackend(base, n_ctx=256) as alone:
+        plain = alone.chat(messages, params).text
+    assert want and want != plain  # the adapter changed the answer: serving must not drop it
+    assert named_models(str(modelfile), name="tuned") == {"tuned:latest": modelfile.resolve()}  # the LoRA comes along
+
+    body = {"messages": messages, "stream": False, "options": {"temperature": 0, "num_predict": 8}}
+    with (serve_in_thread({"tuned": modelfile, "base": base}, n_ctx=256, n_threads=1, parallel=parallel) as url,
+          httpx.Client(base_url=url, timeout=120) as http):
+        answers = {name: http.post("/api/chat", json=body | {"model": name}).json()["message"]["content"]
+                   for name in ("tuned", "base")}
+        assert answers == {"tuned": want, "base": plain}
+        shown = http.post("/api/show", json={"model": "tuned"}).json()["modelfile"]
+        assert "FROM tiny-f32.gguf\n" in shown and "ADAPTER run-lora-f32.gguf\n" in shown
+        assert str(exported) not in shown and "<|im_start|>" in shown
+        assert "ADAPTER" not in http.post("/api/show", json={"model": "base"}).json()["modelfile"]
+        listed = {m["name"]: m for m in http.get("/api/tags").json()["models"]}
+        tuned_row, base_row = listed["tuned:latest"], listed["base:latest"]
+        assert re.fullmatch(r"[0-9a-f]{64}", tuned_row["digest"]) and tuned_row["digest"] != base_row["digest"]
+        assert tuned_row["size"] == base.stat().st_size + lora.stat().st_size == base_row["size"] + lora.stat().st_size
+        embed = {name: http.post("/api/embed", json={"model": name, "input": "pooled estimates"}).json()["embeddings"][0]
+                 for name in ("tuned", "base")}
+        assert len(embed["tuned"]) == len(embed["base"]) and embed["tuned"] != embed["base"]  # the embedder has the LoRA too
 
 
 def test_resolving_a_modelfile_keeps_its_adapter(tmp_path):

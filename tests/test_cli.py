@@ -68,3 +68,10 @@ def test_docstring_parsing():
     """)
     assert desc.startswith("Do a thing.") and "More text." in desc
     assert args == {"alpha": "the first continued.", "beta": "the second."}
+
+
+def test_a_no_option_can_be_switched_on():
+    """`compare --no-base` is a flag named no_base: it must set no_base=True, not read as the off form."""
+    args = vars(build_parser().parse_args(["compare", "tuned=smollm2", "--no-base"]))
+    assert args["no_base"] is True
+    assert vars(build_parser().parse_args(["compare", "tuned=smollm2"]))["no_base"] is False

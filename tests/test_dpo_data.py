@@ -145,3 +145,41 @@ def test_prefs_builds_pairs_drops_near_duplicates_and_caches(tmp_path, monkeypat
     assert read_pairs(out).format == "trl"  # the file the DPO trainer reads
     again = prefs(split, out=out, model="fake", backend="ollama", url="http://x", similarity_max=1.0)
     assert _Echo.calls == 3 and again["generated"] == 0 and again["kept"] == 3  # all from the cache
+
+
+def test_data_check_names_the_pair_format_and_counts_turns(tmp_path):
+    from toolkit.data.check import check
+
+    shared = "\n\nHuman: How do I bake bread?\n\nAssistant: Flour, water, yeast.\n\nHuman: How long?"
+    hh = write_jsonl(tmp_path / "hh.jsonl", [
+        {"chosen": shared + "\n\nAssistant: About 40 minutes.", "rejected": shared + "\n\nAssistant: Forever."},
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Same.", "rejected": "\n\nHuman: Hi\n\nAssistant: Same."},
+    ])
+    result = check(hh)
+    assert result["format"] == "preference" and result["pair_format"] == "hh" and result["records"] == 3
+    assert (result["pairs"], result["multi_turn"], result["turns_mean"], result["with_system"]) == (2, 1, 1.5, 0)
+    assert result["skipped"] == 1 and result["skip_reasons"] == "chosen is identical to rejected 1"
+
+    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", [
+        {"conversations": [{"from": "human", "value": "Name a prime."}], "chosen": {"from": "gpt", "value": "7"},
+         "rejected": {"from": "gpt", "value": "9"}},
+        {"system": "You are terse.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"},
+                                                       {"from": "human", "value": "Bye?"}],
+         "chosen": {"from": "gpt", "value": "Bye."}, "rejected": {"from": "gpt", "value": "Why?"}},
+    ])
+    result = check(sharegpt)
+    assert result["pair_format"] == "sharegpt" and result["pairs"] == 2 and result["message_pairs"] == 2
+    assert (result["multi_turn"], result["with_system"], result["turns_mean"], result["skipped"]) == (1, 1, 1.5, 0)
+    assert result["skip_reasons"] == "none"
+
+
+def test_read_pairs_reads_csv_with_mapped_columns(tmp_path):
+    from toolkit.data.columns import Columns
+
+    path = tmp_path / "p.csv"
+    path.write_text("instruction,good,bad\nQ?,yes,no\n", encoding="utf-8")
+    read = read_pairs(path, columns=Columns(prompt="instruction", chosen="good", rejected="bad"))
+    (pair,) = read.pairs
+    assert read.format == "trl" and pair.prompt == [{"role": "user", "content": "Q?"}] and (pair.chosen, pair.rejected) == ("yes", "no")
+    assert pair.line == 2

@@ -44,7 +44,8 @@ def _config(arch: str, vocab: int, bos: int, eos: int):
     name = {"Qwen2ForCausalLM": "Qwen2Config", "LlamaForCausalLM": "LlamaConfig", "MistralForCausalLM": "MistralConfig",
             "Gemma3ForCausalLM": "Gemma3TextConfig", "Phi3ForCausalLM": "Phi3Config", "GraniteForCausalLM": "GraniteConfig",
             "CohereForCausalLM": "CohereConfig"}[arch]
-    extra = {"head_dim": 16} if arch == "Gemma3ForCausalLM" else {}
+    # llama.cpp scales Gemma 3 queries by the head size below 27B: HF must be told the same
+    extra = {"head_dim": 16, "query_pre_attn_scalar": 16} if arch == "Gemma3ForCausalLM" else {}
     return getattr(transformers, name)(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True, **extra)

@@ -111,7 +111,9 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
         parser.add_argument(name, type=base, nargs="+" if is_list else None, **kwargs)
         return
     if base is bool:
-        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=param.default, **kwargs)
+        # argparse reads any `--no-X` as the off form of X, so `--no-base` could never be switched on
+        action = "store_true" if name.startswith("no_") and param.default is False else argparse.BooleanOptionalAction
+        parser.add_argument(flag, dest=name, action=action, default=param.default, **kwargs)
         return
     shown = param.default if not isinstance(param.default, (list, tuple)) else " ".join(map(str, param.default))
     if param.default is not None:  # None means "not given": the help text states the real default

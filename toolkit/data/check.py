@@ -1,7 +1,9 @@
 """`toolkit data check`: validate a data file of any kind and container and print its counts.
 
 Validation is the readers' own (`toolkit.data.readers`, `toolkit.data.messages`): every bad record
-of the file is listed (up to a bound, then counted) in one error naming the file and lines. The
+of the file is listed (up to a bound, then counted) in one error naming the file and lines. A
+preference file also gets the DPO trainer's view (`toolkit.data.preference`): the format it found
+(trl, sharegpt, hh), pairs, turns, and the rows training would skip, with reasons. The
 counts need no tokenizer; each kind has its own counting function. Dates are compared as dates
 (`toolkit.data.dates`), so the range of `9/8/2016` and `1/10/2008` is 2008-01-10 .. 2016-09-08.
 """
@@ -16,6 +18,7 @@ from typing import Any
 from toolkit.data.columns import Columns
 from toolkit.data.dates import Date
 from toolkit.data.messages import read_chat, read_preference, text_of
+from toolkit.data.preference import scan_pairs
 from toolkit.data.readers import read_arxiv, read_built, read_papers, read_qa, resolve_format
 from toolkit.data.records import ROLES, AbstractRecord, ChatRecord, Example, PreferenceRecord, QARecord, squash
 from toolkit.data.sources import detect_container
@@ -61,6 +64,7 @@ def check(path: Path, kind: str = "auto", question_col: str = "question", answer
         result.update(_chat_counts(read_chat(path, container=container, option="--kind")))
     elif fmt == "preference":
         result.update(_preference_counts(read_preference(path, columns=columns, container=container)))
+        result.update(_pair_counts(path, columns, container))
     elif fmt == "qa":
         result.update(_qa_counts(read_qa(path, columns=columns, container=container), max_chars))
     elif fmt in ("arxiv", "papers"):
@@ -107,6 +111,15 @@ def _preference_counts(records: Iterable[PreferenceRecord]) -> dict:
         same += c.strip() == j.strip()
     return {"records": len(chosen), "string_pairs": shapes["string"], "message_pairs": shapes["messages"],
             "chosen_equals_rejected": same, "chosen_chars_mean": _mean(chosen), "rejected_chars_mean": _mean(rejected)}
+
+
+def _pair_counts(path: Path, columns: Columns, container: str) -> dict:
+    """What the DPO trainer would make of the file (`toolkit.data.preference`): the format found
+    (trl, sharegpt, hh), pairs, turns, and the rows it would skip, with their reasons."""
+    counts = scan_pairs(path, columns=columns, container=container).counts()
+    reasons = counts.pop("skip_reasons")
+    return {"pair_format": counts.pop("format"), **counts,
+            "skip_reasons": ", ".join(f"{why} {n}" for why, n in sorted(reasons.items())) or "none"}
 
 
 def _qa_counts(records: Iterable[QARecord], max_chars: int) -> dict:

@@ -4,7 +4,9 @@ Chat records hold `messages` (`[{role, content}, ...]`), or LLaMA-Factory's Shar
 `conversations` of `{from, value}` turns (`human`, `gpt`, `system`, `observation`,
 `function_call`) with an optional `system` field. Preference records hold `prompt`, `chosen` and
 `rejected`, each a string or a message list; LLaMA-Factory's ShareGPT preference form
-(`conversations` + `chosen`/`rejected` message objects) reads as the same thing. Field names
+(`conversations` + `chosen`/`rejected` message objects) reads as the same thing. Rows without a
+prompt (Anthropic HH transcripts, two whole conversations) are split by
+`toolkit.data.preference.parse_row`, the DPO trainer's own reader. Field names
 follow `--prompt-col`/`--chosen-col`/`--rejected-col` (`toolkit.data.columns`).
 
 A bad record is a `DataError` naming file and line; each file's bad records are collected and
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.columns import Columns
+from toolkit.data.preference import FIX as PAIR_FIX
+from toolkit.data.preference import BadPair, parse_row
 from toolkit.data.records import ROLES, ChatRecord, PreferenceRecord, Problems, found_fields, json_type, record_id
 from toolkit.data.sources import detect_container, iter_rows
 from toolkit.errors import DataError
@@ -185,12 +189,26 @@ def read_preference(path: Path, *, columns: Columns | None = None, container: st
 
 
 def _preference_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:
+    if keys["prompt"] not in obj and keys["chosen"] in obj and keys["rejected"] in obj:
+        return _prompt_free_record(obj, keys, path, line)
     values = {name: _preference_value(obj, name, key, path, line) for name, key in keys.items()}
     if isinstance(values["chosen"], str) != isinstance(values["rejected"], str):
         shapes = {k: "a string" if isinstance(v, str) else "a message list" for k, v in values.items()}
         raise DataError(f"chosen is {shapes['chosen']} but rejected is {shapes['rejected']}", path=path, line=line,
                         fix="give chosen and rejected the same shape")
     return PreferenceRecord(record_id(obj, path, line), values["prompt"], values["chosen"], values["rejected"], line)
+
+
+def _prompt_free_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:
+    """A row without a prompt (Anthropic HH transcripts, or two whole conversations): its prompt is
+    what the two share, as `toolkit.data.preference.parse_row` (the DPO trainer's reader) splits it."""
+    row = {**obj, "chosen": obj[keys["chosen"]], "rejected": obj[keys["rejected"]]}
+    row.pop("prompt", None)
+    try:
+        prompt, chosen, rejected, _ = parse_row(row, allow_same=True)  # counted by data check, as for prompted rows
+    except BadPair as why:
+        raise DataError(str(why), path=path, line=line, fix=PAIR_FIX) from None
+    return PreferenceRecord(record_id(obj, path, line), prompt, chosen, rejected, line)
 
 
 def text_of(value: str | list[dict], role: str) -> str:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.data.files import iter_json_records
+from toolkit.data.columns import Columns
+from toolkit.data.records import record_id
+from toolkit.data.sources import detect_container, iter_rows
 from toolkit.errors import DataError
 
 FORMATS = ("trl", "sharegpt", "hh")
@@ -90,8 +92,8 @@ class PairsRead:
                 "skip_reasons": dict(Counter(b.reason.split(":")[0] for b in self.bad))}
 
 
-class _Bad(Exception):
-    """A row that is not a usable pair (turned into a BadRow with its line)."""
+class BadPair(Exception):
+    """A row that is not a usable pair (turned into a BadRow with its line, or a reader's DataError)."""
 
 
 def detect(obj: dict) -> str:
@@ -106,25 +108,25 @@ def detect(obj: dict) -> str:
 def _text(value: Any, side: str) -> str:
     """One reply: a string, an assistant message, or a message list ending with one (only assistant turns)."""
     if value is None:
-        raise _Bad(f"missing {side}")
+        raise BadPair(f"missing {side}")
     if isinstance(value, str):
         return value
     messages = [value] if isinstance(value, dict) else value
     if not isinstance(messages, list) or not messages:
-        raise _Bad(f"{side} is not a string or assistant message")
+        raise BadPair(f"{side} is not a string or assistant message")
     roles = [_role(m, side) for m in messages]
     if any(r != "assistant" for r in roles):
-        raise _Bad(f"{side} is not an assistant message (roles: {', '.join(roles)})")
+        raise BadPair(f"{side} is not an assistant message (roles: {', '.join(roles)})")
     return "".join(_content(m) for m in messages)
 
 
 def _role(m: Any, where: str) -> str:
     if not isinstance(m, dict):
-        raise _Bad(f"{where} holds a {type(m).__name__}, not a message")
+        raise BadPair(f"{where} holds a {type(m).__name__}, not a message")
     raw = m.get("role", m.get("from"))
     role = SPEAKERS.get(str(raw).lower()) if raw is not None else None
     if role is None:
-        raise _Bad(f"{where} has a message with role {raw!r}")
+        raise BadPair(f"{where} has a message with role {raw!r}")
     return role
 
 
@@ -137,97 +139,124 @@ def _messages(value: Any, where: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
-        raise _Bad(f"{where} is not a string or a list of messages")
+        raise BadPair(f"{where} is not a string or a list of messages")
     return [{"role": _role(m, where), "content": _content(m)} for m in value]
 
 
 def _check_prompt(prompt: list[dict]) -> list[dict]:
     if not prompt or not any(m["content"].strip() for m in prompt if m["role"] == "user"):
-        raise _Bad("empty prompt")
+        raise BadPair("empty prompt")
     if prompt[-1]["role"] != "user":
-        raise _Bad(f"prompt ends with a {prompt[-1]['role']} message, not the user's")
+        raise BadPair(f"prompt ends with a {prompt[-1]['role']} message, not the user's")
     return prompt
 
 
-def _split_shared(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
+def _split_shared(chosen: list[dict], rejected: list[dict], allow_same: bool = False) -> tuple[list[dict], str, str]:
     """(shared prompt, chosen reply, rejected reply) of two conversations that differ only in their last turn."""
     k = 0
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
     if k == len(chosen) == len(rejected):
-        raise _Bad("chosen is identical to rejected")
+        if not allow_same:
+            raise BadPair("chosen is identical to rejected")
+        k -= 1  # the same conversation twice: all but its last turn is the prompt
     if len(chosen) - k != 1 or len(rejected) - k != 1:
-        raise _Bad(f"prefixes differ: the conversations part at turn {k + 1}, before their last reply")
+        raise BadPair(f"prefixes differ: the conversations part at turn {k + 1}, before their last reply")
     if k == 0:
-        raise _Bad("empty prompt (the two conversations share no beginning)")
+        raise BadPair("empty prompt (the two conversations share no beginning)")
     for side, last in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
         if last["role"] != "assistant":
-            raise _Bad(f"{side} is not an assistant message (its last turn is {last['role']})")
+            raise BadPair(f"{side} is not an assistant message (its last turn is {last['role']})")
     return chosen[:k], chosen[-1]["content"], rejected[-1]["content"]
 
 
 def _hh_turns(text: Any, side: str) -> list[dict]:
     if not isinstance(text, str):
-        raise _Bad(f"missing {side}" if text is None else f"{side} is not an HH transcript string")
+        raise BadPair(f"missing {side}" if text is None else f"{side} is not an HH transcript string")
     text = "\n\n" + text.lstrip("\n")
     marks = list(_HH_TURN.finditer(text))
     if not marks or marks[0].start() != 0:
-        raise _Bad(f"{side} does not start with '\\n\\nHuman:'")
+        raise BadPair(f"{side} does not start with '\\n\\nHuman:'")
     return [{"role": "user" if m.group(1) == "Human" else "assistant",
              "content": text[m.end(): nxt.start() if nxt else len(text)].strip()}
             for m, nxt in zip(marks, marks[1:] + [None])]
 
 
-def _pair_of(obj: dict, fmt: str) -> tuple[list[dict], str, str]:
+def _pair_of(obj: dict, fmt: str, allow_same: bool) -> tuple[list[dict], str, str]:
     if fmt == "hh":
-        return _split_shared(_hh_turns(obj.get("chosen"), "chosen"), _hh_turns(obj.get("rejected"), "rejected"))
+        return _split_shared(_hh_turns(obj.get("chosen"), "chosen"), _hh_turns(obj.get("rejected"), "rejected"), allow_same)
     if fmt == "sharegpt":
         prompt = _messages(obj["conversations"], "conversations")
         if isinstance(obj.get("system"), str) and obj["system"].strip() and prompt and prompt[0]["role"] != "system":
             prompt = [{"role": "system", "content": obj["system"]}] + prompt
         return prompt, _text(obj.get("chosen"), "chosen"), _text(obj.get("rejected"), "rejected")
     if "prompt" not in obj and isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list):
-        return _split_shared(_messages(obj["chosen"], "chosen"), _messages(obj["rejected"], "rejected"))  # implicit prompt
+        return _split_shared(_messages(obj["chosen"], "chosen"), _messages(obj["rejected"], "rejected"),  # implicit prompt
+                             allow_same)
     if "prompt" not in obj:
-        raise _Bad("missing prompt")
+        raise BadPair("missing prompt")
     return _messages(obj["prompt"], "prompt"), _text(obj.get("chosen"), "chosen"), _text(obj.get("rejected"), "rejected")
 
 
-def parse_row(obj: dict, fmt: str | None = None) -> tuple[list[dict], str, str, str]:
-    """(prompt messages, chosen text, rejected text, format) of one record, or `_Bad`."""
+def parse_row(obj: dict, fmt: str | None = None, *, allow_same: bool = False) -> tuple[list[dict], str, str, str]:
+    """(prompt messages, chosen text, rejected text, format) of one record, or `BadPair`. With
+    `allow_same`, identical replies pass (`data check` counts them rather than failing)."""
     fmt = fmt or detect(obj)
-    prompt, chosen, rejected = _pair_of(obj, fmt)
+    prompt, chosen, rejected = _pair_of(obj, fmt, allow_same)
     prompt = _check_prompt(prompt)
     for side, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
-            raise _Bad(f"missing {side} (empty reply)")
-    if chosen.strip() == rejected.strip():
-        raise _Bad("chosen is identical to rejected")
+            raise BadPair(f"missing {side} (empty reply)")
+    if chosen.strip() == rejected.strip() and not allow_same:
+        raise BadPair("chosen is identical to rejected")
     return prompt, chosen, rejected, fmt
 
 
-def read_pairs(path: str | Path, skip_bad: bool = False, fmt: str | None = None) -> PairsRead:
-    """Every pair of a preference file. Bad rows: a DataError listing the first few, or with
-    `skip_bad` skipped and counted in `.bad`."""
+def canonical(obj: dict, columns: Columns | None) -> dict:
+    """The row with `--prompt-col`/`--chosen-col`/`--rejected-col` columns under their canonical names
+    (ShareGPT's `conversations` stays where it is: it is a format of its own, not a renamed prompt)."""
+    if columns is None:
+        return obj
+    renamed = {}
+    for name in ("prompt", "chosen", "rejected"):
+        key = columns.find(name, obj)
+        if key is not None and key != name and key != "conversations":
+            renamed[name] = obj[key]
+    return {**obj, **renamed} if renamed else obj
+
+
+def scan_pairs(path: str | Path, fmt: str | None = None, *, columns: Columns | None = None,
+               container: str = "auto") -> PairsRead:
+    """Every row of a preference file in any container the data layer reads (`toolkit.data.sources`),
+    columns named by `columns`, as pairs or bad rows; raises nothing for bad rows (`data check` counts them)."""
     path = Path(path)
+    container = detect_container(path) if container == "auto" else container
     result = PairsRead(path)
-    for line, obj in iter_json_records(path):
+    for line, obj in iter_rows(path, container):
+        row = canonical(obj, columns)
         try:
-            prompt, chosen, rejected, found = parse_row(obj, fmt)
-        except _Bad as why:
+            prompt, chosen, rejected, found = parse_row(row, fmt)
+        except BadPair as why:
             result.bad.append(BadRow(path, line, str(why)))
             continue
-        rid = str(obj.get("id", f"{path.stem}-{line}"))
-        result.pairs.append(Pair(rid, prompt, chosen, rejected, line, found))
+        result.pairs.append(Pair(record_id(row, path, line), prompt, chosen, rejected, line, found))
         result.formats[found] += 1
+    return result
+
+
+def read_pairs(path: str | Path, skip_bad: bool = False, fmt: str | None = None, *,
+               columns: Columns | None = None, container: str = "auto") -> PairsRead:
+    """Every pair of a preference file (see `scan_pairs`). Bad rows: a DataError listing the first
+    few, or with `skip_bad` skipped and counted in `.bad`."""
+    result = scan_pairs(path, fmt, columns=columns, container=container)
     if result.bad and not skip_bad:
         shown = "; ".join(str(b) for b in result.bad[:SHOWN_BAD])
         more = f" (and {len(result.bad) - SHOWN_BAD} more)" if len(result.bad) > SHOWN_BAD else ""
         raise DataError(f"{len(result.bad)} bad preference rows: {shown}{more}", path=None,
                         fix="fix those rows, or pass --skip-bad to skip and count them")
     if not result.pairs:
-        raise DataError("no usable preference pairs", path=path, fix=FIX)
+        raise DataError("no usable preference pairs", path=result.path, fix=FIX)
     return result
 
 
-__all__ = ["Pair", "BadRow", "PairsRead", "read_pairs", "parse_row", "detect", "FORMATS"]
+__all__ = ["Pair", "BadRow", "BadPair", "PairsRead", "read_pairs", "scan_pairs", "parse_row", "canonical", "detect", "FORMATS"]

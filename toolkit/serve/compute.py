@@ -105,11 +105,12 @@ class Engine:
     `enqueue` and `close` run under the registry's lock.
     """
 
-    def __init__(self, gguf: Path, compute: Compute, *, n_ctx: int, parallel: int, n_threads: int | None):
+    def __init__(self, gguf: Path, compute: Compute, *, n_ctx: int, parallel: int, n_threads: int | None,
+                 lora: Path | None = None):
         from toolkit.runtime.batched import BatchedGenerator
 
         self.n_ctx = n_ctx
-        self.gen = BatchedGenerator(gguf, n_ctx_per_seq=n_ctx, n_parallel=parallel, n_threads=n_threads)
+        self.gen = BatchedGenerator(gguf, n_ctx_per_seq=n_ctx, n_parallel=parallel, n_threads=n_threads, lora=lora)
         self._compute = compute
         self._pending: deque = deque()  # (Job, replies) not started yet
         self._waiting: dict[int, queue.Queue] = {}  # started: key -> replies

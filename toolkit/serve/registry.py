@@ -15,6 +15,7 @@ request gets Ollama's 503. A request whose `cancel` event is set stops waiting o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -82,10 +83,12 @@ class Done:
 
 @dataclass
 class ServedModel:
-    """One model as clients see it: an Ollama name over a GGUF file."""
+    """One model as clients see it: an Ollama name over a GGUF file, plus the GGUF LoRA that
+    llama.cpp applies on top of it when the model is an adapter export's Modelfile."""
 
     name: str  # with its tag, e.g. "smollm2:latest"
     gguf: Path
+    lora: Path | None = None
     meta: dict[str, str] = field(default_factory=dict)  # GGUF metadata, kept after an unload
     backend: LlamaCppBackend | None = None
     vocab: LlamaCppBackend | None = None  # vocabulary only: prompts are built with it, outside the lock
@@ -95,9 +98,13 @@ class ServedModel:
 
     def digest(self) -> str:
         if self._digest is None:  # hashing ~100 MB takes a moment: once, and only when asked
-            from toolkit.models import file_digest
+            from toolkit.models import ResolvedModel, file_digest
 
-            self._digest = file_digest(self.gguf)
+            if self.lora is None:
+                self._digest = file_digest(self.gguf)
+            else:  # base and LoRA together: Ollama's digests are one sha256, so hash what names both
+                weights = ResolvedModel(self.name, None, self.gguf, self.lora).weights_id()
+                self._digest = hashlib.sha256(weights.encode()).hexdigest()
         return self._digest
 
     def trained_ctx(self) -> int | None:
@@ -112,10 +119,14 @@ class ServedModel:
                 "parameter_size": self.meta.get("general.size_label") or _human(self.meta.get("general.parameter_count", "")),
                 "quantization_level": level}
 
+    def size(self) -> int:
+        """Bytes on disk: the GGUF, and the LoRA when there is one."""
+        return sum(path.stat().st_size for path in (self.gguf, self.lora) if path is not None)
+
     def listing(self) -> dict[str, Any]:
         """The model as /api/tags lists it."""
         return {"name": self.name, "model": self.name, "modified_at": stamp(self.gguf),
-                "size": self.gguf.stat().st_size, "digest": self.digest(), "details": self.details()}
+                "size": self.size(), "digest": self.digest(), "details": self.details()}
 
 
 class Registry:
@@ -145,7 +156,8 @@ class Registry:
                 raise ConfigError(f"{name!r} is not a valid model name", fix="use letters, digits, '_', '-', '.' and an optional :tag")
             if full.lower() in self.models:
                 raise ConfigError(f"model name {full!r} is given twice", fix="give each model its own --name")
-            self.models[full.lower()] = ServedModel(full, resolve(str(spec), hf=False).require_gguf())
+            gguf, lora = resolve(str(spec), hf=False).require_llamacpp()  # a Modelfile's ADAPTER comes along
+            self.models[full.lower()] = ServedModel(full, gguf, lora)
         try:
             for model in self.models.values():
                 model.vocab = LlamaCppBackend(model.gguf, vocab_only=True)
@@ -175,7 +187,7 @@ class Registry:
         return base.replace(temperature=1.0, top_p=1.0) if openai else base
 
     def _open(self, model: ServedModel, n_ctx: int) -> LlamaCppBackend:
-        backend = LlamaCppBackend(model.gguf, n_ctx=n_ctx, n_threads=self.n_threads)
+        backend = LlamaCppBackend(model.gguf, n_ctx=n_ctx, n_threads=self.n_threads, lora=model.lora)
         # Ollama derives general.parameter_count from the tensors; llama.cpp counts them for us
         count = backend.n_params
         model.meta = dict(backend.metadata) | ({"general.parameter_count": str(count)} if count is not None else {})
@@ -209,7 +221,8 @@ class Registry:
         """The model's batched generator (made on first use after an unload), or None when serving
         one generation at a time."""
         if self.parallel > 1 and model.engine is None:
-            model.engine = Engine(model.gguf, self.compute, n_ctx=self.n_ctx, parallel=self.parallel, n_threads=self.n_threads)
+            model.engine = Engine(model.gguf, self.compute, n_ctx=self.n_ctx, parallel=self.parallel,
+                                  n_threads=self.n_threads, lora=model.lora)
         return model.engine
 
     def _unload(self, model: ServedModel) -> None:
@@ -325,7 +338,7 @@ class Registry:
         with self._queued(), self._locked(cancel):
             if model.embedder is None:
                 model.embedder = llamacpp.load(model.gguf, n_ctx=EMBED_CTX, n_threads=self.n_threads,
-                                               n_threads_batch=self.n_threads, embedding=True)
+                                               n_threads_batch=self.n_threads, embedding=True, lora=model.lora)
             ready = time.perf_counter()
             try:
                 rows, count = self.compute.call(model.embedder.embed, texts, truncate=truncate, return_count=True)

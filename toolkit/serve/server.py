@@ -171,7 +171,8 @@ def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, ho
 
 
 def named_models(model: str, name: str = "") -> dict[str, Path]:
-    """{Ollama name: GGUF} from comma-separated model specs and optional names (default: stems)."""
+    """{Ollama name: GGUF} from comma-separated model specs and optional names (default: stems). A
+    model with a LoRA ADAPTER keeps its Modelfile (or export folder) instead, so the LoRA comes along."""
     from toolkit.models import resolve
 
     specs = [s.strip() for s in model.split(",") if s.strip()]
@@ -186,7 +187,8 @@ def named_models(model: str, name: str = "") -> dict[str, Path]:
         full = ollama_name(names[i] if names else found.name)
         if full.lower() in {k.lower() for k in out}:
             raise ConfigError(f"two models are both named {full!r}", fix="pass --name with one name per model")
-        out[full] = found.require_gguf()
+        gguf, lora = found.require_llamacpp()
+        out[full] = gguf if lora is None else Path(specs[i]).expanduser().resolve()
     return out
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from toolkit.errors import ConfigError, ModelError
 from toolkit.io import atomic_dir, write_json
+from toolkit.train.model import keep_tokenizer_flags
 
 TOLERANCE = 1e-4
 # Above this size the float64 recheck (two extra copies of the model in fp64) is skipped.
@@ -156,6 +157,7 @@ def merge(adapter: Path, out: Path, base: str | None = None) -> MergeResult:
         with atomic_dir(out) as tmp:
             merged.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            keep_tokenizer_flags(hf_dir, tmp)  # the base's: an adapter saved before they were kept lacks them
             reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
             diff = float((_logits(reloaded, input_ids, mask) - expected).abs().max())
             fp64 = None

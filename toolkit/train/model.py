@@ -18,6 +18,8 @@ from toolkit.train.config import TrainConfig
 from toolkit.train.tokens import TAGS, end_of_turn_id, prepare_tokenizer
 
 ADAPTER_META = "toolkit-adapter.json"
+# Whether the tokenizer adds BOS/EOS itself: the GGUF converter reads these from tokenizer_config.json
+TOKENIZER_FLAGS = ("add_bos_token", "add_eos_token")
 
 
 def device_kind() -> str:
@@ -215,6 +217,24 @@ def save_adapter(model, tokenizer, dest: Path, meta: dict) -> Path:
             # the full 49k-row matrices would add 200+ MB for nothing.
             model.save_pretrained(tmp, save_embedding_layers=False)
         tokenizer.save_pretrained(tmp)
+        keep_tokenizer_flags(tokenizer.name_or_path, tmp)  # the folder it was loaded from: the base, or an adapter
         write_json(tmp / ADAPTER_META, meta)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card template
     return dest
+
+
+def keep_tokenizer_flags(source: str | os.PathLike | None, saved: Path) -> None:
+    """Copy add_bos_token/add_eos_token from `source`'s tokenizer_config.json into the one just
+    saved in `saved`. transformers' generic tokenizer class leaves them out when it saves, and the
+    GGUF converter reads them there: without them a Mistral or Gemma model exported after training
+    gets add_bos_token false, though its chat template writes a BOS."""
+    if not source or not Path(source).is_dir():
+        return
+    try:
+        original = json.loads((Path(source) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = json.loads((saved / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no config to copy from (a hub tokenizer, say) or none saved
+        return
+    flags = {k: original[k] for k in TOKENIZER_FLAGS if k in original}
+    if any(config.get(k) != v for k, v in flags.items()):
+        write_json(saved / "tokenizer_config.json", config | flags)

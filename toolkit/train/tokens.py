@@ -6,6 +6,7 @@ token *is* its EOS). `load_rows` reads and tokenizes a whole data file.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,15 +31,36 @@ TAGGED_TEMPLATE = (
 
 
 def end_of_turn_id(tokenizer) -> int:
-    """The token that ends an assistant turn: the first chat family's end-of-turn token in the
-    vocabulary (toolkit/chat/families.py), else EOS."""
+    """The token that ends an assistant turn: that of the chat family whose template the tokenizer
+    carries (toolkit/chat/detect.py; EOS for the families that end turns with it, like Zephyr or
+    Mistral), so the labels end with the token the exported Modelfile stops on. For a template of
+    no known family: the first family end-of-turn token in the vocabulary (toolkit/chat/families.py),
+    else EOS."""
     vocab = tokenizer.get_vocab()
-    for token in end_of_turn_tokens():
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    family = template_end_of_turn(template, tokenizer.bos_token or "", tokenizer.eos_token or "") if template else None
+    if family is not None and not family and tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id  # the family ends turns with EOS
+    for token in (family or ()) + end_of_turn_tokens():
         if token in vocab:
             return vocab[token]
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS or end-of-turn token", fix="use a chat/instruct model")
     return tokenizer.eos_token_id
+
+
+@functools.lru_cache(maxsize=16)
+def template_end_of_turn(template: str, bos: str, eos: str) -> tuple[str, ...] | None:
+    """The end-of-turn tokens of the chat family that renders `template` exactly (empty: it ends
+    turns with EOS), or None when no family does. Remembered: every example asks, and fitting a
+    family runs the parity suite."""
+    from toolkit.chat.detect import match
+
+    try:
+        found, _ = match(template, bos=bos, eos=eos)
+    except Exception:  # a template the suite cannot even render is of no known family
+        return None
+    return None if found is None else found.family.end_of_turn
 
 
 def prepare_tokenizer(tokenizer, fmt: str) -> list[int]:
