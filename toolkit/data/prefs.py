@@ -11,48 +11,13 @@ written atomically at the end.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
 from toolkit.errors import ConfigError, DataError
 from toolkit.params import DEFAULTS, DecodingParams
-
-
-class _Cache:
-    """Generations keyed by (model id, parameters, conversation) in one SQLite file."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-    @staticmethod
-    def key(model: str, params: DecodingParams, conversation: list[dict]) -> str:
-        return hashlib.sha256(json.dumps([model, params.to_dict(), conversation], sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> dict | None:
-        row = self._db.execute("SELECT value FROM generations WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: dict) -> None:
-        with self._db:  # one transaction per generation: a kill loses none that finished
-            self._db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (key, json.dumps(value)))
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _model_id(backend: str, model: str, url: str) -> str:
-    """What identifies the generating weights: the GGUF's digest in process, the name at a server."""
-    if backend == "llamacpp":
-        from toolkit.models import file_digest, resolve
-
-        return "gguf:" + file_digest(resolve(model, hf=False).require_gguf())
-    return f"{backend}:{url}:{model}"
+from toolkit.runtime.cache import GenerationCache, model_id
 
 
 def _squash(text: str) -> str:
@@ -73,15 +38,15 @@ def conversation_of(example) -> list[dict]:
 
 
 def _generate(examples: list, conversations: list[list[dict]], backend: str, model: str, url: str, params: DecodingParams,
-              cache: _Cache, parallel: int | None) -> tuple[list[dict], int]:
+              cache: GenerationCache, parallel: int | None) -> tuple[list[dict], int]:
     """One generation per example, from the cache where it has one; (generations, newly generated)."""
     from collections import deque
 
     from toolkit.console import progress
     from toolkit.runtime.backends import open_backend
 
-    mid = _model_id(backend, model, url)
-    keys = [_Cache.key(mid, params, conv) for conv in conversations]
+    mid = model_id(backend, model, url)
+    keys = [GenerationCache.key(mid, params, conv) for conv in conversations]
     done = [cache.get(k) for k in keys]
     todo = deque((i, conversations[i], params) for i, d in enumerate(done) if d is None)
     fresh = len(todo)
@@ -148,7 +113,7 @@ def prefs(split: Path, out: Path = Path("data/prefs/train.jsonl"), model: str = 
         raise DataError("no examples with a reference answer", path=split, fix="pass a built split (toolkit data build) or QA/chat data")
     out = Path(out)
     conversations = [conversation_of(ex) for ex in examples]
-    cache = _Cache(out.parent / f"{out.stem}.generations.sqlite")
+    cache = GenerationCache(out.parent / f"{out.stem}.generations.sqlite")
     try:
         generations, fresh = _generate(examples, conversations, backend, model, url, params, cache, parallel or None)
     finally:

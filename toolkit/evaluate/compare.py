@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.evaluate.generations import GenerationCache, model_id
 from toolkit.params import DEFAULTS, DecodingParams
+from toolkit.runtime.cache import GenerationCache, model_id
 
 METRIC_LABELS = {"bertscore_f1": "BERTScore F1", "bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R",
                  "rouge_l": "ROUGE-L", "bleu": "BLEU"}

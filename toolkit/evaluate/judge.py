@@ -127,8 +127,8 @@ class Judging:
         from collections import deque
 
         from toolkit.console import progress
-        from toolkit.evaluate.generations import GenerationCache, model_id
         from toolkit.runtime.backends import open_backend
+        from toolkit.runtime.cache import GenerationCache, model_id
 
         judge = self.judge
         mid = model_id(judge.backend, judge.model, judge.url)
@@ -167,8 +167,8 @@ def calibrate(run: Judging, examples: list, seed: int) -> dict:
 
 def run_judge(judge: Judge, systems: list, examples: list, folder: Path, humans: list[dict], seed: int) -> dict:
     """Calibrate the judge, then judge every system against the first one; the judge's part of results.json."""
-    from toolkit.evaluate.generations import GenerationCache
     from toolkit.evaluate.judge_report import system_result
+    from toolkit.runtime.cache import GenerationCache
 
     cache = GenerationCache(Path(folder) / "judgments.sqlite")
     run = Judging(judge, cache)

@@ -89,9 +89,9 @@ def draft_gaps(fit: Analysis, X: np.ndarray, gaps: list[dict], encoder, backend:
                params: DecodingParams, cache_path: Path, parallel: int | None = None) -> list[dict]:
     """One draft per gap (cached), each with its cited ids, the ids it mentions and its grounding."""
     from toolkit.console import progress
-    from toolkit.evaluate.compare import GenerationCache, model_id
     from toolkit.gaps.embed import embed_texts
     from toolkit.runtime.backends import open_backend
+    from toolkit.runtime.cache import GenerationCache, model_id
 
     cited = [sources(fit, g) for g in gaps]
     prompts = [prompt_for(fit, g, c) for g, c in zip(gaps, cited)]

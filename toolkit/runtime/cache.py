@@ -1,6 +1,6 @@
-"""The cache of generated texts that compare and the judge share: one SQLite file per folder, keyed
-by (model identity, decoding parameters, prompt), so a re-run only generates what is missing and an
-interrupted run keeps every generation it finished.
+"""The cache of generated texts that `data prefs`, compare, the judge and gap drafts share: one
+SQLite file per folder, keyed by (model identity, decoding parameters, prompt or conversation), so a
+re-run only generates what is missing and an interrupted run keeps every generation it finished.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class GenerationCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     @staticmethod
-    def key(model_id: str, params: DecodingParams, prompt: str) -> str:
+    def key(model_id: str, params: DecodingParams, prompt: str | list[dict]) -> str:
         blob = json.dumps([model_id, params.to_dict(), prompt], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
