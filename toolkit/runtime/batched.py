@@ -419,7 +419,7 @@ class BatchedGenerator:
         """Whether one decode of two prompts of unequal length gives `first` the same last logits,
         bit for bit, as decoding `first` alone, on this machine (it depends on the CPU's kernels:
         exact on an AVX2-only VM, wrong on AVX-512 ones). `_prefill` never mixes prompts either way
-        (measured no faster, bench/decode.py); doctor and the benchmark report it. Clears the KV
+        (measured no faster); bench/prefill.py measures both and reports it. Clears the KV
         cache: call between generations, from the thread that uses this generator."""
         import llama_cpp
         import numpy as np
