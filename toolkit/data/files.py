@@ -39,6 +39,16 @@ def not_utf8(path: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> Data
     )
 
 
+def decode_line(path: Path, lineno: int, raw: bytes) -> str:
+    """One line's bytes as text (a BOM dropped from the first line); bad UTF-8 is an error naming the line."""
+    if lineno == 1 and raw.startswith(BOM):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, lineno, raw, exc) from None
+
+
 def decode_all(path: Path, raw: bytes) -> str:
     """A whole file's bytes as text, without a BOM; bad UTF-8 is an error naming its line and column."""
     if raw.startswith(BOM):
@@ -119,12 +129,7 @@ def iter_json_records(path: Path, problems: Problems | None = None) -> Iterator[
 
 def _json_line(path: Path, lineno: int, raw: bytes) -> dict | None:
     """One JSON Lines line as an object; None for a blank line."""
-    if lineno == 1 and raw.startswith(BOM):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise not_utf8(path, lineno, raw, exc) from None
+    text = decode_line(path, lineno, raw)
     if not text.strip():
         return None
     try:

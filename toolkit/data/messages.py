@@ -22,8 +22,8 @@ from typing import Any
 from toolkit.data.columns import Columns
 from toolkit.data.preference import FIX as PAIR_FIX
 from toolkit.data.preference import BadPair, parse_row
-from toolkit.data.records import ROLES, ChatRecord, PreferenceRecord, Problems, found_fields, json_type, record_id
-from toolkit.data.sources import detect_container, iter_rows
+from toolkit.data.records import ROLES, ChatRecord, PreferenceRecord, found_fields, json_type, record_id
+from toolkit.data.sources import detect_container, parse_rows
 from toolkit.errors import DataError
 
 __all__ = ["read_chat", "read_preference", "text_of", "check_messages", "SPEAKERS"]
@@ -112,15 +112,8 @@ def read_chat(path: Path, training: bool = True, *, container: str = "auto", opt
     each must end with the assistant. `option` is the command's kind option, named in hints."""
     path = Path(path)
     container = detect_container(path) if container == "auto" else container
-    problems = Problems(path)
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            messages = _chat_messages(obj, path, line, training, option)
-        except DataError as exc:
-            problems.add(exc)
-            continue
-        yield ChatRecord(record_id(obj, path, line), messages, line)
-    problems.raise_if_any()
+    yield from parse_rows(path, container, lambda line, obj: ChatRecord(
+        record_id(obj, path, line), _chat_messages(obj, path, line, training, option), line))
 
 
 def _chat_messages(obj: dict, path: Path, line: int, training: bool, option: str) -> list[dict]:
@@ -177,15 +170,7 @@ def read_preference(path: Path, *, columns: Columns | None = None, container: st
     path = Path(path)
     columns = columns or Columns()
     container = detect_container(path) if container == "auto" else container
-    problems = Problems(path)
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            record = _preference_record(obj, _preference_keys(obj, columns), path, line)
-        except DataError as exc:
-            problems.add(exc)
-            continue
-        yield record
-    problems.raise_if_any()
+    yield from parse_rows(path, container, lambda line, obj: _preference_record(obj, _preference_keys(obj, columns), path, line))
 
 
 def _preference_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:

@@ -25,7 +25,6 @@ from toolkit.data.records import (
     FORMATS,
     AbstractRecord,
     Example,
-    Problems,
     QARecord,
     clean_text,
     found_fields,
@@ -35,7 +34,7 @@ from toolkit.data.records import (
     squash,
     string_field,
 )
-from toolkit.data.sources import detect_container, first_keys, iter_rows, parse_format
+from toolkit.data.sources import detect_container, first_keys, parse_format, parse_rows
 from toolkit.data.textsplit import split_sentences
 from toolkit.errors import ConfigError, DataError
 
@@ -190,22 +189,15 @@ def read_arxiv(path: Path, categories: str = "", abstract_col: str = "abstract",
     match = category_matcher(categories)
     need_categories = require_categories or match is not None
     names = _arxiv_names(path, container, columns, need_categories)
-    problems = Problems(path)
     seen = skipped = 0
     found: Counter = Counter()
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            record = _arxiv_record(obj, names, path, line, need_categories)
-        except DataError as exc:
-            problems.add(exc)
-            continue
+    for record in parse_rows(path, container, lambda line, obj: _arxiv_record(obj, names, path, line, need_categories)):
         seen += 1
         if match is not None and not match(record.categories):
             skipped += 1
             found.update(record.categories)
             continue
         yield record
-    problems.raise_if_any()
     if match is not None and skipped == seen:
         common = ", ".join(c for c, _ in found.most_common(8)) or "none"
         raise DataError(
@@ -264,15 +256,7 @@ def read_papers(path: Path, abstract_col: str = "abstract", *, container: str = 
     path = Path(path)
     container = detect_container(path) if container == "auto" else container
     fix = "if the abstract is under another field name, pass it with --abstract-col (scientific_papers fields: article, abstract, section_names)"
-    problems = Problems(path)
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            record = _papers_record(obj, abstract_col, path, line, fix)
-        except DataError as exc:
-            problems.add(exc)
-            continue
-        yield record
-    problems.raise_if_any()
+    yield from parse_rows(path, container, lambda line, obj: _papers_record(obj, abstract_col, path, line, fix))
 
 
 # ------------------------------------------------------------------------------------------- QA
@@ -293,16 +277,12 @@ def read_qa(path: Path, question_col: str = "question", answer_col: str = "answe
                 shown = ", ".join(one_line(h) for h in keys if h) or "no column names"
                 raise DataError(f"missing column {wanted!r} (found: {shown})", path=path, line=line0, fix=fix)
     q_col, a_col, id_col = q_col or columns.question, a_col or columns.answer, id_col or columns.id
-    problems = Problems(path)
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            q = clean_text(string_field(obj, q_col, path, line, fix)).strip()
-            a = clean_text(string_field(obj, a_col, path, line, fix)).strip()
-        except DataError as exc:
-            problems.add(exc)
-            continue
-        yield QARecord(record_id(obj, path, line, id_col), q, a, line)
-    problems.raise_if_any()
+    def qa(line: int, obj: dict) -> QARecord:
+        q = clean_text(string_field(obj, q_col, path, line, fix)).strip()
+        a = clean_text(string_field(obj, a_col, path, line, fix)).strip()
+        return QARecord(record_id(obj, path, line, id_col), q, a, line)
+
+    yield from parse_rows(path, container, qa)
 
 
 # ---------------------------------------------------------------------------------------- built
@@ -315,20 +295,16 @@ def read_built(path: Path, require_response: bool = True, *, container: str = "a
     path = Path(path)
     container = detect_container(path) if container == "auto" else container
     fix = f"built rows are {{id, prompt, response, kind, ...}}; rebuild with `toolkit data build` or pass {option}"
-    problems = Problems(path)
-    for line, obj in iter_rows(path, container, problems):
-        try:
-            prompt = string_field(obj, "prompt", path, line, fix)
-            response = string_field(obj, "response", path, line, fix, required=require_response)
-            kind = string_field(obj, "kind", path, line, fix, required=False, default="qa" if "response" in obj else "prompt")
-            if not prompt.strip():
-                raise DataError("field 'prompt' is empty", path=path, line=line, fix=fix)
-        except DataError as exc:
-            problems.add(exc)
-            continue
+    def built(line: int, obj: dict) -> Example:
+        prompt = string_field(obj, "prompt", path, line, fix)
+        response = string_field(obj, "response", path, line, fix, required=require_response)
+        kind = string_field(obj, "kind", path, line, fix, required=False, default="qa" if "response" in obj else "prompt")
+        if not prompt.strip():
+            raise DataError("field 'prompt' is empty", path=path, line=line, fix=fix)
         meta = {k: v for k, v in obj.items() if k not in _BUILT_KEYS}
-        yield Example(record_id(obj, path, line), prompt, response, kind, meta)
-    problems.raise_if_any()
+        return Example(record_id(obj, path, line), prompt, response, kind, meta)
+
+    yield from parse_rows(path, container, built)
 
 
 # ------------------------------------------------------------------------------- any format

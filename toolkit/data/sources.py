@@ -11,13 +11,16 @@ a tab in the first line). `--format` can name the container (`--format csv`, or 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from toolkit.data.files import count_json_records, iter_json_records
 from toolkit.data.records import FORMATS, Problems, normalize_format
 from toolkit.data.tables import arrow_columns, count_arrow_rows, csv_header, is_dataset_dir, iter_arrow_rows, iter_csv_rows
 from toolkit.errors import ConfigError, DataError
+
+T = TypeVar("T")
 
 __all__ = ["CONTAINERS", "parse_format", "detect_container", "iter_rows", "count_rows", "first_keys"]
 
@@ -83,6 +86,20 @@ def iter_rows(path: Path, container: str, problems: Problems | None = None) -> I
     if container in ("csv", "tsv"):
         return iter_csv_rows(path, "\t" if container == "tsv" else ",", problems)
     return iter_arrow_rows(path, container)
+
+
+def parse_rows(path: Path, container: str, parse: Callable[[int, dict], T]) -> Iterator[T]:
+    """`parse(line, row)` for every record; a row it rejects with a DataError is set aside, and all of
+    a file's bad rows are reported together (the first few listed) once the file is read."""
+    problems = Problems(path)
+    for line, obj in iter_rows(path, container, problems):
+        try:
+            record = parse(line, obj)
+        except DataError as exc:
+            problems.add(exc)
+            continue
+        yield record
+    problems.raise_if_any()
 
 
 def count_rows(path: Path, container: str) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from toolkit.data.files import BOM, check_file, not_utf8
+from toolkit.data.files import check_file, decode_line
 from toolkit.data.records import Problems, one_line
 from toolkit.errors import DataError
 
@@ -40,12 +40,7 @@ def _lines(path: Path) -> Iterator[str]:
     """The file's lines decoded, line ends as `\\n`; bytes that are not UTF-8 are an error naming the line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            if lineno == 1 and raw.startswith(BOM):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise not_utf8(path, lineno, raw, exc) from None
+            text = decode_line(path, lineno, raw)
             if "\r" not in text:
                 yield text
                 continue
