@@ -220,7 +220,7 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         force: rebuild even when an up-to-date output exists.
         adapter: a LoRA adapter (RUN/adapter or RUN) to export as a GGUF LoRA beside its base (default out: RUN/gguf).
     """
-    from toolkit.console import err, status
+    from toolkit.console import err
     from toolkit.models import resolve
 
     params = load_parameters(parameters) if parameters else None
@@ -228,19 +228,8 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         return _export_adapter(model, Path(adapter), out, outtype, quant, name, params, modelfile, force)
     hf_dir = resolve(model).require_hf()
     out = Path(out) if out else hf_dir / "gguf"
-    stem = name or _stem(hf_dir)
-    with status(f"Converting {hf_dir.name} to {outtype}"):
-        base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force)
-    results = [base] + [_quantized(hf_dir, base, out / f"{stem}-{q.upper()}.gguf", q, force) for q in quant]
-    problems = [] if base.reused else check_tokens(base.path, hf_dir)
-    if problems:
-        raise ModelError(f"{base.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
-    fmt = None
-    if modelfile:
-        try:
-            fmt = chat_format(hf_dir)
-        except NoChatFamily as exc:  # the GGUF is still good: say what the Modelfile lacks
-            err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
+    results = _convert_with_quants(hf_dir, out, name or _stem(hf_dir), outtype, quant, force, hf_dir.name)
+    fmt = _chat_format_or_say(hf_dir) if modelfile else None
     for item in results:
         if fmt is not None:
             item.modelfile = write_modelfile(item.path, fmt, params)
@@ -248,6 +237,30 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         err.print(f"{'reused' if item.reused else 'wrote '} {item.path} ({item.type}, {size:.0f} MiB)"
                   + (f" + {item.modelfile.name}" if item.modelfile else ""))
     return 0
+
+
+def _convert_with_quants(hf_dir: Path, out: Path, stem: str, outtype: str, quant, force: bool, label: str) -> list:
+    """The `outtype` GGUF of `hf_dir` and its quantizations, its tokenizer checked after a fresh conversion."""
+    from toolkit.console import status
+
+    with status(f"Converting {label} to {outtype}"):
+        base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force)
+    results = [base] + [_quantized(hf_dir, base, out / f"{stem}-{q.upper()}.gguf", q, force) for q in quant]
+    problems = [] if base.reused else check_tokens(base.path, hf_dir)
+    if problems:
+        raise ModelError(f"{base.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
+    return results
+
+
+def _chat_format_or_say(hf_dir: Path):
+    """The model's chat format, or None after saying why no Modelfile is written (the GGUF is still good)."""
+    from toolkit.console import err
+
+    try:
+        return chat_format(hf_dir)
+    except NoChatFamily as exc:
+        err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
+        return None
 
 
 def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, quant, name: str, params,
@@ -261,22 +274,12 @@ def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, qu
     check_exportable(adapter_dir, meta)
     out = Path(out) if out else adapter_dir.resolve().parent / "gguf"
     stem = name or adapter_stem(adapter_dir)
-    base_stem = _stem(hf_dir)
-    with status(f"Converting base {hf_dir.name} to {outtype}"):
-        base_gguf = convert(hf_dir, out / f"{base_stem}-{outtype}.gguf", outtype, force=force)
-    bases = [base_gguf] + [_quantized(hf_dir, base_gguf, out / f"{base_stem}-{q.upper()}.gguf", q, force) for q in quant]
-    problems = [] if base_gguf.reused else check_tokens(base_gguf.path, hf_dir)
-    if problems:
-        raise ModelError(f"{base_gguf.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
+    bases = _convert_with_quants(hf_dir, out, _stem(hf_dir), outtype, quant, force, f"base {hf_dir.name}")
     with status(f"Converting adapter {adapter_dir} to a GGUF LoRA ({outtype})"):
         lora = convert_adapter(adapter_dir, hf_dir, out / f"{stem}-lora-{outtype}.gguf", outtype, force=force)
-    fmt = None
-    if modelfile:
-        try:
-            fmt = chat_format(hf_dir)
-            fmt.stops += [s for s in merged_stops(hf_dir, meta) if s not in fmt.stops]
-        except NoChatFamily as exc:
-            err.print(f"[yellow]no Modelfile written:[/] {exc.message}\n  fix: {exc.fix}", soft_wrap=True)
+    fmt = _chat_format_or_say(hf_dir) if modelfile else None
+    if fmt is not None:
+        fmt.stops += [s for s in merged_stops(hf_dir, meta) if s not in fmt.stops]
     size = lora.path.stat().st_size / 2**20
     err.print(f"{'reused' if lora.reused else 'wrote '} {lora.path} (LoRA {lora.type}, {size:.1f} MiB)")
     for item in bases:
