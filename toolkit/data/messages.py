@@ -22,15 +22,12 @@ from typing import Any
 from toolkit.data.columns import Columns
 from toolkit.data.preference import FIX as PAIR_FIX
 from toolkit.data.preference import BadPair, parse_row
-from toolkit.data.records import ROLES, ChatRecord, PreferenceRecord, found_fields, json_type, record_id
+from toolkit.data.records import ROLES, SPEAKERS, ChatRecord, PreferenceRecord, found_fields, json_type, record_id
 from toolkit.data.sources import detect_container, parse_rows
 from toolkit.errors import DataError
 
 __all__ = ["read_chat", "read_preference", "text_of", "check_messages", "SPEAKERS"]
 
-# ShareGPT speaker names (LLaMA-Factory's tags and common variants) -> chat roles
-SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-            "bot": "assistant", "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
 _MESSAGES_FIX = 'messages are [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.columns import Columns
+from toolkit.data.records import SPEAKERS as CHAT_SPEAKERS
 from toolkit.data.records import record_id
 from toolkit.data.sources import detect_container, iter_rows
 from toolkit.errors import DataError
@@ -29,8 +30,8 @@ from toolkit.errors import DataError
 FORMATS = ("trl", "sharegpt", "hh")
 SHOWN_BAD = 5  # bad rows listed in the error before training
 # ShareGPT speaker names (LLaMA-Factory's defaults and the common variants) -> chat roles
-SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-            "bot": "assistant", "model": "assistant"}
+# a preference pair is plain turns: the tool-call speakers chat data may have are not taken
+SPEAKERS = {name: role for name, role in CHAT_SPEAKERS.items() if name not in ("observation", "tool", "function_call")}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 FIX = ("each row needs a prompt and two different assistant replies: prompt/chosen/rejected (strings or messages), "
        "ShareGPT conversations + chosen/rejected, or HH chosen/rejected transcripts")

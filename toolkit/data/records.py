@@ -117,6 +117,11 @@ def normalize_format(fmt: str, *, option: str = "--format") -> str:
     return key
 
 
+# ShareGPT speaker names (LLaMA-Factory's tags and common variants) -> chat roles
+SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+            "bot": "assistant", "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for messages."""
     if value is None:
