@@ -71,6 +71,8 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
         report = _compare_dpo(out, base_gguf, tuned_gguf, dpo_gguf, split / "test.jsonl", params, quick)
     err.rule("[bold green]done")
     err.print(f"pipeline finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
+    err.print(f"rate the answers blind in your browser (base vs {'sft' if dpo else 'tuned'}), then re-run compare to add "
+              f"your verdict to the report: toolkit rate {report.parent}")
     return 0
 
 
@@ -78,7 +80,9 @@ def _build(out: Path, data: Path) -> Path:
     from toolkit.data.build import build
 
     _stage(1, "build the dataset")
-    build([Path(data)], out=out / "data", split="80,10,10", seed=0)
+    # a fifth of the pairs for the test split: ~26 prompts, enough for a person to rate 20 pairs and
+    # for compare's paired intervals to narrow; 80/10/10 left 13
+    build([Path(data)], out=out / "data", split="70,10,20", seed=0)
     return out / "data"
 
 
@@ -170,7 +174,8 @@ def _compare(out: Path, base_gguf: Path, tuned_gguf: Path, best: Path, test: Pat
     from toolkit.evaluate.compare import compare
 
     _stage(8, "compare base vs tuned (default and swept parameters) on the test split")
-    systems = [f"base+swept={base_gguf}@{best}", f"tuned={tuned_gguf}", f"tuned+swept={tuned_gguf}@{best}"]
+    # tuned right after base: `toolkit rate` shows the first two systems unless told otherwise
+    systems = [f"tuned={tuned_gguf}", f"base+swept={base_gguf}@{best}", f"tuned+swept={tuned_gguf}@{best}"]
     compare(systems, data=test, out=out / "compare", base=str(base_gguf), prompts=3 if quick else 0, params=params)
     return out / "compare" / "report.html"
 
