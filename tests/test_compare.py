@@ -76,6 +76,26 @@ def test_report_and_cache(tmp_path, test_split, params_files):
     again = json.loads((out / "results.json").read_text())
     assert again["generated"] == {"base": 0, "hot": 0, "cold": 3}
     assert again["systems"][1]["metrics"] == result["systems"][1]["metrics"]
+    # --again repeats the stored run: same systems, parameters, prompts and data, nothing generated,
+    # even when this command's own defaults differ (max_tokens 256, all prompts, another data path)
+    assert compare([], out=out, again=True) == 0
+    repeated = json.loads((out / "results.json").read_text())
+    assert repeated["generated"] == {"base": 0, "hot": 0, "cold": 0}
+    assert [s["params"] for s in repeated["systems"]] == [s["params"] for s in again["systems"]]
+    assert repeated["per_example"] == again["per_example"] and repeated["settings"] == again["settings"]
+    with pytest.raises(ConfigError, match="takes no systems"):
+        compare(["x=smollm2"], out=out, again=True)
+
+
+def test_again_needs_a_stored_run(tmp_path):
+    with pytest.raises(ConfigError, match="no compare run to repeat"):
+        compare([], out=tmp_path, again=True)
+    (tmp_path / "results.json").write_text(json.dumps({"systems": []}))  # written before settings were stored
+    with pytest.raises(ConfigError, match="before compare stored its options"):
+        compare([], out=tmp_path, again=True)
+    (tmp_path / "results.json").write_text('{"systems": [')  # cut short
+    with pytest.raises(DataError, match="cannot read"):
+        compare([], out=tmp_path, again=True)
 
 
 def test_fairness_refuses_mixed_quantization(tmp_path, test_split):

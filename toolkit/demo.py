@@ -71,8 +71,8 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
         report = _compare_dpo(out, base_gguf, tuned_gguf, dpo_gguf, split / "test.jsonl", params, quick)
     err.rule("[bold green]done")
     err.print(f"pipeline finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
-    err.print(f"rate the answers blind in your browser (base vs {'sft' if dpo else 'tuned'}), then re-run compare to add "
-              f"your verdict to the report: toolkit rate {report.parent}")
+    err.print(f"rate the answers blind in your browser (base vs {'sft' if dpo else 'tuned'}): toolkit rate {report.parent}\n"
+              f"then add your verdict to the report: toolkit compare --again --out {report.parent}")
     return 0
 
 

@@ -49,6 +49,30 @@ def parse_system(spec: str, base_params: DecodingParams) -> System:
     return System(label, model, base_params)
 
 
+def stored_run(out: Path, given: list[str]) -> tuple[list[System], dict]:
+    """The systems and options of the run that wrote OUT/results.json, for `compare --again`."""
+    import json
+
+    if given:
+        raise ConfigError("--again runs the systems stored in the folder again and takes no systems",
+                          fix="drop the systems, or drop --again")
+    path = Path(out) / "results.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: there is no compare run to repeat",
+                          fix="run compare with its systems and this --out first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({exc.__class__.__name__})", fix="run compare with its systems again") from None
+    settings = result.get("settings")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path} was written before compare stored its options",
+                          fix="run compare with its systems once more; --again works from then on")
+    systems = [System(s["label"], s["model"], DecodingParams.from_dict(s["params"], where=f"{path}: {s['label']}"),
+                      s["params_source"]) for s in result["systems"]]
+    return systems, settings
+
+
 def check_fairness(systems: list[System], backend: str, allow_mixed: bool) -> None:
     """Base and tuned must run through the same backend and the same quantization type."""
     if backend != "llamacpp" or allow_mixed:
@@ -300,6 +324,9 @@ def print_table(result: dict) -> None:
         from toolkit.evaluate.human import describe
 
         out.print(describe(h)[1], soft_wrap=True)
+        if h["stale"]:
+            out.print(f"[bold yellow]{describe(h)[-1]}[/] Ratings count only against the outputs they were made on: "
+                      "run the systems with the options of the rated run (`toolkit compare --again --out DIR`).", soft_wrap=True)
     if result.get("judge"):
         from toolkit.evaluate.judge_report import calibration_line, warning
 
@@ -316,7 +343,8 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
             base: str = "smollm2", no_base: bool = False, backend: str = "llamacpp", url: str = "", prompts: int = 0,
             scorer: str = "minilm", scorer_layer: int = 0, allow_mixed_quant: bool = False,
             screenshot: bool = False, parallel: int = 0, judge: str = "", judge_backend: str = "llamacpp", judge_url: str = "",
-            judge_prompt: Path | None = None, judge_max_tokens: int = 16, params: DecodingParams = DEFAULTS) -> int:
+            judge_prompt: Path | None = None, judge_max_tokens: int = 16, again: bool = False,
+            params: DecodingParams = DEFAULTS) -> int:
     """Compare systems (model + decoding parameters) on the same test prompts: metrics, significance, report.
 
     The zero-shot base model is always the first system (the reference for differences) unless
@@ -346,6 +374,9 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         judge_url: server URL for an ollama/openai judge.
         judge_prompt: the judge's prompt template (default: the shipped toolkit/evaluate/judge_prompt.txt).
         judge_max_tokens: most tokens of a judge's reply (the verdict comes first).
+        again: run the systems, test data and options stored in OUT/results.json again (after
+            `toolkit rate OUT`, to add the ratings: `toolkit compare --again --out OUT`); only the
+            judge options and --screenshot come from this command.
     """
     from toolkit.console import err
     from toolkit.data.readers import load_examples
@@ -353,9 +384,15 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     from toolkit.io import write_json, write_text
     from toolkit.runtime.generation import check_parallel
 
+    if again:
+        systems, settings = stored_run(Path(out), list(system))
+        data, backend, url, prompts = Path(settings["data"]), settings["backend"], settings["url"], settings["prompts"]
+        scorer, scorer_layer, parallel = settings["scorer"], settings["scorer_layer"], settings["parallel"]
+        allow_mixed_quant, params = settings["allow_mixed_quant"], params.replace(seed=systems[0].params.seed)
+    else:
+        systems = ([] if no_base else [System("base", base, params)]) + [parse_system(s, params) for s in system]
     if parallel:
         check_parallel(parallel)
-    systems = ([] if no_base else [System("base", base, params)]) + [parse_system(s, params) for s in system]
     if not systems:
         raise ConfigError("no systems to compare", fix="pass --system LABEL=MODEL or drop --no-base")
     labels = [s.label for s in systems]
@@ -388,6 +425,9 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
 
         result["judge"] = run_judge(judge_spec, systems, examples, out, result["human"], params.seed)
     result["generated"] = generated
+    # what `compare --again` needs besides the systems (stored above with their parameters)
+    result["settings"] = {"data": str(data), "backend": backend, "url": url, "prompts": prompts, "scorer": scorer,
+                          "scorer_layer": scorer_layer, "parallel": parallel, "allow_mixed_quant": allow_mixed_quant}
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["machine"] = measured_on(backend)
     plots = make_plots(systems, out / "plots")

@@ -129,7 +129,7 @@ def _should_open(open_flag: bool) -> bool:
 
 def rate(compare_dir: Path, systems: list[str] | None = None, pairs: int = 0, host: str = "127.0.0.1", port: int = 8766,
          open: bool = True, seed: int = 0) -> int:
-    """Rate two systems' answers blind in the browser; `toolkit compare` re-run on the folder reports the result.
+    """Rate two systems' answers blind in the browser; `toolkit compare --again --out DIR` reports the result.
 
     Each screen shows a prompt (the reference behind a toggle) and the two systems' answers as A
     and B in a random order fixed per pair, names hidden. Choose A better / tie / B better / both
@@ -159,7 +159,8 @@ def rate(compare_dir: Path, systems: list[str] | None = None, pairs: int = 0, ho
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this port can rate (there is no login)")
     err.print(f"rating {session.system_1} vs {session.system_2} on {len(session.pairs)} prompts at {url}\n"
-              f"ratings are saved as you go in {session.store.path}; press Ctrl-C to stop")
+              f"ratings are saved as you go in {session.store.path}; press Ctrl-C to stop; "
+              f"then `toolkit compare --again --out {compare_dir}` adds them to the report")
     if _should_open(open):
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     try:
