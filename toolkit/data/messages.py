@@ -4,9 +4,10 @@ Chat records hold `messages` (`[{role, content}, ...]`), or LLaMA-Factory's Shar
 `conversations` of `{from, value}` turns (`human`, `gpt`, `system`, `observation`,
 `function_call`) with an optional `system` field. Preference records hold `prompt`, `chosen` and
 `rejected`, each a string or a message list; LLaMA-Factory's ShareGPT preference form
-(`conversations` + `chosen`/`rejected` message objects) reads as the same thing. Rows without a
-prompt (Anthropic HH transcripts, two whole conversations) are split by
-`toolkit.data.preference.parse_row`, the DPO trainer's own reader. Field names
+(`conversations` + `chosen`/`rejected` message objects) reads as the same thing, and rows without
+a prompt (Anthropic HH transcripts, two whole conversations) are split at what the two share. Every
+preference row is judged by `toolkit.data.preference.parse_row`, the DPO trainer's own validator,
+so `data check` and training accept and reject the same rows with the same reason. Field names
 follow `--prompt-col`/`--chosen-col`/`--rejected-col` (`toolkit.data.columns`).
 
 A bad record is a `DataError` naming file and line; each file's bad records are collected and
@@ -126,70 +127,25 @@ def _chat_messages(obj: dict, path: Path, line: int, training: bool, option: str
 
 # ---------------------------------------------------------------------------------- preference
 
-_PREFERENCE_FIX = "preference records need prompt, chosen and rejected: strings, or lists of {role, content} messages"
-
-
-def _preference_value(obj: dict, name: str, key: str, path: Path, line: int) -> str | list[dict]:
-    """One of prompt/chosen/rejected (under column `key`): a non-empty string, or a valid message list."""
-    fix = _PREFERENCE_FIX
-    if key not in obj:
-        raise DataError(f"missing field {key!r} ({found_fields(obj)})", path=path, line=line, fix=fix)
-    value = _from_sharegpt(obj[key], name, path, line)
-    if isinstance(value, dict) and "role" in value:
-        value = [value]  # one message object
-    if name == "prompt" and isinstance(value, list):
-        value = _with_system(value, obj)
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(f"field {key!r} is empty", path=path, line=line, fix=fix)
-    elif isinstance(value, list):
-        if name == "prompt":
-            check_messages(value, path, line, "prompt", final_assistant=False)
-            if value[-1]["role"] == "assistant":
-                raise DataError("prompt ends with an assistant message; the reply belongs in chosen/rejected",
-                                path=path, line=line, fix=fix)
-        else:
-            check_messages(value, path, line, name, final_assistant=True, need_user=False)
-    else:
-        raise DataError(f"field {key!r} must be a string or a list of messages, got {json_type(value)}",
-                        path=path, line=line, fix=fix)
-    return value
-
-
-def _preference_keys(obj: dict, columns: Columns) -> dict[str, str]:
-    """The column of each of prompt/chosen/rejected in this record (mapped, or a recognised name)."""
-    return {name: columns.find(name, obj) or getattr(columns, name) for name in ("prompt", "chosen", "rejected")}
-
 
 def read_preference(path: Path, *, columns: Columns | None = None, container: str = "auto") -> Iterator[PreferenceRecord]:
     """Preference pairs (`prompt`, `chosen`, `rejected`), each a plain string or a list of messages;
-    LLaMA-Factory's ShareGPT form (`conversations` + `chosen`/`rejected` objects) reads the same."""
+    LLaMA-Factory's ShareGPT form (`conversations` + `chosen`/`rejected` objects) reads the same.
+    Each row is judged by the DPO trainer's own validator, so what passes here trains."""
     path = Path(path)
     columns = columns or Columns()
     container = detect_container(path) if container == "auto" else container
-    yield from parse_rows(path, container, lambda line, obj: _preference_record(obj, _preference_keys(obj, columns), path, line))
+    yield from parse_rows(path, container, lambda line, obj: _preference_record(obj, columns, path, line))
 
 
-def _preference_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:
-    if keys["prompt"] not in obj and keys["chosen"] in obj and keys["rejected"] in obj:
-        return _prompt_free_record(obj, keys, path, line)
-    values = {name: _preference_value(obj, name, key, path, line) for name, key in keys.items()}
-    if isinstance(values["chosen"], str) != isinstance(values["rejected"], str):
-        shapes = {k: "a string" if isinstance(v, str) else "a message list" for k, v in values.items()}
-        raise DataError(f"chosen is {shapes['chosen']} but rejected is {shapes['rejected']}", path=path, line=line,
-                        fix="give chosen and rejected the same shape")
-    return PreferenceRecord(record_id(obj, path, line), values["prompt"], values["chosen"], values["rejected"], line)
-
-
-def _prompt_free_record(obj: dict, keys: dict[str, str], path: Path, line: int) -> PreferenceRecord:
-    """A row without a prompt (Anthropic HH transcripts, or two whole conversations): its prompt is
-    what the two share, as `toolkit.data.preference.parse_row` (the DPO trainer's reader) splits it."""
-    row = {**obj, "chosen": obj[keys["chosen"]], "rejected": obj[keys["rejected"]]}
-    row.pop("prompt", None)
+def _preference_record(obj: dict, columns: Columns, path: Path, line: int) -> PreferenceRecord:
+    """One row through `toolkit.data.preference.parse_row`, with its reason as a `DataError` naming
+    file and line; identical replies pass (`data check` counts them, training stops on them)."""
     try:
-        prompt, chosen, rejected, _ = parse_row(row, allow_same=True)  # counted by data check, as for prompted rows
+        row = parse_row(obj, columns=columns, allow_same=True)
     except BadPair as why:
         raise DataError(str(why), path=path, line=line, fix=PAIR_FIX) from None
+    prompt, chosen, rejected = row.given
     return PreferenceRecord(record_id(obj, path, line), prompt, chosen, rejected, line)
 
 
