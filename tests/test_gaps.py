@@ -273,3 +273,125 @@ def test_drafts_cite_sources_are_checked_and_cached(tmp_path, default_gguf, monk
     assert json.loads((out / "gaps.json").read_text())["drafts"][0]["text"] == d["text"]
     assert parse_draft("Problem: P one.\nApproach: A two. B three.") == ("P one.", "A two. B three.")
     assert parse_draft("First sentence here. Then the rest.")[0] == "First sentence here."
+
+
+# -------------------------------------------------------------------------------- HDBSCAN
+
+
+def topics_found(rows: list[dict], labels: np.ndarray) -> set[str]:
+    """The generator's topics a clustering recovers: most of the topic's single-topic papers that are
+    clustered (not noise) share one cluster, that cluster is mostly this topic, and it is no other
+    topic's cluster."""
+    single = [(r["topics"][0], int(lab)) for r, lab in zip(rows, labels) if len(r["topics"]) == 1 and lab >= 0]
+    home = {}
+    for topic in {t for t, _ in single}:
+        mine = np.array([lab for t, lab in single if t == topic])
+        c = int(np.bincount(mine).argmax())
+        members = [t for t, lab in single if lab == c]
+        if (mine == c).mean() >= 0.8 and members.count(topic) / len(members) >= 0.8:
+            home[topic] = c
+    return {t for t, c in home.items() if list(home.values()).count(c) == 1}
+
+
+def test_hdbscan_finds_the_planted_topics_as_well_as_kmeans(planted):
+    """Both methods on the same embeddings in the same run: HDBSCAN, with no k to pick, recovers at
+    least the topics that k-means with k chosen by silhouette does, and agrees with the truth as well
+    on the papers it clusters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from toolkit.gaps.cluster import fit_clusters
+
+    rows, _, X = planted
+    km = fit_clusters(X, k=0, dims=50, seed=0)
+    hdb = fit_clusters(X, dims=50, seed=0, method="hdbscan")
+    assert hdb.method == "hdbscan" and "HDBSCAN" in hdb.criterion and not hdb.silhouettes
+    found_km, found_hdb = topics_found(rows, km.labels), topics_found(rows, hdb.labels)
+    assert len(found_hdb) >= max(len(found_km), 5), (found_hdb, found_km)
+    single = np.array([len(r["topics"]) == 1 for r in rows])
+    truth = np.array([r["topics"][0] for r in rows])
+    clustered = single & (hdb.labels >= 0)
+    assert adjusted_rand_score(truth[clustered], hdb.labels[clustered]) >= adjusted_rand_score(truth[single], km.labels[single]) - 0.02
+    assert hdb.sizes.sum() + hdb.noise == len(rows) and hdb.sizes.min() >= hdb.min_cluster_size
+
+
+def test_hdbscan_noise_is_never_ranked(planted):
+    from toolkit.gaps.analysis import Settings, analyse
+
+    _, papers, X = planted
+    fit = analyse(papers, X, Settings(cluster="hdbscan", bootstrap=2))
+    cl = fit.clustering
+    assert cl.noise > 0 and set(np.unique(cl.labels)) == {-1, *range(fit.k)}
+    assert len(fit.terms) == len(fit.jaccard) == len(fit.growth) == fit.k
+    assert len(fit.pairs) == fit.k * (fit.k - 1) // 2 and all(0 <= r["a"] < r["b"] < fit.k for r in fit.pairs)
+    assert fit.bridges.observed.shape == (fit.k, fit.k)
+    d = fit.to_dict()
+    assert d["noise"] == cl.noise and d["method"] == "hdbscan" and [c["id"] for c in d["cluster_list"]] == list(range(fit.k))
+    assert sum(c["size"] for c in d["cluster_list"]) == len(papers) - cl.noise
+    for year, shares in fit.shares.items():  # a year's shares leave its noise out
+        noise = sum(1 for p, lab in zip(papers, cl.labels) if p.year == year and lab < 0)
+        total = sum(1 for p in papers if p.year == year)
+        assert sum(shares) == pytest.approx(1 - noise / total)
+
+
+def test_hdbscan_stability_reclusters_with_hdbscan(planted, monkeypatch):
+    from toolkit.gaps import cluster as cluster_mod
+
+    _, _, X = planted
+    cl = cluster_mod.fit_clusters(X, method="hdbscan")
+    sizes = []
+    real = cluster_mod._hdbscan
+    monkeypatch.setattr(cluster_mod, "_hdbscan", lambda Z, size: sizes.append((len(Z), size)) or real(Z, size))
+    monkeypatch.setattr(cluster_mod, "_kmeans", lambda *a, **k: pytest.fail("HDBSCAN's stability must not re-cluster with k-means"))
+    jaccard, ari = cluster_mod.stability(cl, rounds=3, seed=0)
+    assert len(sizes) == 3 and all(n < len(X) and size < cl.min_cluster_size for n, size in sizes)  # distinct points, scaled size
+    assert len(jaccard) == cl.k and all(0 <= j <= 1 for j in jaccard)
+    assert np.median(jaccard) > 0.8 and ari > 0.5  # the planted topics survive resampling
+
+
+def test_hdbscan_fewer_than_two_clusters_is_a_clear_error():
+    from toolkit.errors import ConfigError
+    from toolkit.gaps.cluster import fit_clusters, stability
+
+    X = np.random.default_rng(1).normal(size=(300, 16))  # no dense areas at all
+    with pytest.raises(ConfigError, match="HDBSCAN found 0 clusters among 300 abstracts with min cluster size 20") as info:
+        fit_clusters(X, dims=16, method="hdbscan", min_cluster_size=20)
+    assert "--min-cluster-size below 20" in info.value.fix and "--cluster kmeans" in info.value.fix
+    crumbs = fit_clusters(X, dims=16, method="hdbscan")  # smaller ones find chance crumbs, which the bootstrap dissolves
+    assert crumbs.noise > len(X) / 2 and max(stability(crumbs, rounds=3, seed=0)[0]) < 0.5
+    X, _ = blobs(k=3, per=10)
+    with pytest.raises(ConfigError, match="HDBSCAN found 0 clusters among 30 abstracts with min cluster size 20"):
+        fit_clusters(X, dims=10, method="hdbscan", min_cluster_size=20)  # too few points to run it at all
+
+
+def test_noise_is_in_no_cluster_label_or_share():
+    from toolkit.gaps.cluster import ctfidf_terms
+    from toolkit.gaps.trends import cluster_growth
+
+    texts = ["protein folding residue structure"] * 5 + ["galaxy redshift halo survey"] * 5 + ["zebra giraffe savanna"] * 4
+    terms = ctfidf_terms(texts, np.array([0] * 5 + [1] * 5 + [-1] * 4), 2, top=10)
+    assert len(terms) == 2 and terms[0] and terms[1] and not {"zebra", "giraffe", "savanna"} & set(terms[0] + terms[1])
+    labels = np.array([0, 1, -1, -1] * 10)
+    growths, table, reason = cluster_growth(labels, [2020] * 20 + [2021] * 20, 2)
+    assert reason == "" and table[2020] == [0.25, 0.25] and len(growths) == 2
+
+
+def test_hdbscan_command_twice_gives_the_same_clusters(tmp_path, capsys):
+    from toolkit.cli import main
+    from toolkit.gaps.synthetic import generate
+
+    corpus = write_rows(tmp_path / "abstracts.jsonl", generate(seed=1, scale=0.2))
+    results = []
+    for run in ("one", "two"):
+        out = tmp_path / run
+        assert main(["gaps", str(corpus), "--out", str(out), "--encoder", "words", "--bootstrap", "2", "--backtest", "2021",
+                     "--cluster", "hdbscan"]) == 0
+        results.append(json.loads((out / "gaps.json").read_text()))
+    first, second = results
+    assert first == second
+    assert first["method"] == "hdbscan" and first["noise"] > 0 and first["settings"]["cluster"] == "hdbscan"
+    assert sum(c["size"] for c in first["cluster_list"]) + first["noise"] == first["papers"]
+    assert all(0 <= g["a"] < first["clusters"] and 0 <= g["b"] < first["clusters"] for g in first["pairs"])
+    assert first["backtest"]["clusters"] >= 2
+    line = f"HDBSCAN left {first['noise']} of {first['papers']} abstracts"
+    assert line in (tmp_path / "one" / "report.md").read_text() and line in (tmp_path / "one" / "report.html").read_text()
+    assert f"{first['noise']} of {first['papers']} abstracts left as noise" in capsys.readouterr().err

@@ -98,3 +98,32 @@ def test_no_dates_skips_growth_and_backtest_but_runs(tmp_path, capsys):
     assert result["growth_skipped"].startswith("no paper has a date") and "skipped" in result["backtest"]
     assert all(c["growth"] is None for c in result["cluster_list"]) and result["pairs"]
     assert "Growth skipped" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--cluster", "hdbscan", "--clusters", "5"], "HDBSCAN finds the number of clusters itself"),
+    (["--min-cluster-size", "20"], "--min-cluster-size 20 is HDBSCAN's"),
+    (["--cluster", "hdbscan", "--min-cluster-size", "1"], "out of range"),
+    (["--cluster", "hdbscan", "--min-cluster-size", "40"], "only 60 distinct abstracts, fewer than the 80 needed for 2 HDBSCAN clusters of 40"),
+])
+def test_bad_hdbscan_options(tmp_path, capsys, option, message):
+    corpus = rows_file(tmp_path / "c.jsonl", distinct(60))
+    assert message in run_error(capsys, tmp_path, corpus, *option)
+
+
+def test_hdbscan_finding_fewer_than_two_clusters(tmp_path, capsys):
+    """Abstracts of random words have no dense areas: after the embedding's progress, one error line
+    saying what to change, no traceback, nothing written."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"doc-{i}", "title": f"Paper {i}", "abstract": " ".join(f"w{w}" for w in rng.integers(0, 20000, 40))} for i in range(200)]
+    out = tmp_path / "out"
+    code = main(["gaps", str(rows_file(tmp_path / "c.jsonl", rows)), "--out", str(out), "--encoder", "words", "--cluster", "hdbscan",
+                 "--min-cluster-size", "20"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    assert not out.exists()
+    line = errors[0]
+    assert "HDBSCAN found 0 clusters among 200 abstracts" in line and "--min-cluster-size below 20" in line and "--cluster kmeans" in line

@@ -21,6 +21,8 @@ class Settings:
     """The analysis options (the CLI's), recorded in gaps.json."""
 
     clusters: int = 0
+    cluster: str = "kmeans"
+    min_cluster_size: int = 0
     dims: int = 50
     seed: int = 0
     bootstrap: int = 5
@@ -50,7 +52,12 @@ class Analysis:
 
     @property
     def sizes(self) -> np.ndarray:
-        return np.bincount(self.clustering.labels, minlength=self.k)
+        """Papers per cluster; HDBSCAN's noise is in none (see `noise`)."""
+        return self.clustering.sizes
+
+    @property
+    def noise(self) -> int:
+        return self.clustering.noise
 
     def stable(self, c: int) -> bool:
         j = self.jaccard[c]
@@ -82,7 +89,8 @@ class Analysis:
     def to_dict(self, top: int = 10) -> dict:
         s = self.settings
         return {
-            "papers": len(self.papers), "clusters": self.k, "criterion": self.clustering.criterion,
+            "papers": len(self.papers), "clusters": self.k, "method": self.clustering.method, "noise": self.noise,
+            "criterion": self.clustering.criterion,
             "silhouette_by_k": {str(k): round(v, 4) for k, v in self.clustering.silhouettes.items()},
             "stability": {"bootstrap_rounds": s.bootstrap, "mean_adjusted_rand": None if np.isnan(self.ari) else round(self.ari, 4),
                           "unstable_below_jaccard": STABLE_JACCARD},
@@ -97,15 +105,17 @@ class Analysis:
 
 
 def analyse(papers: list[Paper], X: np.ndarray, settings: Settings) -> Analysis:
-    """Cluster the embeddings `X` of `papers` and score every cluster pair."""
+    """Cluster the embeddings `X` of `papers` and score every cluster pair.
+
+    HDBSCAN's noise papers are in no cluster, so never labelled, sized or ranked; they still count
+    as bridging papers by their two nearest centres (see `toolkit.gaps.bridges`)."""
     s = settings
-    cl = fit_clusters(X, s.clusters, s.dims, s.seed)
+    cl = fit_clusters(X, s.clusters, s.dims, s.seed, s.cluster, s.min_cluster_size)
     terms = ctfidf_terms([p.text for p in papers], cl.labels, cl.k)
     jaccard, ari = stability(cl, s.bootstrap, s.seed)
     growth, shares, skipped = cluster_growth(cl.labels, [p.year for p in papers], cl.k, s.window, s.min_year_papers)
     sims = cl.similarities(cl.reduced)
-    sizes = np.bincount(cl.labels, minlength=cl.k)
-    bridges = count_bridges(sims, margin_threshold(sims, s.bridge_quantile), sizes)
+    bridges = count_bridges(sims, margin_threshold(sims, s.bridge_quantile), cl.sizes)
     pair_sim = pair_similarity(cl.centers)
     stable = [bool(np.isnan(j) or j >= STABLE_JACCARD) for j in jaccard]
     rel = [g.relative or 0.0 for g in growth] if growth is not None else None

@@ -2,7 +2,8 @@
 
 The time-split link-prediction protocol of Science4Cast (Krenn et al. 2023), on cluster pairs:
 fit the whole analysis on the papers up to YEAR, rank every pair, then place the later papers in
-the same reduced space (same PCA, same centres, same bridging threshold) and count their bridges.
+the same reduced space (same PCA, same centres, same bridging threshold) and count their bridges
+(every later paper, as HDBSCAN's noise counts in the fit: by its two nearest centres).
 A pair *gained* bridging papers when it has at least `min_new` later bridges and its bridging
 rate (bridges per paper) at least doubled. Our ranking is scored by precision@k and ROC AUC next
 to three baselines ranked on the same pairs in the same run: random (its expected value), size

@@ -6,6 +6,10 @@
 * *Expected* bridges of a pair: all bridging papers shared out in proportion to n_i * n_j (the
   independence null of atypical-combination studies, Uzzi et al. 2013); lift = observed / expected,
   both smoothed by 0.5 so an empty pair gets a finite lift.
+* HDBSCAN's noise papers are in no cluster but still count here, by their two nearest centres,
+  as every later paper does in the backtest: papers between dense areas are often what density
+  clustering leaves as noise, and dropping them would hide exactly the bridges. Cluster sizes
+  (for the expectation) leave noise out.
 * The gap score of a pair is the product of three parts, each in (0, 1], all shown as reasons:
   nearness (the pair's similarity percentile among all pairs), atypicality (1 / (1 + lift)) and
   momentum (the percentile of the slower side's growth; 1 when there are no dates). A *candidate*

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from toolkit.errors import ConfigError
 from toolkit.params import DEFAULTS, DecodingParams
@@ -29,6 +30,19 @@ def _check_options(clusters: int, dims: int, bootstrap: int, window: int, bridge
             raise ConfigError(f"{what} is out of range", fix=fix)
 
 
+def _check_cluster_options(cluster: str, clusters: int, min_cluster_size: int) -> None:
+    """--clusters is k-means's and --min-cluster-size HDBSCAN's: one given to the other is a mistake."""
+    if cluster not in ("kmeans", "hdbscan"):
+        raise ConfigError(f"--cluster {cluster} is not a clustering method", fix="give kmeans or hdbscan")
+    if min_cluster_size != 0 and min_cluster_size < 2:
+        raise ConfigError(f"--min-cluster-size {min_cluster_size} is out of range", fix="give 0 (1% of the abstracts, at least 10) or 2 or more")
+    if cluster == "hdbscan" and clusters:
+        raise ConfigError(f"--clusters {clusters} sets k-means's k; HDBSCAN finds the number of clusters itself",
+                          fix="drop --clusters (--min-cluster-size steers HDBSCAN), or use --cluster kmeans")
+    if cluster == "kmeans" and min_cluster_size:
+        raise ConfigError(f"--min-cluster-size {min_cluster_size} is HDBSCAN's", fix="add --cluster hdbscan, or drop --min-cluster-size")
+
+
 def _clean(obj):
     """JSON-safe: NaN and infinities become null, numpy scalars plain numbers, private keys dropped."""
     if isinstance(obj, dict):
@@ -43,17 +57,18 @@ def _clean(obj):
 
 
 def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abstract_col: str = "abstract",
-         categories: str = "", encoder: str = "minilm", clusters: int = 0, dims: int = 50, bootstrap: int = 5,
-         window: int = 5, bridge_quantile: float = 0.1, top: int = 10, backtest: int = 0, draft: bool = False,
+         categories: str = "", encoder: str = "minilm", clusters: int = 0, cluster: Literal["kmeans", "hdbscan"] = "kmeans",
+         min_cluster_size: int = 0, dims: int = 50, bootstrap: int = 5, window: int = 5, bridge_quantile: float = 0.1,
+         top: int = 10, backtest: int = 0, draft: bool = False,
          drafts: int = 5, backend: str = "llamacpp", model: str = "smollm2", url: str = "", parallel: int = 0,
          fit_seed: int = 0, params: DecodingParams = DEFAULTS) -> int:
     """Find under-explored areas in a corpus of abstracts: clusters, growth, bridges, ranked gaps.
 
     Embeds title + abstract (cached by content hash in $TOOLKIT_HOME/gaps, so a re-run or a grown
-    corpus embeds only new papers), clusters with PCA + k-means, labels clusters by c-TF-IDF, checks
-    their stability by bootstrap, measures each cluster's growth from dates or arXiv ids, and ranks
-    pairs of clusters that are near in meaning, bridged less than chance and growing. Writes
-    gaps.json (every number), map.png, report.md and report.html (self-contained) to OUT.
+    corpus embeds only new papers), clusters with PCA + k-means (or HDBSCAN), labels clusters by
+    c-TF-IDF, checks their stability by bootstrap, measures each cluster's growth from dates or
+    arXiv ids, and ranks pairs of clusters that are near in meaning, bridged less than chance and
+    growing. Writes gaps.json (every number), map.png, report.md and report.html (self-contained) to OUT.
 
     Args:
         corpus: abstracts: Kaggle arXiv metadata (JSON/JSONL), the scientific_papers JSONL, or any file the data readers take.
@@ -63,6 +78,10 @@ def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abst
         categories: keep only these arXiv categories (e.g. cs.LG,cs.CL or a prefix like cs.).
         encoder: minilm (embedded all-MiniLM-L6-v2), a local HF encoder directory, or words (model-free, fast).
         clusters: number of clusters (0 = the k with the highest silhouette over 4..24).
+        cluster: kmeans (every abstract in one of k clusters) or hdbscan (density clusters, as in BERTopic:
+            no k to pick; abstracts in no dense area are left out as noise, never ranked).
+        min_cluster_size: HDBSCAN's smallest cluster (0 = 1% of the abstracts, at least 10 as in BERTopic:
+            a smaller group is no area worth ranking, and it keeps the pairs few); lower it if HDBSCAN finds fewer than 2 clusters.
         dims: PCA dimensions before clustering.
         bootstrap: bootstrap re-clusterings for the stability check (0 = skip).
         window: growth is the trend over this many last years.
@@ -75,21 +94,25 @@ def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abst
         model: the drafting model: embedded name (smollm2), a .gguf file, an exported directory, or a server's model name.
         url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
         parallel: drafts generated at once (0 = the backend's default).
-        fit_seed: seed for PCA, k-means, the bootstrap and the random baseline (--seed is the drafts' sampling seed).
+        fit_seed: seed for PCA, k-means, the bootstrap and the random baseline (HDBSCAN needs none; --seed is the drafts' sampling seed).
     """
     from toolkit.console import err, status
     from toolkit.gaps.analysis import Settings, analyse
-    from toolkit.gaps.cluster import require_sklearn
+    from toolkit.gaps.cluster import MIN_CLUSTER_FLOOR, require_sklearn
     from toolkit.gaps.corpus import check_size, load_corpus
     from toolkit.gaps.embed import embed_papers, open_encoder
     from toolkit.runtime.generation import check_parallel
 
     _check_options(clusters, dims, bootstrap, window, bridge_quantile, top, drafts)
+    _check_cluster_options(cluster, clusters, min_cluster_size)
     if parallel:
         check_parallel(parallel)
     require_sklearn()
     data = load_corpus(Path(corpus), format, categories, abstract_col)
-    check_size(data, clusters)
+    if cluster == "hdbscan":
+        check_size(data, 0, min_cluster_size or MIN_CLUSTER_FLOOR, hdbscan=True)
+    else:
+        check_size(data, clusters)
     if backtest and data.dated:  # a YEAR outside the corpus is an error before any work, not after
         from toolkit.gaps.backtest import split
 
@@ -97,9 +120,12 @@ def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abst
     enc = open_encoder(encoder)
     X, computed = embed_papers(data.papers, enc)
     err.print(f"embedded {computed} new abstracts ({len(data.papers) - computed} from the cache)")
-    settings = Settings(clusters=clusters, dims=dims, seed=fit_seed, bootstrap=bootstrap, window=window, bridge_quantile=bridge_quantile)
+    settings = Settings(clusters=clusters, cluster=cluster, min_cluster_size=min_cluster_size, dims=dims, seed=fit_seed,
+                        bootstrap=bootstrap, window=window, bridge_quantile=bridge_quantile)
     with status(f"clustering {len(data.papers)} abstracts, {bootstrap} bootstrap rounds, bridges"):
         fit = analyse(data.papers, X, settings)
+    if fit.clustering.method == "hdbscan":
+        err.print(f"HDBSCAN: {fit.k} clusters, {fit.noise} of {len(data.papers)} abstracts left as noise (never ranked)")
     result = fit.to_dict(top)
     result["corpus"] = {"path": str(corpus), "papers": len(data.papers), "records": data.read, "duplicates": data.duplicates,
                         "empty": data.empty, "dated": data.dated,

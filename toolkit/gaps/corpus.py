@@ -128,12 +128,17 @@ def load_corpus(path: Path, format: str = "auto", categories: str = "", abstract
     return Corpus(path, papers, read, duplicates, empty)
 
 
-def check_size(corpus: Corpus, clusters: int, min_per_cluster: int = 5) -> None:
-    """Enough distinct papers to form `clusters` clusters (or the smallest automatic choice)."""
+def check_size(corpus: Corpus, clusters: int, min_per_cluster: int = 5, hdbscan: bool = False) -> None:
+    """Enough distinct papers to form `clusters` clusters (or the smallest automatic choice); for
+    HDBSCAN, 2 clusters of `min_per_cluster` (its smallest cluster size)."""
     need = max(clusters, 2) * min_per_cluster
-    if len(corpus.papers) < need:
-        what = f"{clusters} clusters" if clusters else "the smallest automatic choice of 2 clusters"
-        raise DataError(
-            f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what} ({min_per_cluster} a cluster)",
-            path=corpus.path, fix="pass a larger corpus, or fewer --clusters",
-        )
+    if len(corpus.papers) >= need:
+        return
+    if hdbscan:
+        what, fix = f"2 HDBSCAN clusters of {min_per_cluster}", "pass a larger corpus, or a lower --min-cluster-size"
+        raise DataError(f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what}", path=corpus.path, fix=fix)
+    what = f"{clusters} clusters" if clusters else "the smallest automatic choice of 2 clusters"
+    raise DataError(
+        f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what} ({min_per_cluster} a cluster)",
+        path=corpus.path, fix="pass a larger corpus, or fewer --clusters",
+    )

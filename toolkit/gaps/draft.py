@@ -1,8 +1,8 @@
 """`--draft`: a research problem and approach for each top gap, from a local model, with sources.
 
 For a gap between clusters A and B the sources are the papers of each side nearest the other side
-(highest summed cosine to both centres): their ids are cited and their abstracts (shortened) go
-into the prompt. The model answers in the problem -> approach form the toolkit trains on: one
+(highest summed cosine to both centres; HDBSCAN's noise papers belong to no side): their ids are
+cited and their abstracts (shortened) go into the prompt. The model answers in the problem -> approach form the toolkit trains on: one
 sentence of problem, then the approach (hypotheses, method, evaluation).
 
 Grounding check: the draft is embedded with the same encoder; it is *grounded* when its mean

@@ -35,6 +35,9 @@ def make_map(fit, gaps: list[dict], dest: Path, seed: int = 0) -> Path:
         shown = np.random.default_rng(seed).choice(shown, MAP_POINTS, replace=False)
     fig, ax = plt.subplots(figsize=(10, 7.5))
     cmap = plt.get_cmap("tab20")
+    noise = shown[cl.labels[shown] < 0]  # HDBSCAN's: grey, under the clusters
+    shown = shown[cl.labels[shown] >= 0]
+    ax.scatter(pts[noise, 0], pts[noise, 1], color="lightgrey", s=4, alpha=0.5, linewidths=0)
     ax.scatter(pts[shown, 0], pts[shown, 1], c=[cmap(c % 20) for c in cl.labels[shown]], s=6, alpha=0.45, linewidths=0)
     for rank, g in enumerate(gaps, 1):
         (x0, y0), (x1, y1) = centres[g["a"]], centres[g["b"]]
@@ -46,7 +49,8 @@ def make_map(fit, gaps: list[dict], dest: Path, seed: int = 0) -> Path:
         marker = "" if fit.stable(c) else " (unstable)"
         ax.annotate(f"{c}: {fit.label(c, 2)}{marker}", (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     links = f"dashed: the top {len(gaps)} candidate gaps" if gaps else "no candidate gaps"
-    ax.set_title(f"{len(Z)} abstracts in {cl.k} clusters; {links}")
+    left = f" ({cl.noise} left as noise, grey)" if cl.noise else ""
+    ax.set_title(f"{len(Z)} abstracts in {cl.k} clusters{left}; {links}")
     ax.set_xlabel("principal axis 1")
     ax.set_ylabel("principal axis 2")
     return save_figure(fig, dest)
@@ -83,11 +87,21 @@ def summary_lines(result: dict) -> list[str]:
              f"Clusters: {result['criterion']}. Stability: {result['stability']['bootstrap_rounds']} bootstrap re-clusterings, "
              f"mean adjusted Rand {result['stability']['mean_adjusted_rand']}; clusters with best-match Jaccard below "
              f"{result['stability']['unstable_below_jaccard']} are marked unstable and never ranked.",
+             *noise_lines(result),
              f"Bridging papers: the {result['bridges']['quantile']:.0%} of papers nearest to a tie between their two closest "
              f"clusters ({result['bridges']['bridging_papers']} papers); expected counts share them out by cluster sizes."]
     if result.get("growth_skipped"):
         lines.append(f"Growth skipped: {result['growth_skipped']}.")
     return lines
+
+
+def noise_lines(result: dict) -> list[str]:
+    """How many abstracts HDBSCAN left in no cluster (nothing for k-means, which places every one)."""
+    if result.get("method") != "hdbscan":
+        return []
+    n, papers = result["noise"], result["papers"]
+    return [f"Noise: HDBSCAN left {n} of {papers} abstracts ({n / max(papers, 1):.0%}) in no cluster; they are never labelled, "
+            "sized or ranked, and count as bridging papers by their two nearest clusters."]
 
 
 def print_table(result: dict, top: int = 10) -> None:

@@ -5,7 +5,9 @@ least `min_year_papers` papers, divided by its mean share in those years: the re
 year (+0.2 = the share grows by a fifth of itself each year). The 95% interval is the slope's
 t-interval (n - 2 degrees of freedom) scaled the same way; with two usable years there is a slope
 but no interval. Shares rather than counts, so a corpus that grows overall (or a last year that is
-only partly collected) does not make every cluster look like it is growing.
+only partly collected) does not make every cluster look like it is growing. A share is of all the
+year's papers, HDBSCAN's noise included (it is part of that year's output, in no cluster), so the
+shares of a year add up to 1 minus its noise share.
 """
 
 from __future__ import annotations
@@ -31,14 +33,18 @@ class Growth:
 
 
 def shares_by_year(labels: np.ndarray, years: list[int | None], k: int) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(years, counts[k x Y], totals[Y]) over the dated papers."""
-    dated = [(lab, y) for lab, y in zip(labels, years) if y is not None]
+    """(years, counts[k x Y], totals[Y]) over the dated papers; noise (label < 0) is counted in the
+    totals only."""
+    dated = [(int(lab), y) for lab, y in zip(labels, years) if y is not None]
     ys = sorted({y for _, y in dated})
     col = {y: i for i, y in enumerate(ys)}
     counts = np.zeros((k, len(ys)), dtype=int)
+    totals = np.zeros(len(ys), dtype=int)
     for lab, y in dated:
-        counts[int(lab), col[y]] += 1
-    return ys, counts, counts.sum(0)
+        totals[col[y]] += 1
+        if lab >= 0:
+            counts[lab, col[y]] += 1
+    return ys, counts, totals
 
 
 def usable_years(ys: list[int], totals: np.ndarray, window: int, min_year_papers: int) -> list[int]:
