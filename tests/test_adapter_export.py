@@ -47,7 +47,7 @@ def exported(trained, tmp_path_factory):
 
 
 def test_adapter_exports_and_verifies_against_its_merged_twin(trained, exported, tmp_path):
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
     from toolkit.export.verify import check_templates, compare_gguf, reference_sequences, verify
     from toolkit.params import DecodingParams
     from toolkit.runtime.backends import open_backend
@@ -143,6 +143,43 @@ def test_resolving_a_modelfile_keeps_its_adapter(tmp_path):
         resolve(mf, hf=False)
     mf.write_text("FROM smollm2\n")
     assert resolve(mf, hf=False).gguf == default_gguf and resolve(mf, hf=False).adapter is None
+
+
+def test_modelfile_is_resolved_as_ollama_parses_it(tmp_path):
+    """FROM and ADAPTER come from the one Modelfile parser: a quoted value loses only its quotes (Ollama
+    unescapes nothing, so `\"` stays in the name), a FROM inside a TEMPLATE is template text, the last
+    FROM and ADAPTER win, and a UTF-8 BOM is skipped. Resolving opens neither GGUF, so any bytes do."""
+    base, lora = tmp_path / 'my \\"x\\" base.gguf', tmp_path / "the lora.gguf"
+    for path in (base, lora, tmp_path / "first.gguf", tmp_path / "elsewhere.gguf"):
+        path.write_bytes(b"GGUF")
+    mf = tmp_path / "tuned.Modelfile"
+    mf.write_text('# FROM ./elsewhere.gguf\nFROM ./first.gguf\nFROM "./my \\"x\\" base.gguf"\nADAPTER ./elsewhere.gguf\n'
+                  'ADAPTER "./the lora.gguf"\nTEMPLATE """{{ .Prompt }}\nFROM elsewhere.gguf\nADAPTER elsewhere.gguf\n"""\n')
+    model = resolve(mf, hf=False)
+    assert (model.gguf, model.adapter) == (base.resolve(), lora.resolve())
+    mf.write_bytes(b"\xef\xbb\xbfFROM ./first.gguf\n")  # a BOM, as some editors save it
+    assert resolve(mf, hf=False) == resolve(tmp_path / "first.gguf", hf=False)
+    mf.write_text('FROM ./first.gguf\nSYSTEM "one\nFROM elsewhere.gguf\ntwo"\n')  # an open " spans lines too
+    assert resolve(mf, hf=False).gguf == (tmp_path / "first.gguf").resolve()
+
+
+@pytest.mark.parametrize("text,line,message", [
+    ("FROM ./base.gguf\nADAPTOR ./lora.gguf\n", 2, 'unknown instruction "ADAPTOR"'),  # not silently the base alone
+    ("FROM ./base.gguf\nADAPTER\n", 2, "ADAPTER has no value"),
+    ('FROM ./base.gguf\nSYSTEM """never closed\nFROM ./lora.gguf\n', 2, 'SYSTEM value opens """ that is never closed'),
+    ('FROM "./base.gguf" ./lora.gguf\n', 1, "FROM has text after its closing"),
+    ("PARAMETER seed 1\n", 1, "no FROM line"),
+    (b"FROM ./base.gguf\nSYSTEM caf\xe9\n", 2, "not valid UTF-8"),
+])
+def test_modelfile_that_does_not_parse_is_a_one_line_model_error(tmp_path, text, line, message):
+    for name in ("base.gguf", "lora.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    mf = tmp_path / "Modelfile"
+    mf.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ModelError) as info:
+        resolve(mf, hf=False)
+    assert str(info.value).startswith(f"{mf}:{line}: {message}")
+    assert "\n" not in str(info.value) and info.value.fix
 
 
 @pytest.mark.parametrize("meta,config,reason", [

@@ -43,7 +43,7 @@ def test_family_adapter_ships_unmerged_and_stops_where_training_taught(trained):
 
     from toolkit.data.records import Example
     from toolkit.export.convert import convert, export
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
     from toolkit.export.verify import check_templates, compare_gguf, reference_sequences
     from toolkit.train.tokens import IGNORE, tokenize_example
 

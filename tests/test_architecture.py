@@ -17,7 +17,7 @@ MAX_LINES = 700
 # lowest first: a module may import from its own layer and the layers before it, never after
 LAYERS = [
     {"toolkit", "toolkit.errors", "toolkit.io", "toolkit.console", "toolkit.params", "toolkit.models",
-     "toolkit.space"},
+     "toolkit.space", "toolkit.modelfile"},
     {"toolkit.chat"},
     {"toolkit.runtime"},
     {"toolkit.data"},

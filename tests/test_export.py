@@ -7,7 +7,7 @@ import pytest
 
 from toolkit.errors import ConfigError
 from toolkit.export.convert import check_tokens, export
-from toolkit.export.modelfile.parser import validate_file
+from toolkit.export.modelfile.checks import validate_file
 from toolkit.export.verify import check_templates, compare_gguf, reference_sequences
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 from chat_templates import CASES
 
 from toolkit.export.convert import export
-from toolkit.export.modelfile.parser import validate_file
+from toolkit.export.modelfile.checks import validate_file
 from toolkit.export.verify import check_templates
 
 pytestmark = pytest.mark.slow

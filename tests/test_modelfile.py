@@ -15,8 +15,9 @@ import pytest
 
 from toolkit.chat.families import CHATML, SMOLLM2_DEFAULT_SYSTEM
 from toolkit.errors import ConfigError, DataError
-from toolkit.export.modelfile import parser, values, writer
-from toolkit.export.modelfile.parser import ModelfileError
+from toolkit.export.modelfile import checks, writer
+from toolkit.modelfile import parser, values
+from toolkit.modelfile.parser import ModelfileError
 from toolkit.params import OLLAMA_OPTION_TYPES
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared/conformance/ollama"
@@ -216,7 +217,7 @@ def test_go_bool_and_int_spellings():
 def test_error_messages_are_one_line_with_line_and_fix(text, expected):
     with pytest.raises(DataError) as info:
         mf = parser.parse(text)
-        parser.check(mf)
+        checks.check(mf)
     message = str(info.value)
     assert message.startswith(expected), message
     assert "\n" not in message and message.endswith(")")  # "(fix)" closes the line
@@ -229,27 +230,27 @@ def test_error_messages_are_one_line_with_line_and_fix(text, expected):
 def test_validate_file_reads_bytes_and_reports_encoding(tmp_path):
     good = tmp_path / "Modelfile"
     good.write_bytes("\ufeffFROM ./m.gguf\nSYSTEM café\nPARAMETER mirostat 1\n".encode("utf-16"))
-    mf = parser.validate_file(good)
+    mf = checks.validate_file(good)
     assert mf.system == "café" and mf.path == str(good)
     assert mf.warnings == [f"{good}:3: parameter mirostat is deprecated; Ollama ignores it"]
 
     bad = tmp_path / "Latin1"
     bad.write_bytes(b"FROM x\nSYSTEM caf\xe9\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}:2: not valid UTF-8 .*\(save the Modelfile as UTF-8\)$"):
-        parser.validate_file(bad)
+        checks.validate_file(bad)
     assert parser.parse(b"FROM x\nSYSTEM caf\xe9\n").system == "caf\ufffd"  # Ollama is lenient
 
     with pytest.raises(DataError, match="Modelfile not found"):
-        parser.validate_file(tmp_path / "nope")
+        checks.validate_file(tmp_path / "nope")
 
 
 def test_validate_file_checks_adapter_relative_to_the_file(tmp_path):
     path = tmp_path / "Modelfile"
     path.write_text("FROM x\nADAPTER ./lora.gguf\n")
     with pytest.raises(ModelfileError, match=r":2: ADAPTER \"./lora.gguf\" does not exist"):
-        parser.validate_file(path)
+        checks.validate_file(path)
     (tmp_path / "lora.gguf").write_bytes(b"GGUF")
-    assert parser.validate_file(path).adapter == "./lora.gguf"
+    assert checks.validate_file(path).adapter == "./lora.gguf"
 
 
 def test_write_is_atomic_and_refuses_invalid_text(tmp_path):
@@ -286,7 +287,7 @@ def test_build_modelfile_layout():
     assert mf.parameters == {"stop": list(CHATML.stops), "temperature": 0.7,
                              "num_ctx": 2048, "use_mmap": True}
     assert "PARAMETER stop <|im_end|>\n" in text and text.endswith("\n")
-    parser.check(mf)
+    checks.check(mf)
 
 
 @pytest.mark.parametrize("value", ["\n", "  padded  ", '"quoted"', 'say "hi"', "a\r\nb", '"""',

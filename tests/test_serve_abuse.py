@@ -246,7 +246,7 @@ def test_decoding_params_refuse_non_finite_numbers_everywhere(tmp_path):
             DecodingParams(**{field: value})
     from toolkit.cli import main
     from toolkit.evaluate.sweep.config import parse_sweep
-    from toolkit.export.modelfile.values import parse_value
+    from toolkit.modelfile.values import parse_value
 
     assert main(["generate", "hi", "--temperature", "nan"]) == 2
     assert main(["generate", "hi", "--top-p", "inf"]) == 2

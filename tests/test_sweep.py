@@ -88,7 +88,7 @@ def _study(out: Path, name: str = "tiny"):
 
 
 def test_tiny_sweep_end_to_end_and_reproducible(tmp_path, split, default_gguf):
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
 
     f = write_sweep(tmp_path / "s.yaml")
     mf = tmp_path / "m.Modelfile"

@@ -15,12 +15,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import ModelError
+from toolkit.errors import DataError, ModelError
 from toolkit.io import atomic_dir, toolkit_home
+from toolkit.modelfile.parser import read_file
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_SCORER = "minilm"
@@ -169,48 +169,40 @@ def is_modelfile(path: Path) -> bool:
     return path.suffix.lower() == ".modelfile" or path.name.lower() == "modelfile"
 
 
-# One Modelfile command: a keyword, then a triple-quoted, "quoted" or raw value. Matching
-# whole commands consumes multi-line TEMPLATE/SYSTEM bodies, so nothing inside them is read as one.
-_COMMAND = re.compile(r'^[ \t]*([A-Za-z]+)[ \t]+(?:"""(.*?)"""|"((?:[^"\\]|\\.)*)"|([^\n]*))', re.M | re.S)
-
-
-def modelfile_sources(text: str) -> dict[str, str]:
-    """The last FROM and ADAPTER values of a Modelfile (keys "from", "adapter"). The full parser
-    and Ollama's checks live in toolkit/export/modelfile/; resolving a model needs only these two."""
-    found: dict[str, str] = {}
-    for m in _COMMAND.finditer(text):
-        word = m.group(1).lower()
-        if word in {"from", "adapter"}:
-            value = next(g for g in m.groups()[1:] if g is not None)
-            found[word] = value.strip()
-    return found
+def _from_and_adapter(path: Path) -> tuple[str, str | None]:
+    """(FROM, ADAPTER or None) of a Modelfile, read by the one Modelfile parser (Ollama's rules: the
+    last of each wins, and a quoted value only loses its quotes)."""
+    try:
+        mf = read_file(path)
+    except DataError as exc:  # a ModelfileError too: one line with the file, the line and the fix
+        raise ModelError(exc.message, fix=exc.fix) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read Modelfile {path} ({exc.__class__.__name__})", fix="check the file") from None
+    base = mf.values("model")[-1]  # the parser has made sure there is one
+    if not base:
+        raise ModelError(f"Modelfile {path}: FROM is empty", fix="write `FROM ./model.gguf`")
+    return base, mf.adapter
 
 
 def resolve_modelfile(path: Path, *, hf: bool = True) -> ResolvedModel:
     """A Modelfile's FROM (a path beside the Modelfile or any model spec) plus its ADAPTER, which
     must be a GGUF LoRA (`toolkit export BASE --adapter RUN/adapter` writes both)."""
-    try:
-        sources = modelfile_sources(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read Modelfile {path} ({exc.__class__.__name__})", fix="check the file") from None
-    if not sources.get("from"):
-        raise ModelError(f"Modelfile {path} has no FROM line", fix="add `FROM ./model.gguf`")
+    base_text, adapter_text = _from_and_adapter(path)
 
     def beside(value: str) -> Path:
         target = Path(value).expanduser()
         return target if target.is_absolute() else path.parent / target
 
-    base_text = sources["from"]
     if beside(base_text).resolve() == path.resolve():
         raise ModelError(f"Modelfile {path} names itself in FROM", fix="FROM the base .gguf")
-    base = resolve(beside(base_text) if beside(base_text).exists() else base_text, hf=hf and "adapter" not in sources)
+    base = resolve(beside(base_text) if beside(base_text).exists() else base_text, hf=hf and adapter_text is None)
     if base.adapter is not None:
         raise ModelError(f"Modelfile {path}: FROM {base_text} already carries an ADAPTER", fix="use one LoRA per model")
-    if "adapter" not in sources:
+    if adapter_text is None:
         return base
-    adapter = beside(sources["adapter"])
+    adapter = beside(adapter_text)
     if not adapter.is_file() or adapter.suffix.lower() != ".gguf":
-        raise ModelError(f"Modelfile {path}: ADAPTER {sources['adapter']} is not a GGUF LoRA file",
+        raise ModelError(f"Modelfile {path}: ADAPTER {adapter_text} is not a GGUF LoRA file",
                          fix="export the adapter with `toolkit export BASE --adapter RUN/adapter`")
     return ResolvedModel(path.stem, None, base.require_gguf(), adapter.resolve())
 

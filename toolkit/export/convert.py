@@ -341,7 +341,7 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
     import ollama
 
     from toolkit.console import err, status
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
     from toolkit.runtime.backends import ollama_host
 
     mf = validate_file(modelfile)

@@ -167,7 +167,7 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
 def check_modelfile(hf_dir: Path, tok, gguf: Path, modelfile: Path) -> list[str]:
     """The parity suite, the BOS rule on token ids, and the stops for one Modelfile."""
     from toolkit.chat.parity import passed, pinned_date, run_suite
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
 
     mf = validate_file(modelfile)
     jinja = tok.chat_template or ""

@@ -23,7 +23,7 @@ from toolkit.params import DEFAULTS, SPECS, DecodingParams
 def rewrite_modelfile(path: Path, params: DecodingParams, only: Iterable[str] | None = None) -> Path:
     """Rewrite a Modelfile's PARAMETER lines with `params` (or just the fields in `only`), keeping
     FROM, TEMPLATE, stops, SYSTEM, LICENSE and the other PARAMETERs."""
-    from toolkit.export.modelfile.parser import validate_file
+    from toolkit.export.modelfile.checks import validate_file
     from toolkit.export.modelfile.writer import build_modelfile
     from toolkit.export.modelfile.writer import write as write_mf
 

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 from toolkit.errors import ConfigError
-from toolkit.export.modelfile.parser import DEPRECATED_PARAMETERS, NON_PARAMETER_COMMANDS, Modelfile, ModelfileError, is_print, one_line, parse
-from toolkit.export.modelfile.values import TYPE_WORDS, parse_value
 from toolkit.io import write_text
+from toolkit.modelfile.parser import DEPRECATED_PARAMETERS, NON_PARAMETER_COMMANDS, Modelfile, ModelfileError, is_print, one_line, parse
+from toolkit.modelfile.values import TYPE_WORDS, parse_value
 from toolkit.params import OLLAMA_OPTION_TYPES
 
 

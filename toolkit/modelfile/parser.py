@@ -1,12 +1,14 @@
-"""Ollama Modelfiles read exactly as Ollama reads them: `parse`, the typed checks `ollama create`
-makes, and `validate_file` for a user's file.
+"""Ollama Modelfiles read exactly as Ollama reads them: `parse`, `read_file`, and the typed
+parameter checks `ollama create` makes.
 
 `parse` is a rune-for-rune port of Ollama's `parser.ParseFile` state machine (ollama/ollama
 `parser/parser.go`), so a file is valid here exactly when `ollama create` can read it, and its
 commands come out as the same `(name, value)` pairs in Ollama's naming (FROM -> "model",
-PARAMETER -> the parameter's own name, MESSAGE -> "role: content"). The parser alone accepts any
-parameter name, like Ollama's; the typed checks that `ollama create` applies afterwards (known
-names, int/float/bool values) live in `check`, `Modelfile.parameters` and `validate_file`.
+PARAMETER -> the parameter's own name, MESSAGE -> "role: content"). A quoted value only loses
+its quotes: nothing is unescaped (a backslash stays a backslash), as in Ollama. The parser alone
+accepts any parameter name, like Ollama's; the typed checks applied afterwards (known names,
+int/float/bool values) live in `typed_parameters` and `Modelfile.parameters`. The checks that need
+the Go template interpreter (`check`, `validate_file`) are in toolkit/export/modelfile/checks.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import DataError
-from toolkit.export.modelfile.values import TYPE_WORDS, parse_value
+from toolkit.modelfile.values import TYPE_WORDS, parse_value
 from toolkit.params import OLLAMA_OPTION_TYPES
 
 # The instruction keywords Ollama accepts (case-insensitively), in the order of its error text.
@@ -149,7 +151,7 @@ class Modelfile:
             if value is not None:
                 req["from" if name == "model" else name] = value
         if self.requires is not None:
-            req["requires"] = _check_requires(self, self.requires).removeprefix("v")
+            req["requires"] = check_requires(self, self.requires).removeprefix("v")
         if self.licenses:
             req["license"] = self.licenses
         params = self.parameters
@@ -468,7 +470,7 @@ def typed_parameters(mf: Modelfile) -> tuple[dict[str, object], list[str]]:
     """
     params: dict[str, object] = {}
     warnings: list[str] = []
-    for (name, raw), line in zip(mf.commands, _lines(mf)):
+    for (name, raw), line in zip(mf.commands, command_lines(mf)):
         if name in NON_PARAMETER_COMMANDS:
             continue
         where = dict(path=mf.path or "Modelfile", line=line)
@@ -504,16 +506,18 @@ def _unknown_parameter(name: str, raw: str, where: dict) -> ModelfileError:
                           kind="FormatParams", ollama_error=ollama, **where)
 
 
-def _lines(mf: Modelfile) -> list[int | None]:
+def command_lines(mf: Modelfile) -> list[int | None]:
+    """The line of each command, or None for each when `mf` was built by hand without lines."""
     return list(mf.lines) if len(mf.lines) == len(mf.commands) else [None] * len(mf.commands)
 
 
 def _line_of(mf: Modelfile, name: str, last: bool = True) -> int | None:
-    found = [line for (n, _), line in zip(mf.commands, _lines(mf)) if n == name]
+    found = [line for (n, _), line in zip(mf.commands, command_lines(mf)) if n == name]
     return (found[-1] if last else found[0]) if found else None
 
 
-def _check_requires(mf: Modelfile, value: str) -> str:
+def check_requires(mf: Modelfile, value: str) -> str:
+    """REQUIRES must be a semantic version, as `ollama create` demands; returns it unchanged."""
     if not _SEMVER.fullmatch(value):
         raise ModelfileError(f'REQUIRES "{one_line(value)}" is not a version',
                              path=mf.path or "Modelfile", line=_line_of(mf, "requires"),
@@ -522,52 +526,9 @@ def _check_requires(mf: Modelfile, value: str) -> str:
     return value
 
 
-def check(mf: Modelfile, *, base_dir: str | os.PathLike | None = None,
-          check_template: bool = True) -> list[str]:
-    """Apply the checks `ollama create` makes after parsing; return warnings, raise on errors.
-
-    Parameters must be known and well typed, REQUIRES must be a version, each TEMPLATE must be
-    a Go template Ollama can parse, and with `base_dir` an ADAPTER must exist there.
-    """
-    _, warnings = typed_parameters(mf)
-    for (name, value), line in zip(mf.commands, _lines(mf)):
-        where = dict(path=mf.path or "Modelfile", line=line)
-        if name == "requires":
-            _check_requires(mf, value)
-        elif name == "template" and check_template:
-            _check_template(value, where)
-        elif name == "adapter" and base_dir is not None:
-            target = Path(value).expanduser()
-            if not target.is_absolute():
-                target = Path(base_dir) / target
-            if not target.exists():
-                raise ModelfileError(f'ADAPTER "{value}" does not exist', fix=f"looked for {target}",
-                                     kind="CreateRequest", ollama_error="no such file or directory",
-                                     **where)
-    return warnings
-
-
-def _check_template(template: str, where: dict) -> None:
-    # local import: only templates need the evaluator
-    from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
-    from toolkit.chat.gotemplate.parser import parse as parse_template
-
-    try:
-        parse_template(template)
-    except TemplateUnsupported:
-        pass  # valid Go we do not evaluate; Ollama will judge it
-    except TemplateError as e:
-        line = where["line"]
-        if line is not None and e.line:
-            line += e.line - 1  # the template text starts on the TEMPLATE line
-        raise ModelfileError(f"TEMPLATE is not a valid Go template: {e.detail}",
-                             fix=e.fix or "see https://pkg.go.dev/text/template",
-                             kind="CreateRequest", ollama_error=f"template error: {e.detail}",
-                             path=where["path"], line=line) from None
-
-
-def validate_file(path: str | os.PathLike) -> Modelfile:
-    """Read and fully check a user's Modelfile; return it with any warnings in `.warnings`."""
+def read_file(path: str | os.PathLike) -> Modelfile:
+    """Read and parse a user's Modelfile: bytes decoded strictly (a bad byte is an error naming
+    its line, not a silent U+FFFD), then parsed as Ollama does."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -576,6 +537,4 @@ def validate_file(path: str | os.PathLike) -> Modelfile:
     except IsADirectoryError:
         raise DataError("is a directory, not a Modelfile", path=path,
                         fix="pass the Modelfile inside it") from None
-    mf = parse(decode(data, path=path, strict=True), path=path)
-    mf.warnings = check(mf, base_dir=path.parent)
-    return mf
+    return parse(decode(data, path=path, strict=True), path=path)
