@@ -219,3 +219,8 @@ def test_compare_with_the_default_model_as_judge_then_human_ratings(tmp_path, de
     assert "## Human ratings" in md and "Human win rate of hot" in md and "Sign test" in md
     html = (out / "report.html").read_text()
     assert "Human ratings" in html and "Pairwise judge" in html
+    # `compare --again` repeats it all from the folder, the stored judge included, from the caches
+    assert compare([], out=out, again=True) == 0
+    repeated = json.loads((out / "results.json").read_text())
+    assert repeated["generated"] == {"base": 0, "hot": 0} and repeated["judge"]["generated"] == 0
+    assert repeated["judge"]["systems"] == again["judge"]["systems"] and repeated["human"] == again["human"]

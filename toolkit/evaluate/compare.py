@@ -374,9 +374,9 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         judge_url: server URL for an ollama/openai judge.
         judge_prompt: the judge's prompt template (default: the shipped toolkit/evaluate/judge_prompt.txt).
         judge_max_tokens: most tokens of a judge's reply (the verdict comes first).
-        again: run the systems, test data and options stored in OUT/results.json again (after
-            `toolkit rate OUT`, to add the ratings: `toolkit compare --again --out OUT`); only the
-            judge options and --screenshot come from this command.
+        again: run the systems, test data, options and judge stored in OUT/results.json again (after
+            `toolkit rate OUT`, to add the ratings: `toolkit compare --again --out OUT`); --judge
+            options given here replace the stored judge, and --screenshot applies.
     """
     from toolkit.console import err
     from toolkit.data.readers import load_examples
@@ -389,6 +389,10 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
         data, backend, url, prompts = Path(settings["data"]), settings["backend"], settings["url"], settings["prompts"]
         scorer, scorer_layer, parallel = settings["scorer"], settings["scorer_layer"], settings["parallel"]
         allow_mixed_quant, params = settings["allow_mixed_quant"], params.replace(seed=systems[0].params.seed)
+        if not judge and settings.get("judge"):  # the stored judge too: its replies are cached
+            j = settings["judge"]
+            judge, judge_backend, judge_url, judge_max_tokens = j["model"], j["backend"], j["url"], j["max_tokens"]
+            judge_prompt = Path(j["prompt"]) if j["prompt"] else None
     else:
         systems = ([] if no_base else [System("base", base, params)]) + [parse_system(s, params) for s in system]
     if parallel:
@@ -427,7 +431,9 @@ def compare(system: list[str] = (), data: Path = Path("runs/demo/data/test.jsonl
     result["generated"] = generated
     # what `compare --again` needs besides the systems (stored above with their parameters)
     result["settings"] = {"data": str(data), "backend": backend, "url": url, "prompts": prompts, "scorer": scorer,
-                          "scorer_layer": scorer_layer, "parallel": parallel, "allow_mixed_quant": allow_mixed_quant}
+                          "scorer_layer": scorer_layer, "parallel": parallel, "allow_mixed_quant": allow_mixed_quant,
+                          "judge": {"model": judge, "backend": judge_backend, "url": judge_url, "max_tokens": judge_max_tokens,
+                                    "prompt": str(judge_prompt) if judge_prompt else None} if judge else None}
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["machine"] = measured_on(backend)
     plots = make_plots(systems, out / "plots")
