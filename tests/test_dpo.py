@@ -161,6 +161,25 @@ def test_bad_rows_stop_before_the_model_loads(tmp_path, data):
     assert "--skip-bad" in text
 
 
+def test_column_options_read_what_data_check_reads(tmp_path):
+    """`train --prompt-col/--chosen-col/--rejected-col` as `data check`: a file that checks with the
+    options trains with them, and without them both stop on the same row."""
+    from toolkit.data.check import check
+    from toolkit.train.config import load_config
+    from toolkit.train.dpo import load_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"ask": f"question {i}?", "good": f"a good answer {i}.", "poor": f"no {i}"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    names = dict(prompt_col="ask", chosen_col="good", rejected_col="poor")
+    assert check(path, kind="preference", **names)["records"] == 3
+    pairs = load_pairs(load_config(None, method="dpo", train_data=str(path), validation_data="", **names))
+    assert [p.prompt[-1]["content"] for p in pairs.train] == [r["ask"] for r in rows]
+    assert [(p.chosen, p.rejected) for p in pairs.train] == [(r["good"], r["poor"]) for r in rows]
+    with pytest.raises(DataError, match=f"{path}:1: "):
+        load_pairs(load_config(None, method="dpo", train_data=str(path), validation_data=""))
+
+
 def _eval(step, loss, acc, margin, chosen, rejected):
     return {"step": step, "val_loss": loss, "eval_rewards/accuracies": acc, "eval_rewards/margins": margin,
             "eval_logps/chosen": chosen, "eval_logps/rejected": rejected}

@@ -50,6 +50,9 @@ def train(
     simpo_gamma: float | None = None,
     precompute_ref: bool | None = None,
     skip_bad: bool | None = None,
+    prompt_col: str | None = None,
+    chosen_col: str | None = None,
+    rejected_col: str | None = None,
     resume: bool = False,
 ) -> TrainResult:
     options = {k: v for k, v in locals().items() if k in FIELDS}

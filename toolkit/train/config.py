@@ -94,6 +94,12 @@ class TrainConfig:
     """dpo: compute the reference log-probs once before training, so each step runs one model, not two."""
     skip_bad: bool = False
     """Preference data: skip bad rows and count them, instead of stopping before training with the first few listed."""
+    prompt_col: str = "prompt"
+    """Preference data: the field holding the prompt (as `data check --prompt-col`; common names are recognised)."""
+    chosen_col: str = "chosen"
+    """Preference data: the field holding the chosen reply."""
+    rejected_col: str = "rejected"
+    """Preference data: the field holding the rejected reply."""
 
     def validate(self) -> TrainConfig:
         """Raise a one-line ConfigError for a value out of range."""

@@ -60,8 +60,10 @@ def load_pairs(cfg: TrainConfig) -> Pairs:
     """Read train/validation pairs (any preference format); bad rows stop here, before any model
     loads, unless `skip_bad`."""
     from toolkit.console import err
+    from toolkit.data.columns import Columns
     from toolkit.data.preference import read_pairs
 
+    columns = Columns(prompt=cfg.prompt_col, chosen=cfg.chosen_col, rejected=cfg.rejected_col)
     result = Pairs([], [])
     for role, path in (("train", cfg.train_data), ("validation", cfg.validation_data)):
         if not path:
@@ -69,7 +71,7 @@ def load_pairs(cfg: TrainConfig) -> Pairs:
         if not Path(path).exists():
             raise DataError(f"{role} file not found", path=path,
                             fix="make preference pairs with `toolkit data prefs SPLIT --out FILE`, or pass --train-data FILE")
-        read = read_pairs(path, skip_bad=cfg.skip_bad)
+        read = read_pairs(path, skip_bad=cfg.skip_bad, columns=columns)
         rows = read.pairs
         result.skipped[role], result.formats[role] = len(read.bad), read.format
         if read.bad:
