@@ -122,8 +122,7 @@ def fit_clusters(X: np.ndarray, k: int = 0, dims: int = 50, seed: int = 0, metho
                  min_cluster_size: int = 0) -> Clustering:
     """PCA then k-means (`k=0` picks k by silhouette over `k_range(n)`) or HDBSCAN
     (`min_cluster_size=0`: `auto_min_cluster_size(n)`)."""
-    if method not in METHODS:
-        raise ConfigError(f"--cluster {method} is not a clustering method", fix="give " + " or ".join(METHODS))
+    check_method(method)
     pca, Z = reduce(X, dims, seed)
     if method == "hdbscan":
         return _fit_hdbscan(pca, Z, min_cluster_size)
@@ -137,6 +136,11 @@ def fit_clusters(X: np.ndarray, k: int = 0, dims: int = 50, seed: int = 0, metho
     labels = km.labels_.astype(int)
     centers = unit_rows(np.stack([Z[labels == c].mean(0) if (labels == c).any() else km.cluster_centers_[c] for c in range(k)]))
     return Clustering(pca, Z, labels, centers, k, criterion, scores)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"--cluster {method} is not a clustering method", fix="give " + " or ".join(METHODS))
 
 
 def auto_min_cluster_size(n: int) -> int:

@@ -32,8 +32,9 @@ def _check_options(clusters: int, dims: int, bootstrap: int, window: int, bridge
 
 def _check_cluster_options(cluster: str, clusters: int, min_cluster_size: int) -> None:
     """--clusters is k-means's and --min-cluster-size HDBSCAN's: one given to the other is a mistake."""
-    if cluster not in ("kmeans", "hdbscan"):
-        raise ConfigError(f"--cluster {cluster} is not a clustering method", fix="give kmeans or hdbscan")
+    from toolkit.gaps.cluster import check_method
+
+    check_method(cluster)
     if min_cluster_size != 0 and min_cluster_size < 2:
         raise ConfigError(f"--min-cluster-size {min_cluster_size} is out of range", fix="give 0 (1% of the abstracts, at least 10) or 2 or more")
     if cluster == "hdbscan" and clusters:

@@ -136,9 +136,7 @@ def check_size(corpus: Corpus, clusters: int, min_per_cluster: int = 5, hdbscan:
         return
     if hdbscan:
         what, fix = f"2 HDBSCAN clusters of {min_per_cluster}", "pass a larger corpus, or a lower --min-cluster-size"
-        raise DataError(f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what}", path=corpus.path, fix=fix)
-    what = f"{clusters} clusters" if clusters else "the smallest automatic choice of 2 clusters"
-    raise DataError(
-        f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what} ({min_per_cluster} a cluster)",
-        path=corpus.path, fix="pass a larger corpus, or fewer --clusters",
-    )
+    else:
+        what = f"{clusters} clusters" if clusters else "the smallest automatic choice of 2 clusters"
+        what, fix = f"{what} ({min_per_cluster} a cluster)", "pass a larger corpus, or fewer --clusters"
+    raise DataError(f"only {len(corpus.papers)} distinct abstracts, fewer than the {need} needed for {what}", path=corpus.path, fix=fix)
