@@ -23,7 +23,7 @@ from typing import Any
 from toolkit.data.columns import Columns
 from toolkit.data.preference import FIX as PAIR_FIX
 from toolkit.data.preference import BadPair, parse_row
-from toolkit.data.records import ROLES, SPEAKERS, ChatRecord, PreferenceRecord, found_fields, json_type, record_id
+from toolkit.data.records import ROLES, SPEAKERS, ChatRecord, PreferenceRecord, found_fields, json_type, record_id, with_system
 from toolkit.data.sources import detect_container, parse_rows
 from toolkit.errors import DataError
 
@@ -94,14 +94,6 @@ def _from_sharegpt(value: Any, where: str, path: Path, line: int) -> Any:
     return out
 
 
-def _with_system(messages: list[dict], obj: dict) -> list[dict]:
-    """ShareGPT's separate `system` field as the first message."""
-    system = obj.get("system")
-    if isinstance(system, str) and system.strip() and messages and isinstance(messages[0], dict) and messages[0].get("role") != "system":
-        return [{"role": "system", "content": system}, *messages]
-    return messages
-
-
 # ---------------------------------------------------------------------------------------- chat
 
 
@@ -118,7 +110,7 @@ def _chat_messages(obj: dict, path: Path, line: int, training: bool, option: str
     if "messages" in obj:
         return check_messages(obj["messages"], path, line, "messages", final_assistant=training)
     if "conversations" in obj:
-        converted = _with_system(_from_sharegpt(obj["conversations"], "conversations", path, line), obj)
+        converted = with_system(_from_sharegpt(obj["conversations"], "conversations", path, line), obj)
         return check_messages(converted, path, line, "conversations", final_assistant=training)
     raise DataError(f"missing field 'messages' ({found_fields(obj)})", path=path, line=line,
                     fix='chat records are {"messages": [{"role": ..., "content": ...}, ...]} or ShareGPT "conversations"; '

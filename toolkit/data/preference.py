@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.columns import Columns
+from toolkit.data.records import ROLES as CHAT_ROLES
 from toolkit.data.records import SPEAKERS as CHAT_SPEAKERS
-from toolkit.data.records import found_fields, json_type, record_id
+from toolkit.data.records import found_fields, json_type, record_id, with_system
 from toolkit.data.sources import detect_container, iter_rows
 from toolkit.errors import DataError
 
 FORMATS = ("trl", "sharegpt", "hh")
 SHOWN_BAD = 5  # bad rows listed in the error before training
-ROLES = ("system", "user", "assistant")  # a pair is plain turns: the tool turns chat data may have are refused
+ROLES = tuple(r for r in CHAT_ROLES if r != "tool")  # a pair is plain turns: the tool turns chat data may have are refused
 # ShareGPT speaker names (LLaMA-Factory's defaults and the common variants) -> chat roles
 SPEAKERS = {name: role for name, role in CHAT_SPEAKERS.items() if name not in ("observation", "tool", "function_call")}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -236,14 +237,6 @@ def _check_prompt(prompt: list[dict]) -> None:
         raise BadPair(f"prompt ends with {_a(roles[-1])} message; {why}")
 
 
-def _with_system(prompt: list[dict], obj: dict) -> list[dict]:
-    """A `system` field (LLaMA-Factory's) as the prompt's first message, where it has none."""
-    system = obj.get("system")
-    if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
-        return [{"role": "system", "content": system}, *prompt]
-    return prompt
-
-
 # ---------------------------------------------------------------------------------------- rows
 
 
@@ -331,7 +324,7 @@ def parse_row(obj: dict, fmt: str | None = None, *, columns: Columns | None = No
         given: tuple = (prompt, chosen, rejected)
     else:
         prompt, *given = _explicit(obj, keys)
-    prompt = _with_system(prompt, obj)
+    prompt = with_system(prompt, obj)
     given = (prompt if isinstance(given[0], list) else given[0], *given[1:])
     for side, value in (("chosen", given[1]), ("rejected", given[2])):
         if not _text(value).strip():

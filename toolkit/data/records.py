@@ -122,6 +122,15 @@ SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "a
             "bot": "assistant", "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
 
 
+def with_system(messages: list[dict], obj: dict) -> list[dict]:
+    """A record's separate `system` field (LLaMA-Factory's ShareGPT form) as the first message,
+    where the messages have none."""
+    system = obj.get("system")
+    if isinstance(system, str) and system.strip() and messages and isinstance(messages[0], dict) and messages[0].get("role") != "system":
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for messages."""
     if value is None:
