@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from one_line import error_of
 
 from toolkit.data.build import build, parse_split
 from toolkit.data.check import check
@@ -50,16 +51,6 @@ def abstract(i: int, sentences: int = 4, words: int = 12) -> str:
 def arxiv_row(i: int, cats: str = "cs.LG", text: str | None = None) -> dict:
     return {"id": f"2101.{i:05d}", "title": f"Paper\n  {i}", "abstract": text or abstract(i),
             "categories": cats, "update_date": "2021-01-01"}
-
-
-def error_of(fn, *args, **kw) -> DataError:
-    with pytest.raises(DataError) as info:
-        result = fn(*args, **kw)
-        if hasattr(result, "__next__"):
-            list(result)
-    message = str(info.value)
-    assert "\n" not in message, f"error is not one line: {message!r}"
-    return info.value
 
 
 def build_words(inputs, out, **kw):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from one_line import error_of
 
 from toolkit.data.check import check
 from toolkit.data.columns import Columns, parse_categories
@@ -19,7 +20,7 @@ from toolkit.data.dates import date_of_arxiv_id, parse_date
 from toolkit.data.messages import read_chat, read_preference
 from toolkit.data.readers import detect_format, load_examples, read_arxiv, read_qa, read_records
 from toolkit.data.sources import detect_container, parse_format
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,16 +75,6 @@ def write_in(container: str, tmp_path: Path, rows: list[dict], stem: str = "data
         return folder
     (arrow,) = folder.glob("*.arrow")  # the saved dataset's own Arrow file
     return arrow
-
-
-def error_of(fn, *args, **kw) -> DataError:
-    with pytest.raises(DataError) as info:
-        result = fn(*args, **kw)
-        if hasattr(result, "__next__"):
-            list(result)
-    message = str(info.value)
-    assert "\n" not in message, f"error is not one line: {message!r}"
-    return info.value
 
 
 def abstract(i: int, sentences: int = 4) -> str:

@@ -323,9 +323,10 @@ def print_table(result: dict) -> None:
     for h in result.get("human", []):
         from toolkit.evaluate.human import describe
 
-        out.print(describe(h)[1], soft_wrap=True)
-        if h["stale"]:
-            out.print(f"[bold yellow]{describe(h)[-1]}[/] Ratings count only against the outputs they were made on: "
+        lines = describe(h)
+        out.print(lines[1], soft_wrap=True)
+        if h["stale"]:  # then describe's last line says how many
+            out.print(f"[bold yellow]{lines[-1]}[/] Ratings count only against the outputs they were made on: "
                       "run the systems with the options of the rated run (`toolkit compare --again --out DIR`).", soft_wrap=True)
     if result.get("judge"):
         from toolkit.evaluate.judge_report import calibration_line, warning
