@@ -38,13 +38,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="embedded name or .gguf")
     args = ap.parse_args()
 
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
     from toolkit.data.readers import load_examples
     from toolkit.models import resolve
     from toolkit.params import DEFAULTS
 
     data = Path("runs/bench/data")
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=data, split="80,10,10", seed=0)
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=data, options=BuildOptions(split="80,10,10", seed=0))
     prompts = [e.prompt for e in load_examples(data / "validation.jsonl")][: args.prompts]
     gguf = resolve(args.model, hf=False).require_gguf()
     base = DEFAULTS.replace(max_tokens=args.max_tokens, seed=1234, num_ctx=1024)

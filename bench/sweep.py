@@ -57,7 +57,7 @@ def ours(gguf: Path, trials: list[dict], prompts: list[str], refs: list[str], ba
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = {"temperature": Dimension("temperature", 0.1, 1.5, decimals=6), "top_p": Dimension("top_p", 0.5, 1.0, decimals=6)}
-    cfg = SweepConfig(name="bench", space=space,
+    cfg = SweepConfig(name="bench", space=space, mode="search",
                       pruner="median" if prune else "none", chunks=3, startup_trials=3, trials=len(trials),
                       prompts=len(prompts), seed=base.seed, fixed={"max_tokens": base.max_tokens, "num_ctx": base.num_ctx})
     start = time.perf_counter()
@@ -80,13 +80,13 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=None, help="llama.cpp slots for ours (default 16)")
     args = ap.parse_args()
 
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
     from toolkit.data.readers import load_examples
     from toolkit.models import resolve
     from toolkit.params import DEFAULTS
 
     data = Path("runs/bench/data")
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=data, split="80,10,10", seed=0)
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=data, options=BuildOptions(split="80,10,10", seed=0))
     examples = (load_examples(data / "validation.jsonl") + load_examples(data / "test.jsonl"))[: args.prompts]
     prompts, refs = [e.prompt for e in examples], [e.response for e in examples]
     gguf = resolve(args.model, hf=False).require_gguf()

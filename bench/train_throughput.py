@@ -136,11 +136,11 @@ def main() -> None:
         child(args.child, args.train, args.steps, args.max_length, args.workdir)
         return
 
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         workdir = Path(tmp)
-        build([args.data], out=workdir / "data", tokenizer="smollm2")
+        build([args.data], out=workdir / "data", options=BuildOptions(tokenizer="smollm2"))
         train_path = workdir / "data" / "train.jsonl"
         results = [spawn(which, train_path, args.steps, args.max_length, workdir) for which in ("baseline", "ours")]
     base = results[0]

@@ -21,7 +21,7 @@ from toolkit.models import resolve
 def trained(tmp_path_factory, default_hf_dir):
     from test_family_export import build_tiny_model
 
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
 
     root = tmp_path_factory.mktemp("adapter")
     tiny = build_tiny_model(default_hf_dir, root / "tiny", "qwen2.5")
@@ -30,8 +30,8 @@ def trained(tmp_path_factory, default_hf_dir):
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # a high learning rate so the adapter moves the logits clearly: the checks must have something to catch
-    result = train(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
-                   batch_size=2, grad_accum=1, max_length=64, lr=5e-2, eval_every=0, save_every=0)
+    result = train(options=TrainOverrides(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
+                                          batch_size=2, grad_accum=1, max_length=64, lr=5e-2, eval_every=0, save_every=0))
     return tiny, result.adapter
 
 

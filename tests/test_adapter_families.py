@@ -18,7 +18,7 @@ def trained(request, default_hf_dir, tmp_path_factory):
     """(case, tiny base, adapter, merged twin, root)."""
     from test_family_export import build_tiny_model
 
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
     from toolkit.train.merge import merge
 
     root = tmp_path_factory.mktemp(request.param)
@@ -33,8 +33,8 @@ def trained(request, default_hf_dir, tmp_path_factory):
     rows = [{"prompt": f"Why does method {i} help?", "response": f"It pools estimates {i}."} for i in range(4)]
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = train(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
-                batch_size=2, grad_accum=1, max_length=256, lr=5e-2, eval_every=0, save_every=0)
+    run = train(options=TrainOverrides(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
+                                       batch_size=2, grad_accum=1, max_length=256, lr=5e-2, eval_every=0, save_every=0))
     return request.param, tiny, run.adapter, merge(run.adapter, root / "merged").out, root
 
 
@@ -110,5 +110,8 @@ def test_training_ends_a_turn_with_the_template_familys_token(case, base_tokeniz
     tok.add_tokens([t for t in dict.fromkeys([bos, eos, *ends]) if t and t not in tok.get_vocab()], special_tokens=True)
     tok.bos_token, tok.eos_token, tok.chat_template = bos or tok.bos_token, eos, template
     assert tok.convert_ids_to_tokens(end_of_turn_id(tok)) == (ends[0] if ends else eos)
-    tok.chat_template = TAGGED_TEMPLATE  # no family: the first family end-of-turn token in the vocabulary
+    # a template of no family: the first family end-of-turn token in the vocabulary
+    tok.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     assert tok.convert_ids_to_tokens(end_of_turn_id(tok)) == "<|im_end|>"
+    tok.chat_template = TAGGED_TEMPLATE  # the tagged format ends a reply with </approach> and EOS (issue 23)
+    assert tok.convert_ids_to_tokens(end_of_turn_id(tok)) == eos

@@ -7,6 +7,7 @@ inside functions that keep `toolkit --help` fast."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ MAX_LINES = 700
 # lowest first: a module may import from its own layer and the layers before it, never after
 LAYERS = [
     {"toolkit", "toolkit.errors", "toolkit.io", "toolkit.console", "toolkit.params", "toolkit.models",
-     "toolkit.space", "toolkit.modelfile"},
+     "toolkit.space", "toolkit.options", "toolkit.modelfile"},
     {"toolkit.chat"},
     {"toolkit.runtime"},
     {"toolkit.data"},
@@ -25,6 +26,7 @@ LAYERS = [
     {"toolkit.export"},
     {"toolkit.serve"},
     {"toolkit.evaluate", "toolkit.gaps"},
+    {"toolkit.synth"},
     {"toolkit.generate", "toolkit.doctor", "toolkit.demo", "toolkit.cli", "toolkit.__main__"},
 ]
 
@@ -39,22 +41,31 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def package_of(name: str) -> str:
+    """The package relative imports in module `name` start from."""
+    return name if name in MODULES and MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+
+
+def targets(node: ast.Import | ast.ImportFrom, package: str, modules: Collection[str]) -> set[str]:
+    """The toolkit modules one import statement names (`from pkg import mod` counts as mod)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name in modules}
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([base] if base else []))
+    found = {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules}
+
+
 def imports_of(name: str) -> set[str]:
-    """The toolkit modules `name` imports, anywhere in its body (`from pkg import mod` counts as mod)."""
+    """The toolkit modules `name` imports, anywhere in its body."""
     path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            for alias in node.names:
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
-    return {m for m in found if m in MODULES and m != name}
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found |= targets(node, package_of(name), MODULES)
+    return found - {name}
 
 
 GRAPH = {name: imports_of(name) for name in MODULES}
@@ -159,3 +170,120 @@ def test_module_is_short_and_says_what_it_is_for(name):
     lines = text.count("\n")
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines (at most {MAX_LINES}): split it"
     assert ast.get_docstring(ast.parse(text)), f"{path.relative_to(PACKAGE.parent)} opens with no docstring"
+
+
+# -- lazy imports: only heavy modules wait inside functions -------------------------------------
+# Libraries that make `toolkit --help` measurably slower: `--help` imports every command module,
+# and its imports take ~180 ms in all (`python -X importtime -m toolkit --help`). Measured with
+# `python -X importtime -c "import X"`: rich 31 ms (rich.progress 65), yaml 20, jinja2.sandbox 54,
+# starlette.applications 70, httpx 95, uvicorn 21, tokenizers 12, sacrebleu 31, rouge_score 1900,
+# huggingface_hub.hf_api 190, ollama 280, numpy 110, pyarrow 160, pandas 380; safetensors alone is
+# light, but its .torch loads torch. A toolkit module that imports one when it is imported, directly
+# or through another toolkit module, is heavy.
+HEAVY_LIBRARIES = frozenset({
+    "torch", "transformers", "peft", "trl", "accelerate", "llama_cpp", "optuna", "bert_score", "sklearn",
+    "numpy", "scipy", "matplotlib", "datasets", "pyarrow", "pandas", "gguf", "selenium", "safetensors",
+    "tokenizers", "huggingface_hub", "sacrebleu", "rouge_score", "starlette", "uvicorn", "httpx", "ollama",
+    "jinja2", "rich", "yaml",
+})
+CYCLE_NOTE = "# cycle:"  # on a function-level import of a light module: moving it up would make a cycle
+
+
+def _walk_outside_functions(nodes: list[ast.stmt]) -> Iterator[ast.stmt]:
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _walk_outside_functions(node.orelse)  # the body runs only under a type checker
+            continue
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _walk_outside_functions([n for n in getattr(node, field, []) if isinstance(n, ast.stmt)
+                                                or isinstance(n, (ast.ExceptHandler, ast.match_case))])
+
+
+def imports_at_import_time(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run when the module is imported: not inside a function, not under
+    `if TYPE_CHECKING:` (class bodies and module-level try/if blocks run, so they count)."""
+    return [n for n in _walk_outside_functions(tree.body) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def imports_in_functions(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+    found = {id(i): i for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))}
+    return sorted(found.values(), key=lambda n: n.lineno)
+
+
+def libraries(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The top-level packages an absolute import statement names (`torch.nn` -> torch)."""
+    if isinstance(node, ast.Import):
+        return {a.name.split(".")[0] for a in node.names}
+    return {node.module.split(".")[0]} if node.module and not node.level else set()
+
+
+def heavy_modules(trees: dict[str, ast.Module], package_of=package_of) -> set[str]:
+    """The toolkit modules whose import loads a heavy library, directly or through toolkit modules
+    they import when imported (a fixed point over the import-time edges)."""
+    heavy = {name for name, tree in trees.items()
+             if any(libraries(n) & HEAVY_LIBRARIES for n in imports_at_import_time(tree))}
+    edges = {name: set().union(*(targets(n, package_of(name), trees) for n in imports_at_import_time(tree)))
+             for name, tree in trees.items()}
+    grew = True
+    while grew:
+        more = {name for name, out in edges.items() if name not in heavy and out & heavy}
+        heavy |= more
+        grew = bool(more)
+    return heavy
+
+
+def lazy_light_imports(sources: dict[str, tuple[str, str]], package_of=package_of) -> list[tuple[str, ast.stmt, str]]:
+    """(module, statement, 'path:line: import text') for each function-level import of toolkit
+    modules none of which is heavy: nothing is saved by waiting, and the module's dependencies are
+    hidden. `sources` maps module name -> (path shown, source). A `# cycle: why` note on the
+    statement's lines exempts it."""
+    trees = {name: ast.parse(text, path) for name, (path, text) in sources.items()}
+    heavy = heavy_modules(trees, package_of)
+    found = []
+    for name, tree in trees.items():
+        path, text = sources[name]
+        lines = text.splitlines()
+        for node in imports_in_functions(tree):
+            names = targets(node, package_of(name), trees) - {name}
+            if not names or names & heavy:
+                continue
+            if any(CYCLE_NOTE in line for line in lines[node.lineno - 1 : node.end_lineno]):
+                continue
+            shown = " ".join(ast.get_source_segment(text, node).split()).replace("( ", "(").replace(", )", ")")
+            found.append((name, node, f"{path}:{node.lineno}: {shown}"))
+    return found
+
+
+def toolkit_sources() -> dict[str, tuple[str, str]]:
+    return {name: (str(path.relative_to(PACKAGE.parent)), path.read_text()) for name, path in MODULES.items()}
+
+
+def test_the_lazy_import_check_tells_heavy_from_light_modules():
+    """A module is heavy through another one, TYPE_CHECKING and function-level imports of a heavy
+    library do not count, and a `# cycle:` note exempts one import."""
+    sources = {
+        "toolkit.a": ("a.py", "import torch\n"),
+        "toolkit.b": ("b.py", "from toolkit import a\n"),
+        "toolkit.c": ("c.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import numpy\n"
+                              "def f():\n    import torch\n"),
+        "toolkit.d": ("d.py", "def f():\n    from toolkit.b import x\n    from toolkit import c\n"
+                              "    from toolkit.c import (\n        y,  # cycle: c imports d\n    )\n"
+                              "    import toolkit.c\n    from .c import z\n"),
+    }
+    trees = {name: ast.parse(text) for name, (_, text) in sources.items()}
+    parent = lambda name: name.rpartition(".")[0]  # noqa: E731
+    assert heavy_modules(trees, parent) == {"toolkit.a", "toolkit.b"}
+    found = [shown for _, _, shown in lazy_light_imports(sources, parent)]
+    assert found == ["d.py:3: from toolkit import c", "d.py:7: import toolkit.c", "d.py:8: from .c import z"]
+
+
+def test_function_level_imports_are_of_heavy_modules_only():
+    """A function-level import of a toolkit module that loads no heavy library hides a dependency
+    and saves nothing: it belongs at the top of the module (see HEAVY_LIBRARIES). Where moving it up
+    would make an import cycle, the line says so: `# cycle: <why>`."""
+    found = [shown for _, _, shown in lazy_light_imports(toolkit_sources())]
+    assert not found, f"{len(found)} function-level imports of light toolkit modules:\n" + "\n".join(found)

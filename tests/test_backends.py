@@ -1,12 +1,14 @@
-"""The backend contract: every backend passes the same tests against a real model."""
+"""The backend contract: every registered backend passes the same tests against a real model; the
+registry, the capabilities callers ask instead of names, and the one cached-generation key."""
 
+import json
 import os
 
 import pytest
 
 from toolkit.errors import ToolkitError
 from toolkit.params import DecodingParams
-from toolkit.runtime.backends import LlamaCppBackend, ollama_host
+from toolkit.runtime.backends import BACKENDS, Backend, Capabilities, LlamaCppBackend, ollama_host
 from toolkit.runtime.generation import Generation
 
 PROMPT = "Describe a method to evaluate a language model."
@@ -32,27 +34,49 @@ def served_parallel():
         yield url
 
 
-@pytest.fixture(params=["llamacpp", "ollama", "openai", "ollama-parallel", "ollama-server"])
+@pytest.fixture(params=[*BACKENDS, "ollama-parallel", "ollama-server"])
 def backend(request, llamacpp_backend, served):
-    """Every backend; `ollama-parallel` sends 3 requests at once to a server that batches them;
-    `ollama-server` is a real Ollama at OLLAMA_HOST, skipped when none runs."""
-    from toolkit.runtime.backends import OllamaBackend, OpenAIBackend
+    """Every registered backend: one in process runs the default model, one at a server talks to
+    `toolkit serve` (Ollama's API and OpenAI's /v1). Besides: `ollama-parallel` sends 3 requests at
+    once to a server that batches them; `ollama-server` is a real Ollama at OLLAMA_HOST, skipped
+    when none runs."""
+    from toolkit.runtime.backends import OllamaBackend
 
-    if request.param == "llamacpp":
-        return llamacpp_backend
-    if request.param == "ollama":
-        return OllamaBackend("smollm2", served)
     if request.param == "ollama-parallel":
-        return OllamaBackend("smollm2", request.getfixturevalue("served_parallel"), parallel=3)
-    if request.param == "openai":
-        return OpenAIBackend("smollm2", served)
-    from toolkit.doctor import check_ollama
+        yield OllamaBackend("smollm2", request.getfixturevalue("served_parallel"), parallel=3)
+        return
+    if request.param == "ollama-server":
+        from toolkit.doctor import check_ollama
 
-    reachable, detail = check_ollama()
-    model = os.environ.get("TOOLKIT_TEST_OLLAMA_MODEL", "")
-    if not reachable or not model:
-        pytest.skip(f"real Ollama contract run needs a server and TOOLKIT_TEST_OLLAMA_MODEL ({detail})")
-    return OllamaBackend(model)
+        reachable, detail = check_ollama()
+        model = os.environ.get("TOOLKIT_TEST_OLLAMA_MODEL", "")
+        if not reachable or not model:
+            pytest.skip(f"real Ollama contract run needs a server and TOOLKIT_TEST_OLLAMA_MODEL ({detail})")
+        yield OllamaBackend(model)
+        return
+    kind = BACKENDS[request.param]
+    if kind is LlamaCppBackend:
+        yield llamacpp_backend  # the session's model, loaded once
+    elif kind.capabilities.in_process:
+        yield request.getfixturevalue("in_process")(kind, llamacpp_backend.gguf)
+    else:
+        with kind.open("smollm2", n_ctx=1024, url=served) as engine:
+            yield engine
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    """Opens another in-process backend on the default model once for this module's tests."""
+    opened = {}
+
+    def get(kind, gguf):
+        if kind not in opened:
+            opened[kind] = kind.open(str(gguf), n_ctx=1024)
+        return opened[kind]
+
+    yield get
+    for engine in opened.values():
+        engine.close()
 
 
 def test_text_out(backend):
@@ -186,3 +210,146 @@ def test_openai_backend_unreachable_is_a_clear_error():
 
     with pytest.raises(ToolkitError, match="no OpenAI-compatible server"):
         OpenAIBackend("m", "http://127.0.0.1:9").chat("hi", DecodingParams(max_tokens=4))
+
+
+# -------------------------------------------------------------------------------- registry
+
+
+class Reverse(Backend):
+    """A test-only backend that really generates: the last turn's words in reverse order, at most
+    max_tokens of them. Registering it is one entry in BACKENDS."""
+
+    name = "reverse"
+    capabilities = Capabilities(in_process=True)
+
+    @classmethod
+    def open(cls, model, *, n_ctx=2048, url=None, parallel=None):
+        engine = cls()
+        engine._set_parallel(parallel)
+        return engine
+
+    def stream(self, messages, params):
+        words = messages[-1]["content"].split()[::-1]
+        kept = words[:params.max_tokens]
+        pieces = [w + " " for w in kept]
+        yield from pieces
+        yield Generation("".join(pieces), "length" if len(words) > len(kept) else "stop", len(words), len(kept), 0.001)
+
+
+def test_a_backend_registered_by_one_entry_is_offered_and_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """One registry entry: `--backend` offers it, `generate` streams from it, `data prefs` generates
+    through the cached helper with it (and resumes from the cache); without the entry the option refuses it."""
+    from toolkit.cli import main
+    from toolkit.evaluate.machine import measured_on
+
+    monkeypatch.setitem(BACKENDS, Reverse.name, Reverse)
+    assert main(["generate", "--backend", "reverse", "--model", "any", "one two three"]) == 0
+    assert capsys.readouterr().out.strip() == "three two one"
+    split = tmp_path / "train.jsonl"
+    split.write_text("".join(json.dumps({"id": f"r{i}", "prompt": p, "response": "A reference answer.", "kind": "qa"}) + "\n"
+                             for i, p in enumerate(["alpha beta", "gamma delta epsilon"])))
+    out = tmp_path / "prefs.jsonl"
+    args = ["data", "prefs", str(split), "--backend", "reverse", "--model", "any", "--out", str(out), "--max-tokens", "2"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["rejected"], r["rejected_finish"]) for r in rows] == [("beta alpha", "stop"), ("epsilon delta", "length")]
+    calls = []
+    monkeypatch.setattr(Reverse, "stream", lambda self, *a: calls.append(a) or iter(()))
+    assert main(args) == 0 and not calls  # every answer from the cache: the backend was not asked
+    assert "generations" not in measured_on("reverse")  # in process: no server made the numbers
+    capsys.readouterr()
+    monkeypatch.delitem(BACKENDS, Reverse.name)
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--backend", "reverse", "x"])
+    assert exit_.value.code == 2 and "invalid choice: 'reverse'" in capsys.readouterr().err
+
+
+def test_the_same_request_is_the_same_cache_key_from_every_command():
+    """compare, the judge, gap drafts and data prefs build their requests one way, so one request
+    is one key whichever command asks; the model, the conversation, the parameters and the seed each count."""
+    from toolkit.data.prefs import conversation_of, pref_requests
+    from toolkit.data.records import Example
+    from toolkit.evaluate.compare import System, system_requests
+    from toolkit.evaluate.judge import Judge
+    from toolkit.gaps.draft import SYSTEM, draft_requests
+    from toolkit.runtime.backends import BackendSpec
+    from toolkit.runtime.cache import GenerationCache, Request
+
+    params = DecodingParams(temperature=0, max_tokens=16, seed=7)
+    model = BackendSpec("ollama", "m", "http://h:1").weights_id()
+
+    def key(requests, model=model):
+        (request,) = requests
+        return GenerationCache.key(model, request)
+
+    ex = Example("1", "Name a colour.", "Blue.", "qa")
+    plain = {"compare": key(system_requests(System("s", "m", params), [ex])),
+             "judge": key(Judge("m", "ollama", params=params).requests([ex.prompt])),
+             "data prefs": key(pref_requests([conversation_of(ex)], params)),
+             "a bare prompt": key([Request(ex.prompt, params)])}
+    assert len(set(plain.values())) == 1, plain
+    turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ex.prompt}, {"role": "assistant", "content": "Blue."}]
+    chat = Example("2", ex.prompt, "Blue.", "chat", {"messages": turns})
+    with_system = {"gaps --draft": key(draft_requests([ex.prompt], params)), "data prefs": key(pref_requests([conversation_of(chat)], params))}
+    assert len(set(with_system.values())) == 1, with_system
+    same = plain["compare"]
+    assert with_system["data prefs"] != same
+    assert key([Request(ex.prompt, params.replace(seed=8))]) != same
+    assert key([Request(ex.prompt, params.replace(top_k=1))]) != same
+    assert key([Request(ex.prompt, params)], BackendSpec("ollama", "m", "http://h:2").weights_id()) != same
+
+
+def test_the_judge_honours_parallel_through_the_cached_helper(tmp_path, monkeypatch):
+    """The judge opens its backend with compare's --parallel (it used to ignore it), like every
+    command that generates through `generate_cached`."""
+    import toolkit.runtime.backends as backends
+    from toolkit.evaluate.judge import Judge, Judging
+    from toolkit.runtime.cache import GenerationCache
+
+    opened = []
+
+    def open_reverse(kind, model, **kwargs):
+        opened.append(kwargs)
+        return Reverse.open(model, **kwargs)
+
+    monkeypatch.setattr(backends, "open_backend", open_reverse)
+    cache = GenerationCache(tmp_path / "judgments.sqlite")
+    try:
+        judge = Judge.open("j", "ollama", "http://h:1", None, 8, seed=0, parallel=3)
+        replies = Judging(judge, cache).replies(["first answer", "second one here"], "test")
+    finally:
+        cache.close()
+    assert [r["text"] for r in replies] == ["answer first ", "here one second "]
+    assert opened == [{"n_ctx": judge.params.num_ctx, "url": "http://h:1", "parallel": 3}]
+
+
+def test_capabilities_not_names_decide_and_unknown_names_are_refused():
+    from toolkit.errors import ConfigError
+    from toolkit.runtime.backends import BackendName, backend_class, open_backend
+
+    assert BackendName.choices() == list(BACKENDS) and {"llamacpp", "ollama", "openai"} <= set(BACKENDS)
+    assert all(name == cls.name for name, cls in BACKENDS.items())
+    assert backend_class("llamacpp").capabilities.in_process and not backend_class("openai").capabilities.in_process
+    with pytest.raises(ConfigError, match="unknown backend 'nope'.*llamacpp, ollama, openai"):
+        open_backend("nope", "m")
+    # a server's model is known by its server and its name there
+    assert backend_class("openai").weights_id("m", "http://h") == "openai:http://h:m"
+
+
+def test_no_module_outside_runtime_compares_backend_names():
+    """Which backend runs is asked of the registry (`capabilities`, `weights_id`), never decided by
+    comparing its name, so a new backend needs no edit outside toolkit/runtime/."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "toolkit"
+    found = []
+    for path in root.rglob("*.py"):
+        if "runtime" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                names = [c.value for s in sides for c in ast.walk(s) if isinstance(c, ast.Constant)]
+                found += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names if n in BACKENDS]
+    assert not found, found

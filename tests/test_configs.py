@@ -28,7 +28,7 @@ def test_config_opens_with_purpose_and_command_and_loads(path):
 
         assert load_sweep(path).space
     elif path.parent.name == "modelfiles":
-        from toolkit.export.convert import load_parameters
+        from toolkit.params import load_parameters
 
         assert load_parameters(path).max_tokens > 0
     elif path.name == "search-space.yaml":

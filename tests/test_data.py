@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from one_line import error_of
 
-from toolkit.data.build import build, parse_split
+from toolkit.data.build import BuildOptions, build, parse_split
 from toolkit.data.check import check
 from toolkit.data.messages import read_chat, read_preference
 from toolkit.data.readers import (
@@ -58,7 +58,7 @@ def build_words(inputs, out, **kw):
     kw.setdefault("tokenizer", "words")
     kw.setdefault("max_problem_tokens", 50)
     kw.setdefault("min_approach_tokens", 10)
-    return build(inputs, out=out, **kw)
+    return build(inputs, out=out, options=BuildOptions(**kw))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -419,12 +419,12 @@ def test_build_is_deterministic_and_seeded(tmp_path, many_abstracts):
 def test_split_proportions_are_exact(tmp_path):
     qa = tmp_path / "qa.csv"
     qa.write_text("question,answer\n" + "".join(f"Q{i}?,A{i}\n" for i in range(1000)), encoding="utf-8")
-    stats = build([qa], out=tmp_path / "out", tokenizer="words")
+    stats = build([qa], out=tmp_path / "out", options=BuildOptions(tokenizer="words"))
     assert [stats["splits"][s]["kept"] for s in ("train", "validation", "test")] == [900, 50, 50]
     # largest remainder: 7 records at 80/20 -> 5.6/1.4 -> 6/1
     qa7 = tmp_path / "qa7.csv"
     qa7.write_text("question,answer\n" + "".join(f"Q{i}?,A{i}\n" for i in range(7)), encoding="utf-8")
-    stats = build([qa7], out=tmp_path / "out7", split="80,20", tokenizer="words")
+    stats = build([qa7], out=tmp_path / "out7", options=BuildOptions(split="80,20", tokenizer="words"))
     assert (stats["splits"]["train"]["records"], stats["splits"]["validation"]["records"]) == (6, 1)
     assert stats["splits"]["train"]["kept"] + stats["splits"]["validation"]["kept"] == 7
 
@@ -462,16 +462,16 @@ def test_thresholds_with_word_counts(tmp_path):
         arxiv_row(5, text=abstract(5, sentences=4, words=6)),  # 4 sentences < min 5? no: min_sentences=3 -> kept; 18 words < 20
     ]
     path = write_jsonl(tmp_path / "t.jsonl", rows)
-    stats = build([path], out=tmp_path / "out", tokenizer="words", max_problem_tokens=30,
-                  min_approach_tokens=20, min_sentences=3, split="100")
+    stats = build([path], out=tmp_path / "out", options=BuildOptions(tokenizer="words", max_problem_tokens=30,
+                                                                     min_approach_tokens=20, min_sentences=3, split="100"))
     total = stats["total"]
     assert total["kept"] == 2
     assert total["skipped"]["problem_too_long"] == 1
     assert total["skipped"]["approach_too_short"] == 1
     assert total["skipped"]["too_few_sentences"] == 2  # the 1- and 2-sentence abstracts (min 3)
     # boundaries are inclusive: exactly max_problem_tokens is kept, exactly min_approach_tokens is kept
-    stats = build([path], out=tmp_path / "out2", tokenizer="words", max_problem_tokens=12,
-                  min_approach_tokens=24, min_sentences=2, split="100")
+    stats = build([path], out=tmp_path / "out2", options=BuildOptions(tokenizer="words", max_problem_tokens=12,
+                                                                      min_approach_tokens=24, min_sentences=2, split="100"))
     kept = {r["id"] for r in read_rows(tmp_path / "out2" / "train.jsonl")}
     assert kept == {"2101.00000", "2101.00004"}
 
@@ -503,7 +503,7 @@ def test_qa_dedupes_on_question_and_has_no_thresholds_by_default(tmp_path):
     qa = tmp_path / "qa.csv"
     qa.write_text("question,answer\nWhat is X?,A very long answer " + "word " * 200 + "\nwhat  is x?,Other\nShort?,\n",
                   encoding="utf-8")
-    stats = build([qa], out=tmp_path / "out", tokenizer="words", split="100")
+    stats = build([qa], out=tmp_path / "out", options=BuildOptions(tokenizer="words", split="100"))
     assert stats["total"]["kept"] == 1 and stats["total"]["skipped"]["duplicate"] == 1
     assert stats["total"]["skipped"]["empty"] == 1
     (row,) = read_rows(tmp_path / "out" / "train.jsonl")
@@ -514,10 +514,10 @@ def test_qa_thresholds_when_given(tmp_path):
     qa = tmp_path / "qa.csv"
     qa.write_text("question,answer\nShort question?,one two three\nA much longer question than allowed here?,one two three four five\n",
                   encoding="utf-8")
-    err = error_of(build, [qa], out=tmp_path / "out", tokenizer="words", split="100", max_question_tokens=3,
-                   min_answer_tokens=4)
+    err = error_of(build, [qa], out=tmp_path / "out", options=BuildOptions(tokenizer="words", split="100", max_question_tokens=3,
+                                                                          min_answer_tokens=4))
     assert "problem too long 1, approach too short 1" in str(err) and "--max-question-tokens" in str(err)
-    stats = build([qa], out=tmp_path / "out", tokenizer="words", split="100", max_question_tokens=10, min_answer_tokens=4)
+    stats = build([qa], out=tmp_path / "out", options=BuildOptions(tokenizer="words", split="100", max_question_tokens=10, min_answer_tokens=4))
     assert stats["total"]["kept"] == 1 and stats["total"]["skipped"]["approach_too_short"] == 1
 
 
@@ -594,6 +594,7 @@ def test_failed_build_leaves_no_partial_files(tmp_path, many_abstracts, monkeypa
         return real(dest, rows)
 
     monkeypatch.setattr(toolkit.io, "write_jsonl", failing)
+    monkeypatch.setattr("toolkit.data.build.write_jsonl", failing)  # build holds its own binding
     with pytest.raises(OSError):
         build_words([many_abstracts], out, seed=5)
     assert snapshot(out) == before
@@ -634,7 +635,7 @@ def test_build_with_the_real_default_tokenizer(tmp_path, default_hf_dir):
     problems = [split_sentences(t)[0] for t in texts]
     lengths = [len(tok.encode(p, add_special_tokens=False).ids) for p in problems]
     limit = sorted(lengths)[15]  # about half the problems are longer
-    stats = build([path], out=tmp_path / "out", max_problem_tokens=limit, min_approach_tokens=0, split="100")
+    stats = build([path], out=tmp_path / "out", options=BuildOptions(max_problem_tokens=limit, min_approach_tokens=0, split="100"))
     assert stats["options"]["tokenizer"] == "smollm2"
     assert stats["total"]["kept"] == sum(n <= limit for n in lengths) > 0
     assert stats["total"]["skipped"]["problem_too_long"] == sum(n > limit for n in lengths) > 0

@@ -101,7 +101,8 @@ def test_arxiv_in_every_container(tmp_path, container):
     assert [r.id for r in records] == [r["id"] for r in ARXIV]
     assert [r.abstract for r in records] == [r["abstract"] for r in ARXIV]
     assert records[1].categories == ["cs.LG", "stat.ML"] and records[1].title == "Paper 1"
-    assert str(records[4].date) == "2021-05-15"
+    # the date column is read in every container; the id's month comes first (it is the submission month)
+    assert records[4].update_date == "2021-05-15" and str(records[4].date) == "2021-01" and records[4].date_source == "id"
 
 
 @pytest.mark.parametrize("container", CONTAINERS)
@@ -175,7 +176,7 @@ def test_column_options_for_every_arxiv_field(tmp_path):
     # the same through the command, option by option
     result = check(path, id_col="key", title_col="heading", abstract_col="body", categories_col="labels", date_col="when")
     assert result["format"] == "arxiv" and result["top_categories"] == "hep-th 3"
-    assert result["update_date_range"] == "2015-03-04 .. 2015-03-04"
+    assert result["date_range"] == "2015-03-04 .. 2015-03-04"
 
 
 def test_column_options_for_qa_and_preference(tmp_path):
@@ -219,9 +220,9 @@ def test_categories_without_a_categories_field_names_the_option(tmp_path, contai
     msg = str(error_of(read_arxiv, path, categories="cs.LG"))
     assert "--categories was given but the records have no categories field" in msg and "--categories-col" in msg
     assert "found: id, title, abstract" in msg
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
 
-    msg = str(error_of(build, [path], out=tmp_path / "out", categories="cs.LG", tokenizer="words"))
+    msg = str(error_of(build, [path], out=tmp_path / "out", options=BuildOptions(categories="cs.LG", tokenizer="words")))
     assert "no categories field" in msg and "--categories-col" in msg and "nothing matched" not in msg
     assert not (tmp_path / "out").exists()
 
@@ -235,9 +236,9 @@ def test_csv_cut_inside_a_quoted_field_is_an_error_naming_its_line(tmp_path):
     msg = str(error_of(read_qa, path))
     assert "qa.csv:3:" in msg and "ends inside a quoted field that starts on line 3" in msg
     assert "qa.csv:3:" in str(error_of(check, path))
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
 
-    assert "qa.csv:3:" in str(error_of(build, [path], out=tmp_path / "out", tokenizer="words"))
+    assert "qa.csv:3:" in str(error_of(build, [path], out=tmp_path / "out", options=BuildOptions(tokenizer="words")))
     # a stray character after a closing quote is malformed too
     path.write_text('question,answer\nWhat?,"Fine"x\n', encoding="utf-8")
     assert "qa.csv:2:" in str(error_of(read_qa, path)) and "bad CSV" in str(error_of(read_qa, path))
@@ -358,14 +359,14 @@ def test_dates_of_arxiv_ids(identifier, expected):
 def test_check_reports_the_date_range_in_date_order(tmp_path):
     dates = ["9/8/2016", "1/10/2008", "12/1/2010", "10/2/2009"]
     rows = [{"title": f"T{i}", "abstract": abstract(i), "categories": "cs.LG", "update_date": d} for i, d in enumerate(dates)]
-    assert check(write_csv(tmp_path / "us.csv", rows))["update_date_range"] == "2008-01-10 .. 2016-09-08"
+    assert check(write_csv(tmp_path / "us.csv", rows))["date_range"] == "2008-01-10 .. 2016-09-08"
     # no date column: the month each arXiv id encodes
     rows = [{"id": i, "abstract": abstract(n)} for n, i in enumerate(["0704.0001", "hep-th/9901001", "1912.01234"])]
-    assert check(write_jsonl(tmp_path / "ids.jsonl", rows))["update_date_range"] == "1999-01 .. 2019-12"
+    assert check(write_jsonl(tmp_path / "ids.jsonl", rows))["date_range"] == "1999-01 .. 2019-12"
 
 
 def test_dates_from_a_parquet_date_column(tmp_path):
     import datetime as dt
 
     rows = [{"id": f"x{i}", "abstract": abstract(i), "published": dt.date(2020, 1 + i, 1)} for i in range(3)]
-    assert check(write_parquet(tmp_path / "d.parquet", rows))["update_date_range"] == "2020-01-01 .. 2020-03-01"
+    assert check(write_parquet(tmp_path / "d.parquet", rows))["date_range"] == "2020-01-01 .. 2020-03-01"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import toolkit.data.pipeline as pipeline
-from toolkit.data.build import build
+from toolkit.data.build import BuildOptions, build
 from toolkit.data.check import check
 from toolkit.data.pipeline import assign_splits, largest_remainder
 from toolkit.data.textsplit import split_sentences
@@ -50,7 +50,7 @@ def read_rows(path: Path) -> list[dict]:
 def build_words(inputs, out, **kw):
     kw.setdefault("tokenizer", "words")
     kw.setdefault("min_approach_tokens", 10)
-    return build(inputs, out=out, **kw)
+    return build(inputs, out=out, options=BuildOptions(**kw))
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -190,7 +190,7 @@ def test_an_over_long_record_is_skipped_and_counted(tmp_path):
 def test_qa_over_long_counts_question_and_answer(tmp_path):
     qa = tmp_path / "qa.csv"
     qa.write_text("question,answer\nShort?,Fine.\nLong?," + "x" * 50 + "\n", encoding="utf-8")
-    stats = build([qa], out=tmp_path / "out", tokenizer="words", split="100", max_chars=40)
+    stats = build([qa], out=tmp_path / "out", options=BuildOptions(tokenizer="words", split="100", max_chars=40))
     assert stats["total"]["kept"] == 1 and stats["total"]["skipped"]["too_long"] == 1
 
 
@@ -243,9 +243,9 @@ def test_the_shortcut_decides_exactly_as_counting(tmp_path, default_hf_dir, monk
     rng = random.Random(1)
     rows = [{"id": f"x{i}", "abstract": abstract(i, sentences=rng.randint(2, 5), words=rng.randint(6, 30))} for i in range(200)]
     path = write_jsonl(tmp_path / "a.jsonl", rows)
-    with_bound = build([path], out=tmp_path / "bound", min_approach_tokens=120)
+    with_bound = build([path], out=tmp_path / "bound", options=BuildOptions(min_approach_tokens=120))
     monkeypatch.setattr(TokenCounter, "lower_bound", lambda self, text: 0)  # count every response
-    counted = build([path], out=tmp_path / "counted", min_approach_tokens=120)
+    counted = build([path], out=tmp_path / "counted", options=BuildOptions(min_approach_tokens=120))
     assert with_bound == {**counted, "inputs": with_bound["inputs"]}
     assert 0 < with_bound["total"]["skipped"]["approach_too_short"] < 200
     for name in SPLITS:

@@ -180,6 +180,46 @@ def test_column_options_read_what_data_check_reads(tmp_path):
         load_pairs(load_config(None, method="dpo", train_data=str(path), validation_data=""))
 
 
+class _Tokenizer:
+    """The few tokenizer calls the adapter metadata makes: a vocabulary whose end of turn is <|im_end|>."""
+
+    chat_template, bos_token, eos_token, eos_token_id = "", "", "<|endoftext|>", 0
+    vocab = {"<|endoftext|>": 0, "<|im_end|>": 2}
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+    def convert_ids_to_tokens(self, i):
+        return {v: k for k, v in self.vocab.items()}[i]
+
+
+def test_sft_and_preference_adapters_write_the_same_metadata_shape(tmp_path):
+    """merge and export read every toolkit-adapter.json alike: a preference adapter's is an SFT
+    adapter's with the same keys in the same order, plus its `preference` block."""
+    import shutil
+    from types import SimpleNamespace
+
+    from toolkit.train.config import load_config
+    from toolkit.train.dpo import preference_adapter_meta
+    from toolkit.train.model import adapter_meta
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"vocab_size": 3, "hidden_size": 8}), encoding="utf-8")
+    start = tmp_path / "run" / "start"  # the SFT model merged: same weights, so the same identity
+    shutil.copytree(base, start)
+    resolved = SimpleNamespace(name="base", hf_dir=base, require_hf=lambda: base)
+    sft = adapter_meta(load_config(None, model=str(base)), resolved, _Tokenizer(), [])
+    dpo = preference_adapter_meta(load_config(None, model=str(tmp_path / "sft"), method="dpo"), start,
+                                  {"format": "chat", "stop": sft["stop"]}, _Tokenizer(), "")
+    assert list(dpo) == [*sft, "preference"] and list(dpo["base"]) == list(sft["base"])
+    assert list(dpo["lora"]) == list(sft["lora"]) and sft["stop"] == ["<|im_end|>"]
+    assert dpo["base"]["config_sha256"] == sft["base"]["config_sha256"]
+    assert dpo["base"]["spec"] == str(start.resolve()) and sft["base"]["spec"] == str(base)
+    assert {k: v for k, v in dpo.items() if k not in ("base", "preference")} == {k: v for k, v in sft.items() if k != "base"}
+    assert dpo["preference"]["method"] == "dpo" and dpo["preference"]["reference"] == str(start.resolve())
+
+
 def _eval(step, loss, acc, margin, chosen, rejected):
     return {"step": step, "val_loss": loss, "eval_rewards/accuracies": acc, "eval_rewards/margins": margin,
             "eval_logps/chosen": chosen, "eval_logps/rejected": rejected}

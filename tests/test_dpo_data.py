@@ -183,3 +183,35 @@ def test_read_pairs_reads_csv_with_mapped_columns(tmp_path):
     (pair,) = read.pairs
     assert read.format == "trl" and pair.prompt == [{"role": "user", "content": "Q?"}] and (pair.chosen, pair.rejected) == ("yes", "no")
     assert pair.line == 2
+
+
+def hh_row(i: int, chosen: str | None = None, rejected: str | None = None, human: str | None = None) -> dict:
+    """An HH-style transcript pair (written by the team): two turns, the last reply differs."""
+    head = f"\n\nHuman: What is {i} squared?\n\nAssistant: Let me think.\n\nHuman: {human or 'Please answer.'}\n\nAssistant:"
+    return {"chosen": f"{head} {chosen if chosen is not None else f'It is {i * i}.'}",
+            "rejected": f"{head} {rejected if rejected is not None else 'No idea.'}"}
+
+
+def test_data_check_prints_its_summary_before_failing_on_bad_rows(tmp_path, capsys):
+    from toolkit.cli import main
+
+    rows = [hh_row(i) for i in range(40)]
+    for i in (3, 5, 8, 13, 21, 34, 36):  # empty replies
+        rows[i] = hh_row(i, chosen="")
+    for i in (1, 2, 11, 17, 30):  # conversations that part before their last reply
+        rows[i]["rejected"] = rows[i]["rejected"].replace("Please answer.", "Never mind.")
+    path = write_jsonl(tmp_path / "hh.jsonl", rows)
+    assert main(["data", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    out = " ".join(captured.out.split())
+    assert "12 bad of 40 rows" in out and "rows │ 40" in out and "usable │ 28" in out
+    assert "bad by reason │ missing chosen 7, prefixes differ 5" in out and "pair format │ hh" in out
+    listed = [line.strip() for line in captured.out.splitlines() if line.strip().startswith("line ")]
+    assert [line.split(":")[0] for line in listed] == [f"line {i + 1}" for i in (1, 2, 3, 5, 8, 11, 13, 17, 21, 30)]
+    assert "and 2 more bad rows" in out
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error:") and "12 bad records" in err[0]
+    # training still stops on them unless told to skip
+    with pytest.raises(DataError):
+        read_pairs(path)
+    assert len(read_pairs(path, skip_bad=True).bad) == 12

@@ -8,7 +8,7 @@ import pytest
 from toolkit.errors import ConfigError
 from toolkit.export.convert import check_tokens, export
 from toolkit.export.modelfile.checks import validate_file
-from toolkit.export.verify import check_templates, compare_gguf, reference_sequences
+from toolkit.export.verify import bos_problem, check_templates, compare_gguf, reference_sequences
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +74,12 @@ def test_generate_streams_from_an_exported_gguf(exported):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() and "tok/s" in proc.stderr
+
+
+def test_bos_mismatch_says_what_to_change():
+    """verify names the file once (its caller does) and says which setting to change."""
+    assert bos_problem(True, True) is None and bos_problem(False, False) is None
+    for add_bos, writes in ((False, True), (True, False)):
+        msg = bos_problem(add_bos, writes)
+        assert f'set "add_bos_token": {str(writes).lower()} in the HF tokenizer_config.json' in msg
+        assert "{{ bos_token }}" in msg and "chat template" in msg and ".gguf" not in msg

@@ -8,11 +8,11 @@ tokenizer.model to convert, so the Gemma family runs on Gemma3ForCausalLM (same 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from chat_templates import CASES
+from tiny_models import build_tiny
 
 from toolkit.export.convert import export
 from toolkit.export.modelfile.checks import validate_file
@@ -38,48 +38,13 @@ MODELS = {
 }
 
 
-def _config(arch: str, vocab: int, bos: int, eos: int):
-    import transformers
-
-    name = {"Qwen2ForCausalLM": "Qwen2Config", "LlamaForCausalLM": "LlamaConfig", "MistralForCausalLM": "MistralConfig",
-            "Gemma3ForCausalLM": "Gemma3TextConfig", "Phi3ForCausalLM": "Phi3Config", "GraniteForCausalLM": "GraniteConfig",
-            "CohereForCausalLM": "CohereConfig"}[arch]
-    # llama.cpp scales Gemma 3 queries by the head size below 27B: HF must be told the same
-    extra = {"head_dim": 16, "query_pre_attn_scalar": 16} if arch == "Gemma3ForCausalLM" else {}
-    return getattr(transformers, name)(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                       bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True, **extra)
-
-
 def build_tiny_model(base_hf: Path, dest: Path, case: str) -> Path:
-    """A 2-layer, hidden-64 random model of the case's architecture with its chat template."""
-    import torch
-    import transformers
-    from transformers import AutoTokenizer
-
+    """A 2-layer, hidden-64 random model of the case's architecture with its chat template; the
+    tokenizer adds BOS exactly when the template writes a leading one (the converter copies it)."""
     template, bos, eos, _ = CASES[case]
     arch, extra = MODELS[case]
-    tok = AutoTokenizer.from_pretrained(base_hf)
-    specials = [t for t in dict.fromkeys([bos, eos, *extra]) if t]
-    tok.add_tokens([t for t in specials if t not in tok.get_vocab()], special_tokens=True)
-    # (a model without a bos token keeps the base tokenizer's, which its template never writes)
-    tok.bos_token, tok.eos_token, tok.pad_token = bos or tok.bos_token, eos, eos
-    tok.chat_template = template
-    tok.save_pretrained(dest)
-    config_path = dest / "tokenizer_config.json"
-    tok_config = json.loads(config_path.read_text())
-    # the converter copies add_bos_token into the GGUF: true exactly when the template writes a leading BOS
-    tok_config["add_bos_token"] = "bos_token" in template
-    if arch == "Phi3ForCausalLM":
-        tok_config["tokenizer_class"] = "GPT2Tokenizer"  # the converter's BPE path for Phi-3
-    config_path.write_text(json.dumps(tok_config, ensure_ascii=False, indent=2))
-    ids = tok.convert_tokens_to_ids
-    torch.manual_seed(0)
-    config = _config(arch, len(tok), ids(tok.bos_token), ids(eos))
-    model = getattr(transformers, arch)(config)
-    model.save_pretrained(dest)
-    (dest / "generation_config.json").write_text(json.dumps({"eos_token_id": ids(eos), "bos_token_id": ids(tok.bos_token)}))
-    return dest
+    return build_tiny(base_hf, dest, arch, template=template, bos=bos, eos=eos, extra=tuple(extra),
+                      add_bos="bos_token" in template)
 
 
 @pytest.mark.parametrize("case", sorted(MODELS))
@@ -128,8 +93,10 @@ def test_serve_answers_a_chat_through_an_exported_non_chatml_modelfile(default_h
         assert chat.message.role == "assistant" and chat.eval_count >= 1
         gen = client.generate(model="tiny", prompt="Hi there", template=mf.template, options=options)
         assert gen.eval_count >= 1
-        # the BOS rule by hand (toolkit serve's Go-template path does not add BOS, unlike Ollama):
-        # BOS + the Modelfile TEMPLATE's prompt is exactly the chat prompt, so the answer is the same
+        # the Go-template path adds BOS as the GGUF asks, as Ollama does: the same prompt as the chat's
+        assert gen.prompt_eval_count == chat.prompt_eval_count
+        # the BOS rule by hand: BOS + the Modelfile TEMPLATE's prompt, sent raw, is exactly the chat
+        # prompt (no second BOS), so the answer is the same
         from toolkit.chat.render import render_chat
 
         prompt = "<s>" + render_chat(mf.template, [{"role": "user", "content": "Hi there"}])

@@ -169,30 +169,30 @@ def test_length_control_and_agreement_with_humans(tmp_path, fake_backend):
 
 
 def test_compare_validates_the_judge_before_generating(tmp_path):
-    from toolkit.evaluate.compare import compare
+    from toolkit.evaluate.compare import CompareSettings, JudgeSettings, compare
 
     data = tmp_path / "t.jsonl"
     data.write_text(json.dumps({"id": "1", "prompt": "p", "response": "r"}) + "\n")
     (tmp_path / "bad.txt").write_text("no placeholders")
     with pytest.raises(ConfigError, match="lacks"):
-        compare([], data=data, out=tmp_path / "c", judge="smollm2", judge_prompt=tmp_path / "bad.txt")
+        compare([], CompareSettings(data=data), out=tmp_path / "c", judge=JudgeSettings("smollm2", prompt=tmp_path / "bad.txt"))
     assert not (tmp_path / "c").exists()
 
 
 def test_compare_with_the_default_model_as_judge_then_human_ratings(tmp_path, default_gguf):
     """The real thing, small: 5 prompts (the fewest a calibration can pass on), 8-token answers, a short
     template of our own, 4-token verdicts; then a person's ratings and a re-run."""
-    from toolkit.data.build import build
-    from toolkit.evaluate.compare import compare
+    from toolkit.data.build import BuildOptions, build
+    from toolkit.evaluate.compare import CompareSettings, JudgeSettings, compare
     from toolkit.evaluate.rate import open_session
     from toolkit.params import DEFAULTS
 
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=tmp_path / "data", split="80,10,10", seed=0, tokenizer="words")
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=tmp_path / "data", options=BuildOptions(split="80,10,10", seed=0, tokenizer="words"))
     (tmp_path / "hot.yaml").write_text("# hot\nparameters: {temperature: 1.3}\n")
     (tmp_path / "short.txt").write_text("# a short judge prompt\nTask: {prompt}\nA: {answer_a}\nB: {answer_b}\nBetter, [[A]] or [[B]]?")
     out = tmp_path / "cmp"
-    run = dict(data=tmp_path / "data" / "test.jsonl", out=out, prompts=5, params=DEFAULTS.replace(max_tokens=8),
-               judge=str(default_gguf), judge_max_tokens=4, judge_prompt=tmp_path / "short.txt")
+    run = dict(settings=CompareSettings(data=tmp_path / "data" / "test.jsonl", prompts=5), out=out, params=DEFAULTS.replace(max_tokens=8),
+               judge=JudgeSettings(str(default_gguf), max_tokens=4, prompt=tmp_path / "short.txt"))
     assert compare([f"hot=smollm2@{tmp_path / 'hot.yaml'}"], **run) == 0
     result = json.loads((out / "results.json").read_text())
     j = result["judge"]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # every test here merges a real adapter trained o
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
 
     root = tmp_path_factory.mktemp("merge")
     rows = [{"prompt": f"Question {i}: why does method {i} help?", "response": f"Because method {i} reduces variance by pooling estimates."}
@@ -22,8 +22,8 @@ def adapter(tmp_path_factory):
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # a high learning rate so the adapter moves logits clearly: the check must have something to catch
-    result = train(train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2, batch_size=2, grad_accum=1,
-                   max_length=128, lr=2e-3, eval_every=0, save_every=0)
+    result = train(options=TrainOverrides(train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2, batch_size=2,
+                                          grad_accum=1, max_length=128, lr=2e-3, eval_every=0, save_every=0))
     return result.adapter
 
 

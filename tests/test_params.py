@@ -46,3 +46,20 @@ def test_round_trips_through_ollama_and_openai_shapes():
     assert DecodingParams.from_openai(p.to_openai()) == p.replace(num_ctx=DEFAULTS.num_ctx)
     assert DecodingParams.from_openai({"stop": "x", "max_completion_tokens": 5}).stop == ("x",)
     assert DecodingParams.from_ollama_options({"num_predict": -1}).max_tokens == DEFAULTS.max_tokens
+
+
+def test_load_parameters_reads_a_mapping_or_a_parameters_key_on_top_of_a_base(tmp_path):
+    from toolkit.params import load_parameters
+
+    plain, nested, bad, broken = (tmp_path / n for n in ("plain.yaml", "nested.yaml", "bad.yaml", "broken.yaml"))
+    plain.write_text("temperature: 0.3\ntop_k: 7\n")
+    nested.write_text("# the sweep's best\nparameters: {temperature: 0.3, top_k: 7}\n")
+    assert load_parameters(plain) == load_parameters(nested) == DEFAULTS.replace(temperature=0.3, top_k=7)
+    base = DEFAULTS.replace(seed=5, max_tokens=64)
+    assert load_parameters(nested, base=base) == base.replace(temperature=0.3, top_k=7)  # only the file's keys change
+    bad.write_text("parameters: {temprature: 0.3}\n")
+    broken.write_text("temperature: [0.3\n")
+    for path, says in ((bad, "unknown decoding parameter 'temprature'"), (broken, "cannot read YAML")):
+        with pytest.raises(ConfigError) as info:
+            load_parameters(path)
+        assert str(path) in str(info.value) and says in str(info.value) and "\n" not in str(info.value)

@@ -16,7 +16,8 @@ from toolkit.evaluate.sweep.command import sweep
 from toolkit.evaluate.sweep.config import load_sweep, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
+# the search (mode: search): TPE with median pruning, then re-runs; the race is tested in test_sweep_race.py
+TINY = {"name": "tiny", "mode": "search", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
         "trials": 3, "prompts": 4, "seed": 7, "fixed": {"max_tokens": 16},
         "noise": {"rerun_top": 1, "rerun_seeds": [1, 2], "bootstrap": 200},
         "space": {"temperature": {"low": 0.1, "high": 1.2, "step": 0.05}, "top_p": {"low": 0.6, "high": 1.0, "step": 0.05}}}
@@ -29,10 +30,10 @@ def write_sweep(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
-    from toolkit.data.build import build
+    from toolkit.data.build import BuildOptions, build
 
     out = tmp_path_factory.mktemp("data")
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, split="80,10,10", seed=0, tokenizer="words")
+    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, options=BuildOptions(split="80,10,10", seed=0, tokenizer="words"))
     return out / "validation.jsonl"
 
 

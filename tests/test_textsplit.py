@@ -40,6 +40,14 @@ FIRST_SENTENCES = [
     ("Data from Astron. Astrophys. 594, A13 (2016) fix the cosmological parameters.", "Astron. Astrophys."),
     ("It was shown in Phys. Rev. D that the horizon is stable.", "Phys. Rev. D then text"),
     ("We revisit the model of Europhys. Lett. 1, 1 (1986) with disorder.", "Europhys. Lett."),
+    # bracketed citations: a sentence does not end inside one
+    ("This note proves the results announced in [K. Moreau, Finite groups of birational maps of the plane, "
+     "C. R. Math. Acad. Sci. Paris, Ser. I 351 (2013), 33-38.] and describes the remaining cases.", "initial in a bracketed citation"),
+    ("The bound of [P.-L. Durand, M.-C. Okafor and T. Lind] is improved for sparse graphs.", "hyphenated initials in a bracketed author list"),
+    ("We answer a question from [Ann. Inst. Fourier Vol. II, No. 4 (2011)] on rational surfaces.", "volume abbreviation in a bracketed reference"),
+    ("The flow of (R. S. Hamilton, J. Differ. Geom. 17 (1982), 255-306.) converges for positive curvature.", "pages in a parenthesised citation"),
+    ("The operator generates a semigroup on [0, +\\infty).", "an interval is no citation", "Hence the semigroup is contractive."),
+    ("Following J.-P. Serre, we study the Galois cohomology of tori.", "hyphenated initial"),
     # single-letter variables and initials
     ("Let M be a compact manifold X.", "variable X then Any", "Any smooth map from it is homotopic to a constant."),
     ("We study the moduli space of a curve C.", "variable C then Every", "Every stable bundle on it is semistable."),
@@ -119,6 +127,12 @@ def test_there_are_at_least_60_cases() -> None:
     ("Fix a scheme X. Any ample line bundle on it is effective.",
      ["Fix a scheme X.", "Any ample line bundle on it is effective."]),
     ("The bound is due to J. Smith. Later work removed it.", ["The bound is due to J. Smith.", "Later work removed it."]),
+    # a bracket never closed does not swallow the rest of the abstract
+    ("As claimed in [Smith, Ann. Math. 2010. We then prove it. Finally we conclude.",
+     ["As claimed in [Smith, Ann. Math. 2010.", "We then prove it.", "Finally we conclude."]),
+    # an interval is no bracket pair: a citation after it is still one, sentences around it still split
+    ("On [0, 1) the flow exists. We follow (J. Smith, Invent. Math. 12 (2001). Ann. Math. 3 (2002)) here. It ends.",
+     ["On [0, 1) the flow exists.", "We follow (J. Smith, Invent. Math. 12 (2001). Ann. Math. 3 (2002)) here.", "It ends."]),
 ])
 def test_split_cases(text: str, expected: list[str]) -> None:
     assert split_sentences(text) == expected

@@ -162,18 +162,28 @@ def test_config_from_yaml_recipes_and_overrides(tmp_path):
 
 
 def test_train_help_documents_every_option():
-    import inspect
-
-    from toolkit.cli import parse_docstring
-    from toolkit.train.command import train
-    from toolkit.train.config import FIELDS
+    """`toolkit train` has one option per TrainConfig field, expanded from the dataclass: its help, its
+    default in the help, and None ("not given") as the parsed value, so a --config's values survive."""
+    from toolkit.cli import build_parser, collect_options, parse_docstring
+    from toolkit.train.command import TrainOverrides, train
+    from toolkit.train.config import FIELDS, field_default
 
     desc, args = parse_docstring(train.__doc__)
-    params = list(inspect.signature(train).parameters)
-    assert set(FIELDS) <= set(params) and set(params) - set(FIELDS) == {"config", "resume"}
-    assert set(params) <= set(args), set(params) - set(args)
+    assert set(args) == {"config", "resume"}
     assert "accelerate launch" in desc and "lora-chat" in desc
-    assert "LoRA rank" in args["r"] and "(default: 8)" in args["r"]
+    parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest: a for a in parser._actions}
+    assert set(FIELDS) | {"config", "resume", "help"} == set(options)
+    for name, f in FIELDS.items():
+        assert options[name].help.startswith(f.metadata["help"].replace("%", "%%")) and options[name].default is None
+    assert "LoRA rank" in options["r"].help and "(default: 8)" in options["r"].help
+    assert "(default: q_proj,k_proj,v_proj,o_proj,gate_proj)" in options["target_modules"].help
+    assert options["lr_scheduler"].choices == ["linear", "cosine", "constant"] and field_default("lr_scheduler") == "linear"
+    parsed = collect_options(vars(parser.parse_args(["--config", "lora-chat", "--r", "16", "--target-modules", "q_proj", "v_proj",
+                                                     "--no-group-by-length"])))
+    assert parsed["config"] == "lora-chat" and parsed["resume"] is False
+    assert parsed["options"] == TrainOverrides(r=16, target_modules=["q_proj", "v_proj"], group_by_length=False)
+    assert parsed["options"].given() == {"r": 16, "target_modules": ["q_proj", "v_proj"], "group_by_length": False}
 
 
 # --------------------------------------------------------------------------------- data order
@@ -208,37 +218,37 @@ def test_data_order_is_seeded_grouped_and_position_addressed():
 
 
 def test_bad_data_fails_in_one_line(tmp_path, data):
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
 
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"question": "What is LoRA?"}\n')
     with pytest.raises(DataError) as info:
-        train(train_data=str(missing), validation_data="", out=str(tmp_path / "r1"))
+        train(options=TrainOverrides(train_data=str(missing), validation_data="", out=str(tmp_path / "r1")))
     assert "missing field 'answer'" in one_line(info.value) and "missing.jsonl:1" in str(info.value)
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"prompt": "What is LoRA?", "response": ""}\n{"prompt": "And QLoRA?", "response": "  "}\n')
     with pytest.raises(DataError) as info:
-        train(train_data=str(empty), validation_data="", out=str(tmp_path / "r2"))
+        train(options=TrainOverrides(train_data=str(empty), validation_data="", out=str(tmp_path / "r2")))
     assert "no usable rows (2 with an empty response)" in one_line(info.value) and "empty.jsonl" in str(info.value)
 
     with pytest.raises(DataError) as info:  # every prompt longer than max_length
-        train(train_data=data["train_data"], validation_data="", out=str(tmp_path / "r3"), max_length=20)
+        train(options=TrainOverrides(train_data=data["train_data"], validation_data="", out=str(tmp_path / "r3"), max_length=20))
     assert "prompt fills max_length=20" in one_line(info.value)
 
     with pytest.raises(DataError, match="train file not found.*toolkit data build"):
-        train(train_data=str(tmp_path / "nope.jsonl"), out=str(tmp_path / "r4"))
+        train(options=TrainOverrides(train_data=str(tmp_path / "nope.jsonl"), out=str(tmp_path / "r4")))
     with pytest.raises(DataError, match="validation file not found.*--validation-data ''"):
-        train(train_data=data["train_data"], validation_data=str(tmp_path / "nope.jsonl"), out=str(tmp_path / "r4"))
+        train(options=TrainOverrides(train_data=data["train_data"], validation_data=str(tmp_path / "nope.jsonl"), out=str(tmp_path / "r4")))
     assert not (tmp_path / "r1").exists()  # nothing is written before the data is known to be good
 
 
 @pytest.mark.slow
 def test_unknown_target_module_names_it_and_lists_the_real_ones(tmp_path, data):
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
 
     with pytest.raises(ConfigError) as info:
-        train(**data, out=str(tmp_path / "run"), target_modules=["q_proj", "query_key_value"], max_steps=1)
+        train(options=TrainOverrides(**data, out=str(tmp_path / "run"), target_modules=["q_proj", "query_key_value"], max_steps=1))
     text = one_line(info.value)
     assert "'query_key_value'" in text
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
@@ -251,19 +261,19 @@ def test_unknown_target_module_names_it_and_lists_the_real_ones(tmp_path, data):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory, data):
     """An uninterrupted 4-step run, and the same run stopped at step 2 then resumed."""
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
 
     root = tmp_path_factory.mktemp("resume")
     kw = dict(**data, **{**FAST, "eval_every": 2, "save_every": 2}, max_steps=4, seed=3)
-    whole = train(out=str(root / "whole"), **kw)
-    first = train(out=str(root / "cut"), stop_after=2, **kw)
+    whole = train(options=TrainOverrides(out=str(root / "whole"), **kw))
+    first = train(options=TrainOverrides(out=str(root / "cut"), stop_after=2, **kw))
     assert not first.completed and (root / "cut" / "checkpoints" / "step-000002").is_dir()
     assert not (root / "cut" / "adapter").exists()
     with pytest.raises(ConfigError, match="already holds a training run"):
-        train(out=str(root / "cut"), **kw)  # without --resume a run is never overwritten
+        train(options=TrainOverrides(out=str(root / "cut"), **kw))  # without --resume a run is never overwritten
     with pytest.raises(ConfigError, match="lr=0.001 differs"):
-        train(out=str(root / "cut"), resume=True, lr=1e-3)
-    second = train(out=str(root / "cut"), resume=True)  # `--out DIR --resume`: the run's own config
+        train(options=TrainOverrides(out=str(root / "cut"), lr=1e-3), resume=True)
+    second = train(options=TrainOverrides(out=str(root / "cut")), resume=True)  # `--out DIR --resume`: the run's own config
     return whole, first, second
 
 
@@ -313,12 +323,12 @@ def test_tagged_round_trip_train_reload_merge_generate(tmp_path, data, default_h
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
     from toolkit.train.merge import merge
     from toolkit.train.model import load_for_training
     from toolkit.train.tokens import TAGS
 
-    result = train(**data, **{**FAST, "eval_every": 3}, out=str(tmp_path / "run"), format="tagged", max_steps=3, lr=5e-4)
+    result = train(options=TrainOverrides(**data, **{**FAST, "eval_every": 3}, out=str(tmp_path / "run"), format="tagged", max_steps=3, lr=5e-4))
     adapter = result.adapter
     tok = AutoTokenizer.from_pretrained(adapter)
     assert [tok.convert_tokens_to_ids(t) for t in TAGS] == [49152, 49153, 49154, 49155]
@@ -365,12 +375,12 @@ def test_tagged_round_trip_train_reload_merge_generate(tmp_path, data, default_h
 def test_qlora_trains_a_few_steps_and_merges_into_fp32(tmp_path, data):
     from safetensors.torch import load_file
 
-    from toolkit.train.command import train
+    from toolkit.train.command import TrainOverrides, train
     from toolkit.train.merge import merge
 
-    result = train(train_data=data["train_data"], validation_data="", out=str(tmp_path / "run"), qlora=True,
-                   gradient_checkpointing=True, max_steps=2, batch_size=1, grad_accum=1, max_length=128, lr=1e-3,
-                   eval_every=0, save_every=0)
+    result = train(options=TrainOverrides(train_data=data["train_data"], validation_data="", out=str(tmp_path / "run"), qlora=True,
+                                          gradient_checkpointing=True, max_steps=2, batch_size=1, grad_accum=1, max_length=128, lr=1e-3,
+                                          eval_every=0, save_every=0))
     assert result.completed and all(math.isfinite(x) for x in result.losses)
     saved = load_file(result.adapter / "adapter_model.safetensors")
     assert any("lora_B" in k and float(v.abs().max()) > 0 for k, v in saved.items())

@@ -3,13 +3,16 @@
 Each command is an ordinary function elsewhere in the package. Its signature gives the options
 (parameters without a default are positional), its type hints give their types, and its docstring
 is the `--help`: the first paragraph describes the command and an `Args:` section describes each
-option. Modules are imported only to build the parser, and keep heavy imports (torch, llama_cpp,
-bert_score) inside functions, so `toolkit --help` is instant.
+option. A parameter typed with an option set (toolkit/options.py: a dataclass whose fields carry
+their help) or with `DecodingParams` becomes a group of options, one per field, folded back into
+the dataclass before the call. Modules are imported only to build the parser, and keep heavy imports
+(torch, llama_cpp, bert_score) inside functions, so `toolkit --help` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import os
@@ -19,9 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from toolkit.params import DEFAULTS, SPECS, DecodingParams
+from toolkit import __version__
+from toolkit.errors import ToolkitError
+from toolkit.options import flag_of, is_option_set
+from toolkit.params import SPECS, DecodingParams
 
-DECODING_PREFIX = "decoding:"
+OPTION_SETS = "_option_sets"  # the parser's default: parameter -> (default instance, {dest: field})
 
 # command words -> "module:function"; groups ("data") come from the first word.
 COMMANDS: dict[str, str] = {
@@ -29,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "data build": "toolkit.data.build:build",
     "data check": "toolkit.data.check:check",
     "data prefs": "toolkit.data.prefs:prefs",
+    "data synth": "toolkit.synth.command:synth",
     "models": "toolkit.models:show",
     "train": "toolkit.train.command:train",
     "train search": "toolkit.train.search:search",
@@ -41,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "serve": "toolkit.serve.server:serve",
     "sweep": "toolkit.evaluate.sweep.command:sweep",
     "compare": "toolkit.evaluate.compare:compare",
+    "eval": "toolkit.evaluate.harness.command:evaluate",
     "rate": "toolkit.evaluate.rate:rate",
     "gaps": "toolkit.gaps.command:gaps",
     "demo": "toolkit.demo:demo",
@@ -103,6 +111,8 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
     if typing.get_origin(base) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(base))
         base = type(kwargs["choices"][0])
+    elif isinstance(base, type) and hasattr(base, "choices"):  # a name from a registry (runtime's BackendName)
+        kwargs["choices"], base = list(base.choices()), str
     flag = "--" + name.replace("_", "-")
     if is_list and first and param.default in ((), []):  # a leading optional list: positional values
         parser.add_argument(name, type=base, nargs="*", default=list(param.default), **kwargs)
@@ -119,6 +129,9 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
     if param.default is not None:  # None means "not given": the help text states the real default
         kwargs["help"] = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
     parser.add_argument(flag, dest=name, type=base, nargs="+" if is_list else None, default=param.default, **kwargs)
+    if first and name == "model" and not is_list:  # `toolkit models M`, `chat M`: --model's value may also come first
+        parser.add_argument(name, type=base, nargs="?", default=argparse.SUPPRESS, metavar=name.upper(),
+                            help=f"the same as --{name}")
 
 
 def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: str | None = None) -> None:
@@ -132,50 +145,62 @@ def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(fn)
+    sets = {}
     for i, (name, param) in enumerate(inspect.signature(fn).parameters.items()):
-        if hints.get(name) is DecodingParams:
-            _add_decoding_options(parser, name)
+        hint = hints.get(name, str)
+        if hint is DecodingParams or is_option_set(hint):
+            sets[name] = _add_option_set(parser, hint, param.default, arg_help.get(name, ""))
             continue
-        _add_argument(parser, name, param, hints.get(name, str), arg_help.get(name, ""), first=i == 0)
-    parser.set_defaults(_func=fn)
+        _add_argument(parser, name, param, hint, arg_help.get(name, ""), first=i == 0)
+    parser.set_defaults(_func=fn, **{OPTION_SETS: sets})
 
 
-def _add_decoding_options(parser: argparse.ArgumentParser, name: str) -> None:
-    """A `DecodingParams` parameter becomes one option per field, bounds and defaults from its specs."""
-    group = parser.add_argument_group("decoding parameters")
-    for field, spec in SPECS.items():
-        default = getattr(DEFAULTS, field)
-        group.add_argument(
-            "--" + field.replace("_", "-"), dest=f"{DECODING_PREFIX}{name}.{field}", type=spec.type, default=None,
-            metavar=field.upper(), help=f"{spec.help} (default: {default}; range {spec.low}..{spec.high})",
-        )
-    group.add_argument("--stop", dest=f"{DECODING_PREFIX}{name}.stop", action="append", default=None,
-                       metavar="TEXT", help="stop sequence (repeatable)")
+def _set_fields(cls: type, default: Any) -> list[tuple[str, str, Any, Any, str]]:
+    """(field, CLI name, type hint, default, help) of each option of an option set; `DecodingParams`'
+    come from its specs, with None defaults ("not given") and bounds in the help."""
+    if cls is DecodingParams:
+        return [(name, name, spec.type, None, f"{spec.help} (default: {getattr(default, name)}; range {spec.low}..{spec.high})")
+                for name, spec in SPECS.items()]
+    hints = typing.get_type_hints(cls)
+    return [(f.name, flag_of(f), hints[f.name], getattr(default, f.name), f.metadata["help"]) for f in dataclasses.fields(cls)]
 
 
-def _collect_decoding(args: dict[str, Any]) -> dict[str, Any]:
-    """Fold the `--temperature`-style options back into `DecodingParams` arguments."""
-    grouped: dict[str, dict[str, Any]] = {}
-    for key in [k for k in args if k.startswith(DECODING_PREFIX)]:
-        param, field = key[len(DECODING_PREFIX):].split(".")
-        value = args.pop(key)
-        grouped.setdefault(param, {})
-        if value is not None:
-            grouped[param][field] = value
-    for param, values in grouped.items():
-        args[param] = DEFAULTS.replace(**values)
+def _add_option_set(parser: argparse.ArgumentParser, cls: type, default: Any, description: str) -> tuple[Any, dict[str, str]]:
+    """One option per field, in a group titled by the dataclass's first docstring line; returns what
+    `collect_options` needs to fold the values back."""
+    default = cls() if default is inspect.Parameter.empty else default
+    title = "decoding parameters" if cls is DecodingParams else (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+    group = parser.add_argument_group(title, description or None)
+    dests = {}
+    for field, flag, hint, value, help_text in _set_fields(cls, default):
+        _add_argument(group, flag, inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=value), hint, help_text)
+        dests[flag] = field
+    if cls is DecodingParams:  # repeatable rather than several values after one flag
+        group.add_argument("--stop", dest="stop", action="append", default=None, metavar="TEXT", help="stop sequence (repeatable)")
+        dests["stop"] = "stop"
+    return default, dests
+
+
+def collect_options(args: dict[str, Any]) -> dict[str, Any]:
+    """Fold each option set's options back into its dataclass: the parameter's default with every
+    option given (not None) replaced, validated by the dataclass as any Python caller's would be."""
+    sets = args.pop(OPTION_SETS, {})
+    # every option out first: a parameter may share its name with an option (compare's `judge`)
+    given = {name: {field: args.pop(dest) for dest, field in dests.items()} for name, (_, dests) in sets.items()}
+    for name, (default, _) in sets.items():
+        args[name] = dataclasses.replace(default, **{k: v for k, v in given[name].items() if v is not None})
     return args
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: every command module is imported, so modules keep heavy imports inside functions."""
-    from toolkit import __version__
-
     parser = argparse.ArgumentParser(
         prog="toolkit",
         description="Fine-tune a small LLM on CPU, ship it as GGUF, serve it, sweep decoding parameters, compare.",
     )
     parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
+    parser.add_argument("--verbose", action="store_true",  # taken out of argv by main(), with any command
+                        help="show the libraries' log lines too (llama.cpp's load log, hub notices)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for command, target in COMMANDS.items():
@@ -200,10 +225,21 @@ def quiet_libraries() -> None:
     import logging
     import warnings
 
-    # bitsandbytes tries to fetch an optional CPU kernel from the hub on import (peft imports it)
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub on import (peft imports it),
+    # and the `kernels` package says offline that it skips its publisher trust check
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     # peft still asks transformers 5 for the renamed `is_gradient_checkpointing`
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def take_verbose(argv: list[str]) -> bool:
+    """Remove `--verbose` from `argv` (any position before a `--`, so it goes with every command);
+    True when it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = "--verbose" in argv[:end]
+    argv[:end] = [a for a in argv[:end] if a != "--verbose"]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,20 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here ever needs the hub unless asked
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own rich bars show progress
-    quiet_libraries()
+    if take_verbose(argv):
+        os.environ["TOOLKIT_VERBOSE"] = "1"  # llama.cpp's log too (toolkit/runtime/llamacpp.py: quiet_logs)
+    else:
+        quiet_libraries()
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS and argv[0] in COMMANDS:
         argv[:2] = [f"{argv[0]}-{argv[1]}"]
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    args.pop("verbose", None)  # taken above: listed in the parser for --help only
     fn = args.pop("_func", None)
     group = args.pop("_group", None)
     if fn is None:
         (group or parser).print_help()
         return 0 if not argv else 2
-    from toolkit.errors import ToolkitError
 
     try:
-        result = fn(**_collect_decoding(args))
+        result = fn(**collect_options(args))
     except ToolkitError as exc:
         from toolkit.console import err
 

@@ -14,7 +14,21 @@ import statistics
 import time
 from pathlib import Path
 
+from toolkit.data.build import BuildOptions, build
+from toolkit.data.prefs import prefs
+from toolkit.data.readers import load_examples
+from toolkit.evaluate.compare import CompareSettings, compare
+from toolkit.evaluate.scoring import BertScorer
+from toolkit.evaluate.sweep.command import sweep
+from toolkit.export.convert import export
+from toolkit.export.verify import verify
+from toolkit.generate import generate_rows
+from toolkit.io import write_json, write_jsonl
 from toolkit.params import DEFAULTS
+from toolkit.runtime.backends import open_backend
+from toolkit.train.command import train
+from toolkit.train.config import TrainOverrides
+from toolkit.train.merge import merge
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,22 +91,14 @@ def demo(out: Path = Path("runs/demo"), model: str = "smollm2", data: Path = SAM
 
 
 def _build(out: Path, data: Path) -> Path:
-    from toolkit.data.build import build
-
     _stage(1, "build the dataset")
     # a fifth of the pairs for the test split: ~26 prompts, enough for a person to rate 20 pairs and
     # for compare's paired intervals to narrow; 80/10/10 left 13
-    build([Path(data)], out=out / "data", split="70,10,20", seed=0)
+    build([Path(data)], out=out / "data", options=BuildOptions(split="70,10,20", seed=0))
     return out / "data"
 
 
 def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
-    from toolkit.data.readers import load_examples
-    from toolkit.evaluate.scoring import BertScorer
-    from toolkit.generate import generate_rows
-    from toolkit.io import write_json, write_jsonl
-    from toolkit.runtime.backends import open_backend
-
     examples = load_examples(dev)
     examples = examples[:limit] if limit else examples
     _stage(2, f"base model on {len(examples)} dev examples, scored with BERTScore")
@@ -108,21 +114,15 @@ def _base_table(out: Path, model: str, dev: Path, params, limit: int) -> None:
 
 
 def _train(out: Path, model: str, split: Path, steps: int) -> Path:
-    from toolkit.train.command import train
-
     _stage(3, f"train a LoRA adapter ({steps} steps)")
     run = out / "train"
-    options = dict(config="lora-chat", model=model, train_data=str(split / "train.jsonl"),
-                   validation_data=str(split / "validation.jsonl"), out=str(run), max_steps=steps,
-                   eval_every=max(1, steps // 5), save_every=max(1, steps // 5))
-    resume = (run / "config.yaml").exists()
-    result = train(**options, resume=resume)
+    options = TrainOverrides(model=model, train_data=str(split / "train.jsonl"), validation_data=str(split / "validation.jsonl"),
+                             out=str(run), max_steps=steps, eval_every=max(1, steps // 5), save_every=max(1, steps // 5))
+    result = train("lora-chat", options, resume=(run / "config.yaml").exists())
     return result.adapter or run / "adapter"
 
 
 def _merge(out: Path, adapter: Path, model: str, dest: Path | None = None) -> Path:
-    from toolkit.train.merge import merge
-
     if dest is None:
         _stage(4, "merge the adapter into a full-precision base")
     dest = dest or out / "merged"
@@ -137,8 +137,6 @@ def _merge(out: Path, adapter: Path, model: str, dest: Path | None = None) -> Pa
 
 
 def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path]:
-    from toolkit.export.convert import export
-
     _stage(5, f"export GGUF: tuned f16 + {quant}, and the base in {quant} for a fair comparison")
     params = ROOT / "modelfiles" / "default.yaml"
     export(str(merged), out=out / "gguf", quant=[quant], name="tuned", parameters=params)
@@ -147,16 +145,12 @@ def _export(out: Path, merged: Path, model: str, quant: str) -> tuple[Path, Path
 
 
 def _verify(out: Path, merged: Path, dev: Path, prompts: int) -> None:
-    from toolkit.export.verify import verify
-
     _stage(6, "verify the tuned GGUFs against the merged HF model")
     files = sorted((out / "gguf").glob("tuned-*.gguf"))
     verify(str(merged), gguf=files, data=dev, prompts=prompts, tokens=32)
 
 
 def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Path:
-    from toolkit.evaluate.sweep.command import sweep
-
     _stage(7, f"sweep decoding parameters ({sweep_file})")
     dest = out / "sweep"
     sweep(sweep_file, model=str(gguf), data=dev, out=dest, modelfile=gguf.with_suffix(".Modelfile"),
@@ -171,22 +165,16 @@ def _sweep(out: Path, gguf: Path, dev: Path, sweep_file: str, quick: bool) -> Pa
 
 
 def _compare(out: Path, base_gguf: Path, tuned_gguf: Path, best: Path, test: Path, params, quick: bool) -> Path:
-    from toolkit.evaluate.compare import compare
-
     _stage(8, "compare base vs tuned (default and swept parameters) on the test split")
     # tuned right after base: `toolkit rate` shows the first two systems unless told otherwise
     systems = [f"tuned={tuned_gguf}", f"base+swept={base_gguf}@{best}", f"tuned+swept={tuned_gguf}@{best}"]
-    compare(systems, data=test, out=out / "compare", base=str(base_gguf), prompts=3 if quick else 0, params=params)
+    compare(systems, CompareSettings(data=test, prompts=3 if quick else 0), out=out / "compare", base=str(base_gguf), params=params)
     return out / "compare" / "report.html"
 
 
 def _dpo(out: Path, model: str, split: Path, quant: str, params, steps: int, quick: bool) -> Path:
     """Pairs from the train and dev splits (rejected = the base model's own answer), a short DPO run
     from the SFT run, merged and exported like the SFT model."""
-    from toolkit.data.prefs import prefs
-    from toolkit.export.convert import export
-    from toolkit.train.command import train
-
     _stage(STAGES + 1, f"preference pairs from the base model's answers, then DPO from the SFT run ({steps} steps)")
     pairs = {name: out / "prefs" / f"{name}.jsonl" for name in ("train", "validation")}
     for name, dest in pairs.items():
@@ -194,20 +182,18 @@ def _dpo(out: Path, model: str, split: Path, quant: str, params, steps: int, qui
         limit = 8 if quick else (steps * 2 if name == "train" else 0)
         prefs(split / f"{name}.jsonl", out=dest, model=model, limit=limit, params=params.replace(max_tokens=min(params.max_tokens, 96)))
     run = out / "dpo"
-    result = train(config="dpo-cpu", model=str(out / "train"), train_data=str(pairs["train"]), validation_data=str(pairs["validation"]),
-                   out=str(run), max_steps=steps, eval_every=max(1, steps // 3), save_every=max(1, steps // 3),
-                   resume=(run / "config.yaml").exists())
+    options = TrainOverrides(model=str(out / "train"), train_data=str(pairs["train"]), validation_data=str(pairs["validation"]),
+                             out=str(run), max_steps=steps, eval_every=max(1, steps // 3), save_every=max(1, steps // 3))
+    result = train("dpo-cpu", options, resume=(run / "config.yaml").exists())
     merged = _merge(out, result.adapter or run / "adapter", str(run / "start"), dest=out / "merged-dpo")
     export(str(merged), out=out / "gguf", quant=[quant], name="dpo", parameters=ROOT / "modelfiles" / "default.yaml")
     return out / "gguf" / f"dpo-{quant}.gguf"
 
 
 def _compare_dpo(out: Path, base_gguf: Path, tuned_gguf: Path, dpo_gguf: Path, test: Path, params, quick: bool) -> Path:
-    from toolkit.evaluate.compare import compare
-
     _stage(STAGES + 2, "compare base, SFT and SFT+DPO on the test split")
-    compare([f"sft={tuned_gguf}", f"sft+dpo={dpo_gguf}"], data=test, out=out / "compare-dpo", base=str(base_gguf),
-            prompts=3 if quick else 0, params=params)
+    compare([f"sft={tuned_gguf}", f"sft+dpo={dpo_gguf}"], CompareSettings(data=test, prompts=3 if quick else 0), out=out / "compare-dpo",
+            base=str(base_gguf), params=params)
     return out / "compare-dpo" / "report.html"
 
 

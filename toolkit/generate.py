@@ -6,16 +6,19 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from toolkit.errors import ConfigError
+from toolkit.data.readers import load_examples
+from toolkit.data.records import Example
+from toolkit.errors import BackendError, ConfigError
+from toolkit.io import write_jsonl
 from toolkit.params import DEFAULTS, DecodingParams
-from toolkit.runtime.backends import Backend, open_backend
+from toolkit.runtime.backends import Backend, BackendName, open_backend, raw_backend
+from toolkit.runtime.generation import as_messages
 
 
 def generate_rows(backend: Backend, examples: Iterable, params: DecodingParams, *, system: str | None = None,
                   description: str = "Generating") -> Iterator[dict]:
     """Generate for each example (anything with id/prompt/response), with a progress bar."""
     from toolkit.console import progress
-    from toolkit.runtime.generation import as_messages
 
     examples = list(examples)
     with progress() as bar:
@@ -31,7 +34,8 @@ def generate_rows(backend: Backend, examples: Iterable, params: DecodingParams, 
 
 
 def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None = None, out: Path | None = None,
-             system: str = "", backend: str = "llamacpp", url: str = "", params: DecodingParams = DEFAULTS) -> int:
+             system: str = "", backend: BackendName = "llamacpp", url: str = "", raw: bool = False,
+             params: DecodingParams = DEFAULTS) -> int:
     """Generate text from a model: one or more prompts streamed to the terminal, or a file to JSONL.
 
     Args:
@@ -42,15 +46,14 @@ def generate(prompt: list[str] = (), model: str = "smollm2", file: Path | None =
         system: an optional system prompt.
         backend: which backend runs the model: llamacpp (in process), ollama or openai.
         url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
+        raw: raw completion for a base model without a chat template: the prompt as given, no template, BOS as the GGUF asks (Ollama's raw).
     """
     from toolkit.console import err
-    from toolkit.io import write_jsonl
-    from toolkit.runtime.generation import as_messages
 
     if not prompt and file is None:
         raise ConfigError("nothing to generate from", fix="pass a prompt, or --file FILE")
     examples = _examples(prompt, file)
-    with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None) as engine:
+    with open_backend(raw_backend(backend, raw), model, n_ctx=params.num_ctx, url=url or None) as engine:
         if out is not None:
             rows = list(generate_rows(engine, examples, params, system=system or None))
             write_jsonl(out, rows)
@@ -79,9 +82,6 @@ def print_stream(engine: Backend, messages: list[dict], params: DecodingParams) 
 
 
 def _examples(prompts: Iterable[str], file: Path | None) -> list:
-    from toolkit.data.readers import load_examples
-    from toolkit.data.records import Example
-
     if file is None:
         return [Example(id=str(i), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(prompts)]
     file = Path(file)
@@ -93,7 +93,7 @@ def _examples(prompts: Iterable[str], file: Path | None) -> list:
     return [Example(id=str(i + 1), prompt=p, response="", kind="prompt", meta={}) for i, p in enumerate(lines)]
 
 
-def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", system: str = "",
+def chat(model: str = "smollm2", backend: BackendName = "llamacpp", url: str = "", system: str = "", raw: bool = False,
          params: DecodingParams = DEFAULTS) -> int:
     """Chat with a model in the terminal: streamed replies, the conversation kept as history.
 
@@ -104,12 +104,13 @@ def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", syste
         backend: llamacpp (in process), ollama or openai.
         url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
         system: an optional system prompt.
+        raw: raw completion for a base model without a chat template: the conversation's texts as given, one per line, no template, BOS as the GGUF asks (Ollama's raw).
     """
     from toolkit.console import err
 
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
-    with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None) as engine:
+    with open_backend(raw_backend(backend, raw), model, n_ctx=params.num_ctx, url=url or None) as engine:
         err.print("[dim]/reset forgets the conversation, /exit leaves[/]")
         while True:
             try:
@@ -133,7 +134,6 @@ def chat(model: str = "smollm2", backend: str = "llamacpp", url: str = "", syste
 
 def _stream_reply(engine: Backend, history: list[dict], params: DecodingParams) -> str:
     from toolkit.console import err
-    from toolkit.errors import BackendError
 
     try:
         return print_stream(engine, history, params)

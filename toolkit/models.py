@@ -10,6 +10,7 @@ LoRA named by its ADAPTER, which llama.cpp applies at load (`toolkit export BASE
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.util
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import DataError, ModelError
-from toolkit.io import atomic_dir, toolkit_home
+from toolkit.io import atomic_dir, toolkit_home, write_json
 from toolkit.modelfile.parser import read_file
 
 DEFAULT_MODEL = "smollm2"
@@ -40,12 +41,14 @@ ALIASES = {"default": "smollm2", "smollm2-135m-instruct": "smollm2", "all-minilm
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model ready to use: `hf_dir` for transformers/PEFT, `gguf` for llama.cpp (either may be
-    None), and `adapter`, a GGUF LoRA that llama.cpp applies on top of `gguf` at load."""
+    None), `adapter`, a GGUF LoRA that llama.cpp applies on top of `gguf` at load, and `template`,
+    a Modelfile's Go TEMPLATE (llama.cpp prompts with it where the GGUF has no chat template)."""
 
     name: str
     hf_dir: Path | None = None
     gguf: Path | None = None
     adapter: Path | None = None
+    template: str | None = None
 
     def require_gguf(self) -> Path:
         """The GGUF, for a caller that loads it alone: refused when a LoRA must go with it, so an
@@ -169,9 +172,9 @@ def is_modelfile(path: Path) -> bool:
     return path.suffix.lower() == ".modelfile" or path.name.lower() == "modelfile"
 
 
-def _from_and_adapter(path: Path) -> tuple[str, str | None]:
-    """(FROM, ADAPTER or None) of a Modelfile, read by the one Modelfile parser (Ollama's rules: the
-    last of each wins, and a quoted value only loses its quotes)."""
+def _from_and_adapter(path: Path) -> tuple[str, str | None, str | None]:
+    """(FROM, ADAPTER or None, TEMPLATE or None) of a Modelfile, read by the one Modelfile parser
+    (Ollama's rules: the last of each wins, and a quoted value only loses its quotes)."""
     try:
         mf = read_file(path)
     except DataError as exc:  # a ModelfileError too: one line with the file, the line and the fix
@@ -181,13 +184,13 @@ def _from_and_adapter(path: Path) -> tuple[str, str | None]:
     base = mf.values("model")[-1]  # the parser has made sure there is one
     if not base:
         raise ModelError(f"Modelfile {path}: FROM is empty", fix="write `FROM ./model.gguf`")
-    return base, mf.adapter
+    return base, mf.adapter, mf.template or None
 
 
 def resolve_modelfile(path: Path, *, hf: bool = True) -> ResolvedModel:
     """A Modelfile's FROM (a path beside the Modelfile or any model spec) plus its ADAPTER, which
     must be a GGUF LoRA (`toolkit export BASE --adapter RUN/adapter` writes both)."""
-    base_text, adapter_text = _from_and_adapter(path)
+    base_text, adapter_text, template = _from_and_adapter(path)
 
     def beside(value: str) -> Path:
         target = Path(value).expanduser()
@@ -199,12 +202,12 @@ def resolve_modelfile(path: Path, *, hf: bool = True) -> ResolvedModel:
     if base.adapter is not None:
         raise ModelError(f"Modelfile {path}: FROM {base_text} already carries an ADAPTER", fix="use one LoRA per model")
     if adapter_text is None:
-        return base
+        return dataclasses.replace(base, template=template)
     adapter = beside(adapter_text)
     if not adapter.is_file() or adapter.suffix.lower() != ".gguf":
         raise ModelError(f"Modelfile {path}: ADAPTER {adapter_text} is not a GGUF LoRA file",
                          fix="export the adapter with `toolkit export BASE --adapter RUN/adapter`")
-    return ResolvedModel(path.stem, None, base.require_gguf(), adapter.resolve())
+    return ResolvedModel(path.stem, None, base.require_gguf(), adapter.resolve(), template)
 
 
 def _sibling_gguf(hf_dir: Path) -> Path | None:
@@ -249,7 +252,6 @@ def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
             h.update(block)
     cache = {k: v for k, v in cache.items() if Path(k.split("|")[0]).exists()}  # forget deleted files
     cache[key] = h.hexdigest()
-    from toolkit.io import write_json
 
     with contextlib.suppress(OSError):
         write_json(cache_file, cache)

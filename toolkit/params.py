@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError
@@ -157,3 +158,20 @@ def check_bounds(name: str, value: float, *, where: str = "") -> None:
 
 
 DEFAULTS = DecodingParams()
+
+
+def load_parameters(path: Path, base: DecodingParams | None = None) -> DecodingParams:
+    """Decoding parameters from a YAML file (a mapping, or a `parameters:` key holding one); the
+    file's values go on top of `base` (default: the toolkit's defaults). A file that cannot be read,
+    is not a mapping, or names an unknown or out-of-range parameter raises a one-line ConfigError."""
+    import yaml  # lazy: every command module imports params.py, and `--help` must not pay for YAML
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc.__class__.__name__})", fix="check the file") from None
+    data = data.get("parameters", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of decoding parameters")
+    parsed = DecodingParams.from_dict(data, where=str(path))  # names and ranges checked here
+    return parsed if base is None else base.replace(**{k: getattr(parsed, k) for k in data})

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from toolkit.chat.families import Family, candidates
 from toolkit.chat.parity import Case, hf_render, passed, run_suite
+from toolkit.chat.render import render_chat
 
 _PROBE = [{"role": "user", "content": "Hi"}]
 _MARK = "\u27e6system\u27e7"  # a system text no template contains
@@ -60,8 +61,6 @@ def _fills(family: Family, jinja: str, bos: str, eos: str, now: datetime | None)
 def discover_system(jinja: str, go_template: str, *, bos: str, eos: str, now: datetime | None) -> str | None:
     """The default system message the HF template inserts when a conversation has none, read by
     rendering: the HF text of a user-only conversation is the Go text with a system message."""
-    from toolkit.chat.render import render_chat
-
     try:
         hf, _ = hf_render(jinja, _PROBE, bos=bos, eos=eos, now=now)
         plain = render_chat(go_template, _PROBE)

@@ -20,6 +20,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from toolkit.chat.gotemplate.errors import TemplateError
+from toolkit.chat.jinja import TemplateRefused, render_jinja
+from toolkit.chat.render import render_chat
+
 S, U, A = "system", "user", "assistant"
 
 
@@ -90,8 +94,6 @@ _BOS_SENTINEL = "\u27e6bos\u27e7"
 
 def hf_render(jinja: str, messages: list[dict], *, bos: str, eos: str, now: datetime | None = None) -> tuple[str, bool]:
     """(HF text without its leading BOS, whether it had one). Raises TemplateRefused."""
-    from toolkit.chat.jinja import render_jinja
-
     # A sentinel tells a `bos_token` the template writes from the same text written literally
     # (SmolLM2's bos is <|im_start|>, which its template writes as part of every turn).
     text = render_jinja(jinja, messages, bos_token=_BOS_SENTINEL if bos else "", eos_token=eos,
@@ -105,10 +107,6 @@ def hf_render(jinja: str, messages: list[dict], *, bos: str, eos: str, now: date
 def run_suite(jinja: str, go_template: str, *, bos: str = "", eos: str = "", system: str | None = None,
               now: datetime | None = None, suite: dict[str, list[dict]] | None = None) -> list[Case]:
     """Render every conversation both ways and compare (see the module docstring)."""
-    from toolkit.chat.gotemplate.errors import TemplateError
-    from toolkit.chat.jinja import TemplateRefused
-    from toolkit.chat.render import render_chat
-
     cases = []
     for name, messages in (suite or SUITE).items():
         try:

@@ -15,6 +15,7 @@ import hashlib
 import re
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.data.columns import Columns
@@ -23,8 +24,11 @@ from toolkit.data.readers import category_matcher, no_categories, read_arxiv, re
 from toolkit.data.sources import count_rows, parse_format
 from toolkit.data.tokens import token_counter
 from toolkit.errors import ConfigError, DataError
+from toolkit.io import atomic_dir, write_json, write_jsonl
+from toolkit.models import file_digest
+from toolkit.options import option, plain
 
-__all__ = ["SPLIT_NAMES", "REASONS", "parse_split", "token_counter", "build"]
+__all__ = ["SPLIT_NAMES", "REASONS", "BuildOptions", "parse_split", "token_counter", "build"]
 
 SPLIT_NAMES = ("train", "validation", "test")
 _REASON_LABELS = {
@@ -53,28 +57,36 @@ def parse_split(split: str) -> list[tuple[str, int]]:
     return list(zip(SPLIT_NAMES, numbers))
 
 
-def build(
-    inputs: list[Path],
-    out: Path = Path("data/built"),
-    format: str = "auto",
-    categories: str = "",
-    max_problem_tokens: int = 50,
-    min_approach_tokens: int = 90,
-    min_sentences: int = 2,
-    split: str = "90,5,5",
-    seed: int = 0,
-    tokenizer: str = "smollm2",
-    question_col: str = "question",
-    answer_col: str = "answer",
-    max_question_tokens: int = 0,
-    min_answer_tokens: int = 0,
-    abstract_col: str = "abstract",
-    id_col: str = "id",
-    title_col: str = "title",
-    categories_col: str = "categories",
-    date_col: str = "update_date",
-    max_chars: int = 20000,
-) -> dict:
+@dataclass(frozen=True)
+class BuildOptions:
+    """build options (recorded in stats.json)"""
+
+    format: str = option("auto", "input format: auto (judged per file from its extension and columns), a kind (arxiv, papers or qa), "
+                                 "a container (json, csv, tsv, parquet, arrow, hf), or both: arxiv,csv.")
+    categories: str = option("", "keep arXiv records with any of these categories, comma-separated (cs.LG,cs.CL); "
+                                 "a pattern ending in '.' is a prefix (cs. = all of cs).")
+    max_problem_tokens: int = option(50, "drop abstracts whose first sentence is longer than this many tokens (0 = no limit).")
+    min_approach_tokens: int = option(90, "drop abstracts whose remaining sentences are shorter than this many tokens (0 = no minimum).")
+    min_sentences: int = option(2, "drop abstracts with fewer sentences than this (at least 2 are always needed).")
+    split: str = option("90,5,5", "train,validation[,test] percentages summing to 100, e.g. 90,5,5 or 80,20.")
+    seed: int = option(0, "seed of the split assignment; same inputs and seed give byte-identical outputs.")
+    tokenizer: str = option("smollm2", "model whose tokenizer counts tokens (embedded name, HF dir or tokenizer.json), or 'words'.")
+    question_col: str = option("question", "QA column holding the question.")
+    answer_col: str = option("answer", "QA column holding the answer.")
+    max_question_tokens: int = option(0, "drop QA rows whose question is longer than this many tokens (0 = no limit).")
+    min_answer_tokens: int = option(0, "drop QA rows whose answer is shorter than this many tokens (0 = no minimum).")
+    abstract_col: str = option("abstract", "field holding the abstract in arXiv/scientific_papers files "
+                                           "(summaries, summary, abstracts also recognised).")
+    id_col: str = option("id", "field holding the record id (arxiv_id, paper_id, article_id also recognised; else file-line).")
+    title_col: str = option("title", "field holding the title (titles also recognised).")
+    categories_col: str = option("categories", "field holding the arXiv categories (terms, category also recognised; "
+                                               "\"cs.LG stat.ML\", \"['cs.LG', 'stat.ML']\" or a list).")
+    date_col: str = option("update_date", "field holding the date (date, published, updated also recognised; ISO or M/D/YYYY).")
+    max_chars: int = option(20000, "skip records longer than this many characters (abstract, or question + answer) "
+                                   "as \"over max chars\" (0 = no limit).")
+
+
+def build(inputs: list[Path], out: Path = Path("data/built"), options: BuildOptions = BuildOptions()) -> dict:
     """Build train/validation/test prompt->response splits from abstracts and QA files.
 
     An abstract's first sentence is the problem (prompt) and the rest the approach (response); a QA
@@ -93,25 +105,6 @@ def build(
     Args:
         inputs: arXiv metadata, scientific_papers data or QA files (JSONL, JSON, CSV/TSV, Parquet, Arrow, a save_to_disk folder).
         out: output directory.
-        format: input format: auto (judged per file from its extension and columns), a kind (arxiv, papers or qa),
-            a container (json, csv, tsv, parquet, arrow, hf), or both: arxiv,csv.
-        categories: keep arXiv records with any of these categories, comma-separated (cs.LG,cs.CL); a pattern ending in '.' is a prefix (cs. = all of cs).
-        max_problem_tokens: drop abstracts whose first sentence is longer than this many tokens (0 = no limit).
-        min_approach_tokens: drop abstracts whose remaining sentences are shorter than this many tokens (0 = no minimum).
-        min_sentences: drop abstracts with fewer sentences than this (at least 2 are always needed).
-        split: train,validation[,test] percentages summing to 100, e.g. 90,5,5 or 80,20.
-        seed: seed of the split assignment; same inputs and seed give byte-identical outputs.
-        tokenizer: model whose tokenizer counts tokens (embedded name, HF dir or tokenizer.json), or 'words'.
-        question_col: QA column holding the question.
-        answer_col: QA column holding the answer.
-        max_question_tokens: drop QA rows whose question is longer than this many tokens (0 = no limit).
-        min_answer_tokens: drop QA rows whose answer is shorter than this many tokens (0 = no minimum).
-        abstract_col: field holding the abstract in arXiv/scientific_papers files (summaries, summary, abstracts also recognised).
-        id_col: field holding the record id (arxiv_id, paper_id, article_id also recognised; else file-line).
-        title_col: field holding the title (titles also recognised).
-        categories_col: field holding the arXiv categories (terms, category also recognised; "cs.LG stat.ML", "['cs.LG', 'stat.ML']" or a list).
-        date_col: field holding the date (date, published, updated also recognised; ISO or M/D/YYYY).
-        max_chars: skip records longer than this many characters (abstract, or question + answer) as "over max chars" (0 = no limit).
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -119,39 +112,32 @@ def build(
     out = Path(out)
     if not inputs:
         raise ConfigError("no input files given", fix="pass one or more arXiv, scientific_papers or QA files")
-    splits = parse_split(split)
-    match = category_matcher(categories)
-    for name, value in (("max-problem-tokens", max_problem_tokens), ("min-approach-tokens", min_approach_tokens),
-                        ("min-sentences", min_sentences), ("max-question-tokens", max_question_tokens),
-                        ("min-answer-tokens", min_answer_tokens), ("max-chars", max_chars)):
-        if value < 0:
-            raise ConfigError(f"--{name} must be 0 or more, got {value}")
+    o = options
+    splits = parse_split(o.split)
+    match = category_matcher(o.categories)
+    for name in ("max_problem_tokens", "min_approach_tokens", "min_sentences", "max_question_tokens", "min_answer_tokens", "max_chars"):
+        if getattr(o, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(o, name)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory", fix="pass a directory for --out")
-    columns = Columns(id=id_col, title=title_col, abstract=abstract_col, categories=categories_col, date=date_col,
-                      question=question_col, answer=answer_col)
-    plan = _plan(inputs, format, columns, match is not None)
+    columns = Columns(id=o.id_col, title=o.title_col, abstract=o.abstract_col, categories=o.categories_col, date=o.date_col,
+                      question=o.question_col, answer=o.answer_col)
+    plan = _plan(inputs, o.format, columns, match is not None)
     names = [name for name, _ in splits]
-    limits = Limits({"problem-approach": (max_problem_tokens, min_approach_tokens), "qa": (max_question_tokens, min_answer_tokens)},
+    limits = Limits({"problem-approach": (o.max_problem_tokens, o.min_approach_tokens), "qa": (o.max_question_tokens, o.min_answer_tokens)},
                     {"problem-approach": ("--max-problem-tokens", "--min-approach-tokens"),
                      "qa": ("--max-question-tokens", "--min-answer-tokens")})
-    options = {
-        "format": _format_option(format), "categories": categories,
-        "max_problem_tokens": max_problem_tokens, "min_approach_tokens": min_approach_tokens, "min_sentences": min_sentences,
-        "split": ",".join(str(p) for _, p in splits), "seed": seed, "tokenizer": tokenizer,
-        "question_col": question_col, "answer_col": answer_col, "max_question_tokens": max_question_tokens,
-        "min_answer_tokens": min_answer_tokens, "abstract_col": abstract_col, "id_col": id_col, "title_col": title_col,
-        "categories_col": categories_col, "date_col": date_col, "max_chars": max_chars,
-    }
+    # stats.json records every option, --format and --split as they were understood
+    recorded = {**plain(o), "format": _format_option(o.format), "split": ",".join(str(p) for _, p in splits)}
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.spool.", suffix=".tmp", dir=_existing_parent(out)) as tmp:
         spools = [Spool(Path(tmp) / f"{name}.bin") for name in names]
         skipped = Spool(Path(tmp) / "skipped.bin")
-        judge = Judge(match, min_sentences, max_chars, limits, lambda: token_counter(tokenizer), spools, skipped, names,
+        judge = Judge(match, o.min_sentences, o.max_chars, limits, lambda: token_counter(o.tokenizer), spools, skipped, names,
                       [path.name for path, _, _ in plan])
-        input_info = _run(plan, [p for _, p in splits], seed, judge, columns, tokenizer)
+        input_info = _run(plan, [p for _, p in splits], o.seed, judge, columns, o.tokenizer)
         for spool in (*spools, skipped):
             spool.close()
-        stats = _stats(judge, options, input_info, names, skipped.count)
+        stats = _stats(judge, recorded, input_info, names, skipped.count)
         if stats["total"]["kept"] == 0:
             raise DataError(_nothing_kept(stats), fix=_relax_hint(stats, judge.category_counts))
         _write_outputs(out, dict(zip(names, spools)), skipped, stats)  # everything, or nothing
@@ -233,8 +219,6 @@ def _records(path: Path, kind: str, container: str, columns: Columns, categories
 
 def _digest(path: Path) -> str:
     """sha256 of an input file; for a dataset folder, of its files' names and digests."""
-    from toolkit.models import file_digest
-
     if not path.is_dir():
         return file_digest(path)
     h = hashlib.sha256()
@@ -281,8 +265,6 @@ def _relax_hint(stats: dict, category_counts: Counter) -> str:
 def _write_outputs(out: Path, splits: dict[str, Spool], skipped: Spool, stats: dict) -> None:
     """All files land together: a fresh or build-only directory is replaced in one rename; a
     directory holding other files gets each file atomically, stale split files removed, stats last."""
-    from toolkit.io import atomic_dir, write_json, write_jsonl
-
     existing = {p.name for p in out.iterdir()} if out.is_dir() else set()
     foreign = {n for n in existing if n not in _OWNED_FILES and not (n.startswith(".") and n.endswith(".tmp"))}
     if not foreign:

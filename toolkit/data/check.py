@@ -1,7 +1,8 @@
 """`toolkit data check`: validate a data file of any kind and container and print its counts.
 
-Validation is the readers' own (`toolkit.data.readers`, `toolkit.data.messages`): every bad record
-of the file is listed (up to a bound, then counted) in one error naming the file and lines. A
+Validation is the readers' own (`toolkit.data.readers`, `toolkit.data.messages`): the summary is
+printed whatever the file holds, then every bad record of the file is listed (up to a bound, then
+counted), and one error naming the file and lines ends the check. A
 preference file also gets the DPO trainer's view (`toolkit.data.preference`): the format it found
 (trl, sharegpt, hh), pairs, turns, and the rows training would skip, with reasons. The
 counts need no tokenizer; each kind has its own counting function. Dates are compared as dates
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.columns import Columns
-from toolkit.data.dates import Date
+from toolkit.data.dates import Date, date_sources
 from toolkit.data.messages import read_chat, read_preference, text_of
 from toolkit.data.preference import scan_pairs
 from toolkit.data.readers import read_arxiv, read_built, read_papers, read_qa, resolve_format
-from toolkit.data.records import ROLES, AbstractRecord, ChatRecord, Example, PreferenceRecord, QARecord, squash
+from toolkit.data.records import ROLES, AbstractRecord, ChatRecord, Example, PreferenceRecord, Problems, QARecord, collect_problems, squash
 from toolkit.data.sources import detect_container
 from toolkit.data.textsplit import split_sentences
+from toolkit.errors import DataError
 
 __all__ = ["check"]
 
@@ -33,8 +35,9 @@ def check(path: Path, kind: str = "auto", question_col: str = "question", answer
           max_chars: int = 20000) -> dict:
     """Validate a chat, preference, QA, arXiv, scientific_papers or built file and print its counts.
 
-    Every record is checked; the bad ones are listed (file and line, up to 10, then counted) in one
-    error. The counts need no tokenizer: records, messages per role, characters per field,
+    Every record is checked. With bad ones, the summary still prints (rows, usable, bad by reason,
+    the first 10 bad lines, then how many more), then one error ends the check (exit status 2).
+    The counts need no tokenizer: records, messages per role, characters per field,
     duplicates, the date range (in date order). Files may be JSON Lines, JSON, CSV/TSV, Parquet,
     Arrow or a save_to_disk folder; common column names are recognised, others named with --*-col.
 
@@ -60,20 +63,33 @@ def check(path: Path, kind: str = "auto", question_col: str = "question", answer
                       question=question_col, answer=answer_col, prompt=prompt_col, chosen=chosen_col, rejected=rejected_col)
     fmt, container = resolve_format(path, kind, columns, option="--kind")
     result: dict[str, Any] = {"path": str(path), "format": fmt}
-    if fmt == "chat":
-        result.update(_chat_counts(read_chat(path, container=container, option="--kind")))
-    elif fmt == "preference":
-        result.update(_preference_counts(read_preference(path, columns=columns, container=container)))
-        result.update(_pair_counts(path, columns, container))
-    elif fmt == "qa":
-        result.update(_qa_counts(read_qa(path, columns=columns, container=container), max_chars))
-    elif fmt in ("arxiv", "papers"):
-        records = read_arxiv(path, columns=columns, container=container) if fmt == "arxiv" else \
-            read_papers(path, columns.abstract, container=container)
-        result.update(_abstract_counts(records, fmt, max_chars))
-    else:
-        result.update(_built_counts(read_built(path, require_response=False, container=container, option="--kind")))
-    _print_check_table(result)
+    with collect_problems() as found:  # bad rows are listed after the summary, not instead of it
+        if fmt == "chat":
+            result.update(_chat_counts(read_chat(path, container=container, option="--kind")))
+        elif fmt == "preference":
+            result.update(_preference_counts(read_preference(path, columns=columns, container=container)))
+            try:
+                result.update(_pair_counts(path, columns, container))
+            except DataError:  # a line too broken to read stops the trainer's scan; it is listed below
+                if not found:
+                    raise
+        elif fmt == "qa":
+            result.update(_qa_counts(read_qa(path, columns=columns, container=container), max_chars))
+        elif fmt in ("arxiv", "papers"):
+            records = read_arxiv(path, columns=columns, container=container) if fmt == "arxiv" else \
+                read_papers(path, columns.abstract, container=container)
+            result.update(_abstract_counts(records, fmt, max_chars))
+        else:
+            result.update(_built_counts(read_built(path, require_response=False, container=container, option="--kind")))
+    bad = next((p for p in found if p.count), None)
+    if bad is not None:  # shown first: what is wrong with the file before what is in it
+        head = {"path": result.pop("path"), "format": result.pop("format"), "rows": result["records"] + bad.count,
+                "usable": result["records"], "bad": bad.count,
+                "bad_by_reason": ", ".join(f"{why} {n}" for why, n in bad.reasons.most_common())}
+        result = head | result
+    _print_check_table(result, bad)
+    if bad is not None:
+        bad.raise_if_any()  # the same one-line error as before, now after the summary: exit status 2
     return result
 
 
@@ -95,6 +111,8 @@ def _chat_counts(records: Iterable[ChatRecord]) -> dict:
         reply_chars.append(len(r.messages[-1].get("content") or ""))
         system += "system" in rs
         multi += rs.count("user") > 1
+    if not turns:
+        return {"records": 0}
     return {"records": len(turns), "messages": sum(turns), **{f"{role}_messages": roles[role] for role in ROLES},
             "with_system": system, "multi_turn": multi, "messages_min": min(turns), "messages_mean": _mean(turns),
             "messages_max": max(turns), "final_reply_chars_mean": _mean(reply_chars)}
@@ -149,6 +167,7 @@ def _abstract_counts(records: Iterable[AbstractRecord], fmt: str, max_chars: int
     sentences, empty, too_long = [], 0, 0
     first: Date | None = None
     last: Date | None = None
+    sources: Counter = Counter()
     for r in records:
         if max_chars and len(r.abstract) > max_chars:
             too_long += 1
@@ -161,13 +180,14 @@ def _abstract_counts(records: Iterable[AbstractRecord], fmt: str, max_chars: int
             keys[text] += 1
         sentences.append(len(r.sentences) if r.sentences is not None else len(split_sentences(r.abstract)))
         if r.date is not None:
+            sources[r.date_source] += 1
             first = r.date if first is None or r.date < first else first
             last = r.date if last is None or r.date > last else last
     counts = {"records": len(sentences), "empty_abstracts": empty, "duplicate_abstracts": _duplicates(keys),
               "sentences_mean": _mean(sentences), "one_sentence_abstracts": sum(1 for s in sentences if s < 2)}
     if fmt == "arxiv":
         counts.update(categories=len(cats), top_categories=", ".join(f"{c} {n}" for c, n in cats.most_common(8)),
-                      update_date_range=f"{first} .. {last}" if first is not None else "")
+                      date_range=f"{first} .. {last}" if first is not None else "", dates_from=date_sources(sources))
     return {**counts, **_too_long(too_long, max_chars)}
 
 
@@ -186,15 +206,23 @@ def _built_counts(examples: Iterable[Example]) -> dict:
             "prompt_chars_mean": _mean(prompts), "response_chars_mean": _mean(responses)}
 
 
-def _print_check_table(result: dict) -> None:
+def _print_check_table(result: dict, bad: Problems | None = None) -> None:
+    """The counts as a table; with bad records, the first `Problems.SHOWN` of them after it, then how many more."""
+    from rich.markup import escape
     from rich.table import Table
 
     from toolkit.console import out as stdout
 
-    table = Table(title=f"{result['path']} ({result['format']}): OK", title_justify="left", show_header=False)
+    state = "OK" if bad is None else f"{bad.count} bad of {result['rows']} rows"
+    table = Table(title=f"{result['path']} ({result['format']}): {state}", title_justify="left", show_header=False)
     table.add_column("field")
     table.add_column("value")
     for key, value in result.items():
         if key not in ("path", "format"):
             table.add_row(key.replace("_", " "), str(value))
     stdout.print(table)
+    if bad is not None:
+        for line in bad.lines():
+            stdout.print(f"  {escape(line)}", soft_wrap=True)
+        if bad.count > len(bad.errors):
+            stdout.print(f"  and {bad.count - len(bad.errors)} more bad rows")

@@ -3,9 +3,9 @@ human labels: chosen = the split's reference answer, rejected = a model's own ge
 same prompt (the base or the SFT model, through any backend, batched). Pairs whose two sides are
 near duplicates carry no preference and are dropped (the threshold is an option).
 
-Generations are cached in one SQLite file beside the output, keyed by (model, parameters, prompt)
-and written as each finishes, so an interrupted run resumes where it stopped; the pairs file is
-written atomically at the end.
+Generations are cached in one SQLite file beside the output (runtime/cache.py: model, conversation,
+parameters, seed) and written as each finishes, so an interrupted run resumes where it stopped;
+the pairs file is written atomically at the end.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from toolkit.data.readers import load_examples
 from toolkit.errors import ConfigError, DataError
+from toolkit.io import write_jsonl
 from toolkit.params import DEFAULTS, DecodingParams
-from toolkit.runtime.cache import GenerationCache, model_id
+from toolkit.runtime.backends import BackendName, BackendSpec
+from toolkit.runtime.cache import GenerationCache, Request, generate_cached
+from toolkit.runtime.generation import check_parallel
 
 
 def _squash(text: str) -> str:
@@ -37,28 +41,9 @@ def conversation_of(example) -> list[dict]:
     return [{"role": "user", "content": example.prompt}]
 
 
-def _generate(examples: list, conversations: list[list[dict]], backend: str, model: str, url: str, params: DecodingParams,
-              cache: GenerationCache, parallel: int | None) -> tuple[list[dict], int]:
-    """One generation per example, from the cache where it has one; (generations, newly generated)."""
-    from collections import deque
-
-    from toolkit.console import progress
-    from toolkit.runtime.backends import open_backend
-
-    mid = model_id(backend, model, url)
-    keys = [GenerationCache.key(mid, params, conv) for conv in conversations]
-    done = [cache.get(k) for k in keys]
-    todo = deque((i, conversations[i], params) for i, d in enumerate(done) if d is None)
-    fresh = len(todo)
-    if todo:
-        with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None, parallel=parallel) as engine, progress() as bar:
-            task = bar.add_task(f"rejected answers from {Path(model).name}", total=fresh, info="")
-            engine.reserve([conv for _, conv, _ in todo], params.max_tokens)
-            for i, gen in engine.generate_stream(lambda: todo.popleft() if todo else None):
-                done[i] = gen.to_dict()
-                cache.put(keys[i], done[i])
-                bar.advance(task)
-    return done, fresh  # type: ignore[return-value]
+def pref_requests(conversations: list[list[dict]], params: DecodingParams) -> list[Request]:
+    """What the model is asked: each example's conversation (`conversation_of`) with the run's parameters."""
+    return [Request(conv, params) for conv in conversations]
 
 
 def build_pairs(examples: list, generations: list[dict], conversations: list[list[dict]], threshold: float) -> tuple[list[dict], Counter]:
@@ -79,7 +64,7 @@ def build_pairs(examples: list, generations: list[dict], conversations: list[lis
     return rows, dropped
 
 
-def prefs(split: Path, out: Path = Path("data/prefs/train.jsonl"), model: str = "smollm2", backend: str = "llamacpp",
+def prefs(split: Path, out: Path = Path("data/prefs/train.jsonl"), model: str = "smollm2", backend: BackendName = "llamacpp",
           url: str = "", similarity_max: float = 0.9, limit: int = 0, parallel: int = 0,
           params: DecodingParams = DEFAULTS) -> dict:
     """Make preference pairs from an SFT split: chosen = the reference answer, rejected = a model's own answer.
@@ -93,16 +78,12 @@ def prefs(split: Path, out: Path = Path("data/prefs/train.jsonl"), model: str = 
         split: SFT data with reference answers (a built split from toolkit data build, QA or chat data).
         out: the pairs file (JSON Lines: id, prompt, chosen, rejected, similarity).
         model: the model that writes the rejected answers (embedded name or .gguf for llamacpp; a model name at a server).
-        backend: llamacpp, ollama or openai.
+        backend: which backend runs MODEL: llamacpp (in process), ollama or openai.
         url: server URL for the ollama/openai backends.
         similarity_max: drop a pair whose sides are at least this similar (0..1, character-level ratio).
         limit: use the first N prompts (0 = all).
         parallel: generations at once (0 = the backend's default).
     """
-    from toolkit.data.readers import load_examples
-    from toolkit.io import write_jsonl
-    from toolkit.runtime.generation import check_parallel
-
     if not 0 < similarity_max <= 1:
         raise ConfigError(f"--similarity-max {similarity_max} is outside (0, 1]", fix="e.g. 0.9 (1 drops only identical pairs)")
     if parallel:
@@ -115,7 +96,8 @@ def prefs(split: Path, out: Path = Path("data/prefs/train.jsonl"), model: str = 
     conversations = [conversation_of(ex) for ex in examples]
     cache = GenerationCache(out.parent / f"{out.stem}.generations.sqlite")
     try:
-        generations, fresh = _generate(examples, conversations, backend, model, url, params, cache, parallel or None)
+        generations, fresh = generate_cached(BackendSpec(backend, model, url, parallel or None), pref_requests(conversations, params),
+                                             cache, f"rejected answers from {Path(model).name}")
     finally:
         cache.close()
     rows, dropped = build_pairs(examples, generations, conversations, similarity_max)

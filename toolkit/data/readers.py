@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.columns import OPTION, CategoryError, Columns, kind_of, parse_categories
-from toolkit.data.dates import record_date
+from toolkit.data.dates import dated, restore_arxiv_id, versions_date
 from toolkit.data.messages import read_chat, read_preference, text_of
 from toolkit.data.records import (
     FORMATS,
@@ -163,14 +163,18 @@ def _arxiv_record(obj: dict, names: _ArxivNames, path: Path, line: int, need_cat
         raise DataError(f"missing field {names.categories!r} ({found_fields(obj)})", path=path, line=line,
                         fix=f"--categories needs a categories field; name it with {OPTION['categories']}")
     update_date = _date_text(obj, names.date, path, line, _ARXIV_FIX)
+    # a spreadsheet's 704.0001 is 0704.0001 when the first version's date says so
+    ident = restore_arxiv_id(record_id(obj, path, line, names.id), versions_date(obj.get("versions")))
+    date, source = dated(update_date, ident, obj.get("versions"), names.date)
     return AbstractRecord(
-        id=record_id(obj, path, line, names.id),
+        id=ident,
         title=squash(string_field(obj, names.title, path, line, _ARXIV_FIX, required=False)),
         abstract=clean_text(abstract),
         categories=_categories_of(obj, names.categories, path, line),
         line=line,
         update_date=update_date,
-        date=record_date(update_date, obj.get(names.id)),
+        date=date,
+        date_source=source,
     )
 
 
@@ -239,10 +243,10 @@ def _papers_record(obj: dict, abstract_col: str, path: Path, line: int, fix: str
         raise DataError(f"missing field {abstract_col!r} ({found_fields(obj)})", path=path, line=line, fix=fix)
     pieces = _sentence_pieces(obj[col], col, path, line, fix)
     sentences = [s for s in (_detokenize(p) for p in pieces) if s]
-    return AbstractRecord(
-        id=record_id(obj, path, line, "article_id") if "article_id" in obj else record_id(obj, path, line),
-        title="", abstract=" ".join(sentences), categories=[], line=line, sentences=sentences,
-    )
+    ident = record_id(obj, path, line, "article_id") if "article_id" in obj else record_id(obj, path, line)
+    date, source = dated(None, ident)  # this format has no date field: an arXiv id's month at most
+    return AbstractRecord(id=ident, title="", abstract=" ".join(sentences), categories=[], line=line, sentences=sentences,
+                          date=date, date_source=source)
 
 
 def read_papers(path: Path, abstract_col: str = "abstract", *, container: str = "auto") -> Iterator[AbstractRecord]:

@@ -24,6 +24,10 @@ stage (training, sweeps, comparisons) works on `Example`s from `toolkit.data.rea
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +82,8 @@ class AbstractRecord:
     line: int
     update_date: str = ""
     sentences: list[str] | None = None
-    date: Date | None = None  # update_date parsed, else the month of an arXiv id
+    date: Date | None = None  # the first version's date, else the arXiv id's month, else update_date (dates.dated)
+    date_source: str = ""  # where `date` came from: a key of toolkit.data.dates.SOURCES
 
 
 @dataclass
@@ -208,11 +213,25 @@ class Problems:
         self.path = path
         self.errors: list[DataError] = []
         self.count = 0
+        self.reasons: Counter = Counter()  # every bad record's reason, up to its first ':' ("missing chosen")
 
     def add(self, error: DataError) -> None:
         self.count += 1
+        self.reasons[_reason(error).split(":")[0]] += 1
         if len(self.errors) < self.SHOWN:
             self.errors.append(error)
+
+    def lines(self) -> list[str]:
+        """The first `SHOWN` bad records as `line N: reason`."""
+        return [f"line {e.line}: {_reason(e)}" if e.line is not None else _reason(e) for e in self.errors]
+
+    def handed_over(self) -> bool:
+        """Whether a `collect_problems` block takes this file's bad records (then the reader does not raise)."""
+        sink = _COLLECTING.get()
+        if sink is None:
+            return False
+        sink.append(self)
+        return True
 
     def raise_if_any(self) -> None:
         if not self.count:
@@ -220,9 +239,23 @@ class Problems:
         first = self.errors[0]
         if self.count == 1:
             raise first
-        listed = "; ".join(f"line {e.line}: {_reason(e)}" if e.line is not None else _reason(e) for e in self.errors)
+        listed = "; ".join(self.lines())
         more = f"; and {self.count - len(self.errors)} more" if self.count > len(self.errors) else ""
         raise DataError(f"{self.count} bad records: {listed}{more}", path=self.path, line=None, fix=first.fix)
+
+
+_COLLECTING: ContextVar[list[Problems] | None] = ContextVar("collecting", default=None)
+
+
+@contextmanager
+def collect_problems() -> Iterator[list[Problems]]:
+    """Within the block, a reader that ends with bad records hands its `Problems` to the list this
+    yields instead of raising them, so `data check` prints its summary before it fails."""
+    token = _COLLECTING.set([])
+    try:
+        yield _COLLECTING.get()
+    finally:
+        _COLLECTING.reset(token)
 
 
 def _reason(error: DataError) -> str:

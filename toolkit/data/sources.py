@@ -99,7 +99,8 @@ def parse_rows(path: Path, container: str, parse: Callable[[int, dict], T]) -> I
             problems.add(exc)
             continue
         yield record
-    problems.raise_if_any()
+    if problems.count and not problems.handed_over():
+        problems.raise_if_any()
 
 
 def count_rows(path: Path, container: str) -> int:

@@ -20,9 +20,13 @@ end of a math span), then whitespace. It is *not* a boundary when:
 * it is inside a journal citation: after a journal abbreviation (`Phys.`, `Rev.`, `Lett.`, `Opt.`,
   `Soc.`, `Proc.`, `Natl.`, `Acad.`, `Sci.`, `Math.`, `J.`, ...), or after a capitalised word that
   sits between such abbreviations (`Soc. Am. A`, `Class. Quant. Grav.`), unless a sentence opener
-  follows: `(J. Opt. Soc. Am. A 4, 433 (1987))` and `Phys. Rev. B` stay whole.
+  follows: `(J. Opt. Soc. Am. A 4, 433 (1987))` and `Phys. Rev. B` stay whole;
+* it is inside a bracketed citation: a `[...]` or `(...)` closed later in the paragraph that holds
+  a year, pages (`21-26`), an arXiv id or an author's initial (`[J. Blanc, ... 344 (2007), 21-26.]`,
+  `[A.-B. Smith and C. Jones]`). An interval (`[0, +\\infty)`, `(0, 1]`) is no bracket pair, and a
+  bracket never closed is ignored: the text after it splits as if it were not there.
 
-A single capital letter before the period is an initial (`by J. Smith`) unless the word before it
+A single capital letter (or a hyphenated pair, `J.-P.`) before the period is an initial (`by J. Smith`) unless the word before it
 is an ordinary lowercase word: then it is a variable ending the sentence (`on a manifold X. Any`).
 A `$` whose "math span" would run over prose (a sentence end and three plain words, as in
 `costs $5 per unit. We then pay $10`) is taken as a stray dollar, not math, and pairing goes on
@@ -100,11 +104,16 @@ _MATH = re.compile(
 # regex engine skip ahead to the next punctuation mark: twice as fast as trying the branches everywhere)
 _CANDIDATE = re.compile(r"(?=[.?!…])(…|[.?!]+)((?:[\"'”’»)\]}]|\$\$?|\\\]|\\\))*)( +)")
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n")
-_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+_DOTTED = re.compile(r"(?:[A-Za-z]\.-?)+[A-Za-z]")  # U.S., a.k.a, and hyphenated initials (J.-P.)
 _MATH_END = re.compile(r"[.?!]\s*(?:\$\$?|\\\]|\\\))$")
 # inside a would-be $...$ span: a sentence end, and a run of three plain words
 _SENTENCE_INSIDE = re.compile(r"[.?!] +[A-Z]")
 _PROSE_RUN = re.compile(r"(?<![\\\w])[A-Za-z][a-z]+ [A-Za-z][a-z]+ [a-z]{2,}\b")
+_BRACKET = re.compile(r"[\[\]()]")
+_PAIR = {"]": "[", ")": "("}
+# what makes a bracket a citation: a year, pages, an arXiv id, or an author's initial before a name
+_CITATION = re.compile(r"\b(?:1[6-9]|20)\d\d\b|\d+ ?[-–] ?\d+|arXiv|(?<![\w.])[A-Z]\.(?:-[A-Z]\.)? ?[A-Z][a-z]")
+MAX_CITATION = 600  # characters: a longer bracket is prose in brackets, not a reference
 
 
 def split_sentences(text: str) -> list[str]:
@@ -150,14 +159,16 @@ def _split_paragraph(text: str) -> list[str]:
     if "$" in text or "\\" in text:
         spans = _math_spans(text)
     starts = [s for s, _ in spans]
+    cites = _citations(text, spans) if "[" in text or "(" in text else []
+    cite_starts = [s for s, _ in cites]
 
     cuts: list[int] = []
     for m in _CANDIDATE.finditer(text):
         boundary = m.end(2)
-        if spans:
-            i = bisect.bisect_left(starts, boundary) - 1
-            if i >= 0 and spans[i][0] < boundary < spans[i][1]:
-                continue  # inside math
+        if spans and _inside(spans, starts, boundary):
+            continue  # inside math
+        if cites and _inside(cites, cite_starts, boundary):
+            continue  # inside a bracketed citation
         nxt = m.end(3)
         if nxt >= len(text):
             continue
@@ -182,6 +193,37 @@ def _split_paragraph(text: str) -> list[str]:
     if tail:
         out.append(tail)
     return out
+
+
+def _inside(spans: list[tuple[int, int]], starts: list[int], pos: int) -> bool:
+    """Whether `pos` lies strictly inside one of `spans` (sorted by start, not overlapping)."""
+    i = bisect.bisect_left(starts, pos) - 1
+    return i >= 0 and spans[i][0] < pos < spans[i][1]
+
+
+def _citations(text: str, math: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The outermost bracket pairs of a paragraph that hold a citation (see module doc), sorted.
+
+    Brackets inside math are skipped; a `]` closing a `(` or a `)` closing a `[` is an interval,
+    which closes its opener without making a pair; a bracket never closed makes none."""
+    math_starts = [s for s, _ in math]
+    stack: list[tuple[str, int]] = []
+    pairs: list[tuple[int, int]] = []
+    for m in _BRACKET.finditer(text):
+        pos, ch = m.start(), m.group()
+        if math and _inside(math, math_starts, pos):
+            continue
+        if ch in "[(":
+            stack.append((ch, pos))
+        elif stack:
+            opener, start = stack.pop()
+            if opener == _PAIR[ch] and pos - start <= MAX_CITATION and _CITATION.search(text, start + 1, pos):
+                pairs.append((start, pos + 1))
+    outer: list[tuple[int, int]] = []
+    for start, end in sorted(pairs):
+        if not outer or start >= outer[-1][1]:  # a pair inside a kept one adds nothing
+            outer.append((start, end))
+    return outer
 
 
 def _next_word(text: str, pos: int) -> str:

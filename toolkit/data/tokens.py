@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ModelError
+from toolkit.models import resolve
 
 __all__ = ["token_counter", "TokenCounter"]
 
@@ -114,8 +115,6 @@ def _load_tokenizer(tokenizer: str) -> Any:
     if given.is_file() and given.suffix == ".json":
         file = given
     else:
-        from toolkit.models import resolve
-
         file = resolve(tokenizer).require_hf() / "tokenizer.json"
     if not file.is_file():
         raise ModelError(f"{file} not found: cannot count tokens for {tokenizer!r}",

@@ -3,8 +3,9 @@
 For each rated pair of systems: the second system's win rate against the first with a bootstrap
 interval over prompts (a tie or "both unusable" counts half; several raters of one prompt are
 averaged), a two-sided sign test on the prompts where the humans preferred one side, Cohen's kappa
-for every two raters who rated the same pairs, and how often BERTScore's per-prompt preference
-agrees with the humans' where they preferred one side.
+for every two raters who rated the same pairs, and how often the headline metric's per-prompt
+preference (`PRIMARY` in toolkit/evaluate/metrics.py, BERTScore F1) agrees with the humans' where
+they preferred one side.
 
 Ratings made on texts that differ from this run's outputs (the systems were regenerated) are left
 out and counted as stale.
@@ -16,7 +17,9 @@ import itertools
 import statistics
 from pathlib import Path
 
+from toolkit.evaluate.metrics import METRICS, PRIMARY
 from toolkit.evaluate.ratings import DB_NAME, RatingStore
+from toolkit.evaluate.stats import beats_chance, bootstrap_mean, cohen_kappa, sign_test
 
 SCORE = {"second": 1.0, "tie": 0.5, "unusable": 0.5, "first": 0.0}
 
@@ -50,8 +53,6 @@ def _current(r: dict, outputs: dict) -> bool:
 
 
 def _plan_summary(s1: str, s2: str, rows: list[dict], outputs: dict, seed: int) -> dict:
-    from toolkit.evaluate.stats import beats_chance, bootstrap_mean, sign_test
-
     fresh = [r for r in rows if _current(r, outputs)]
     labels: dict[str, dict[str, str]] = {}  # example id -> rater -> canonical label
     for r in fresh:
@@ -61,9 +62,9 @@ def _plan_summary(s1: str, s2: str, rows: list[dict], outputs: dict, seed: int) 
     wins = sum(s > 0.5 for s in scores)
     losses = sum(s < 0.5 for s in scores)
     counts = {k: sum(canonical(r) == k for r in fresh) for k in ("second", "tie", "first", "unusable")}
-    # BERTScore's preference on the prompts where the humans preferred one side
+    # the headline metric's preference on the prompts where the humans preferred one side
     decisive = [(ex, s) for ex, s in per_prompt.items() if s != 0.5]
-    agree = sum((outputs[ex]["outputs"][s2]["bertscore_f1"] > outputs[ex]["outputs"][s1]["bertscore_f1"]) == (s > 0.5) for ex, s in decisive)
+    agree = sum(_metric_prefers_second(outputs[ex]["outputs"], s1, s2) == (s > 0.5) for ex, s in decisive)
     raters = sorted({r["rater"] for r in fresh})
     return {
         "systems": [s1, s2], "ratings": len(fresh), "stale": len(rows) - len(fresh), "prompts": len(per_prompt),
@@ -72,6 +73,7 @@ def _plan_summary(s1: str, s2: str, rows: list[dict], outputs: dict, seed: int) 
         "win_rate": bootstrap_mean(scores, seed=seed).to_dict(),
         "sign_test": {"wins": wins, "losses": losses, "p_value": sign_test(wins, losses)},
         "kappa": [_kappa(a, b, labels) for a, b in itertools.combinations(raters, 2)],
+        # the key keeps its name whatever PRIMARY is: results.json readers look it up
         "bertscore_agreement": {"prompts": len(decisive), "agree": agree,
                                 "rate": agree / len(decisive) if decisive else float("nan"),
                                 "p_value": beats_chance(agree, len(decisive))},
@@ -79,9 +81,12 @@ def _plan_summary(s1: str, s2: str, rows: list[dict], outputs: dict, seed: int) 
     }
 
 
-def _kappa(a: str, b: str, labels: dict[str, dict[str, str]]) -> dict:
-    from toolkit.evaluate.stats import cohen_kappa
+def _metric_prefers_second(outputs: dict, s1: str, s2: str) -> bool:
+    """Whether the headline metric scores `s2`'s answer strictly better than `s1`'s."""
+    return METRICS[PRIMARY].better(outputs[s1][PRIMARY], outputs[s2][PRIMARY])
 
+
+def _kappa(a: str, b: str, labels: dict[str, dict[str, str]]) -> dict:
     both = [(by[a], by[b]) for by in labels.values() if a in by and b in by]
     x, y = [p[0] for p in both], [p[1] for p in both]
     return {"raters": [a, b], "pairs": len(both), "kappa": cohen_kappa(x, y),
@@ -106,7 +111,7 @@ def describe(h: dict) -> list[str]:
         lines.append(f"Inter-rater agreement {k['raters'][0]} vs {k['raters'][1]}: Cohen's kappa {k['kappa']:.2f} "
                      f"on {k['pairs']} shared pairs (raw agreement {k['agreement']:.0%}).")
     if ba["prompts"]:
-        lines.append(f"BERTScore F1 picks the side the humans preferred on {ba['agree']} of {ba['prompts']} prompts ({ba['rate']:.0%}; "
+        lines.append(f"{METRICS[PRIMARY].label} picks the side the humans preferred on {ba['agree']} of {ba['prompts']} prompts ({ba['rate']:.0%}; "
                      f"one-sided binomial p={ba['p_value']:.2g} against a coin flip).")
     if h["stale"]:
         lines.append(f"{h['stale']} ratings were made on outputs that have since changed and are left out.")

@@ -3,8 +3,9 @@
 Any backend can judge (llama.cpp in process, Ollama, an OpenAI-compatible server). The prompt is a
 shipped, documented template (judge_prompt.txt; overridable). Each pair is judged in both orders
 and a verdict that flips with the order counts as a tie (FastChat's rule, against position bias).
-Replies are cached in OUT/judgments.sqlite like compare's generations, keyed by (judge model,
-decoding parameters, rendered prompt), so a re-run only judges what is new.
+Replies are cached in OUT/judgments.sqlite like compare's generations (runtime/cache.py: judge
+model, rendered prompt, decoding parameters, seed), so a re-run only judges what is new; the judge
+runs --parallel replies at once, as the systems do.
 
 Before its numbers count, every judge takes a calibration test: the reference answer against a
 corrupted copy (another prompt's reference, or the reference with its sentences shuffled), in both
@@ -19,8 +20,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.data.textsplit import split_sentences
 from toolkit.errors import ConfigError
+from toolkit.evaluate.judge_report import combine, system_result
+from toolkit.evaluate.stats import beats_chance
 from toolkit.params import DEFAULTS, DecodingParams
+from toolkit.runtime.backends import BackendSpec
+from toolkit.runtime.cache import GenerationCache, Request, generate_cached
 
 TEMPLATE = Path(__file__).with_name("judge_prompt.txt")
 PLACEHOLDERS = ("{prompt}", "{answer_a}", "{answer_b}")
@@ -40,13 +46,19 @@ class Judge:
     template: str = ""
     source: str = "judge_prompt.txt (shipped)"
     params: DecodingParams = DEFAULTS
+    parallel: int | None = None  # replies at once (None: the backend's default), as compare's --parallel
 
     @classmethod
-    def open(cls, model: str, backend: str, url: str, template: Path | None, max_tokens: int, seed: int) -> Judge:
+    def open(cls, model: str, backend: str, url: str, template: Path | None, max_tokens: int, seed: int,
+             parallel: int | None = None) -> Judge:
         text, source = load_template(template)
         # greedy: the verdict should not depend on a sampling draw
         params = DEFAULTS.replace(temperature=0.0, max_tokens=max_tokens, seed=seed, num_ctx=JUDGE_CTX)
-        return cls(model, backend, url, text, source, params)
+        return cls(model, backend, url, text, source, params, parallel)
+
+    def requests(self, prompts: list[str]) -> list[Request]:
+        """What the judge is asked: each rendered judging prompt as one user turn, greedy."""
+        return [Request.of(p, self.params) for p in prompts]
 
 
 def load_template(path: Path | None) -> tuple[str, str]:
@@ -86,8 +98,6 @@ def parse_verdict(reply: str) -> str | None:
 def corrupt(references: list[str], i: int, rng: random.Random) -> tuple[str, str]:
     """A corrupted copy of reference `i` and what was done: even items take another prompt's
     reference, odd ones shuffle the reference's sentences (when it has two or more)."""
-    from toolkit.data.textsplit import split_sentences
-
     others = [j for j, r in enumerate(references) if r.strip() != references[i].strip()]
     sentences = split_sentences(references[i])
     if (i % 2 == 1 or not others) and len(set(sentences)) >= 2:
@@ -124,34 +134,15 @@ class Judging:
 
     def replies(self, prompts: list[str], label: str) -> list[dict]:
         """The judge's reply to every prompt, generating only what the cache lacks (each cached as it ends)."""
-        from collections import deque
-
-        from toolkit.console import progress
-        from toolkit.runtime.backends import open_backend
-        from toolkit.runtime.cache import GenerationCache, model_id
-
         judge = self.judge
-        mid = model_id(judge.backend, judge.model, judge.url)
-        keys = [GenerationCache.key(mid, judge.params, p) for p in prompts]
-        done = [self.cache.get(k) for k in keys]
-        todo = deque((i, [{"role": "user", "content": prompts[i]}], judge.params) for i, d in enumerate(done) if d is None)
-        self.generated += len(todo)
-        if todo:
-            with open_backend(judge.backend, judge.model, n_ctx=judge.params.num_ctx, url=judge.url or None) as engine, progress() as bar:
-                task = bar.add_task(f"judge {label}", total=len(todo), info="")
-                engine.reserve([conv for _, conv, _ in todo], judge.params.max_tokens)
-                for i, gen in engine.generate_stream(lambda: todo.popleft() if todo else None):
-                    done[i] = gen.to_dict()
-                    self.cache.put(keys[i], done[i])
-                    bar.advance(task)
+        spec = BackendSpec(judge.backend, judge.model, judge.url, judge.parallel)
+        done, fresh = generate_cached(spec, judge.requests(prompts), self.cache, f"judge {label}")
+        self.generated += fresh
         return done
 
 
 def calibrate(run: Judging, examples: list, seed: int) -> dict:
     """The sanity test: the reference against a corrupted copy, in both orders."""
-    from toolkit.evaluate.judge_report import combine
-    from toolkit.evaluate.stats import beats_chance
-
     refs = [ex.response for ex in examples]
     rng = random.Random(seed)
     n = min(len(examples), CALIBRATION_PAIRS)
@@ -167,9 +158,6 @@ def calibrate(run: Judging, examples: list, seed: int) -> dict:
 
 def run_judge(judge: Judge, systems: list, examples: list, folder: Path, humans: list[dict], seed: int) -> dict:
     """Calibrate the judge, then judge every system against the first one; the judge's part of results.json."""
-    from toolkit.evaluate.judge_report import system_result
-    from toolkit.runtime.cache import GenerationCache
-
     cache = GenerationCache(Path(folder) / "judgments.sqlite")
     run = Judging(judge, cache)
     try:

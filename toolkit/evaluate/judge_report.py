@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from toolkit.evaluate.stats import bootstrap_mean, cohen_kappa, logistic_at_zero
+
 LC_METHOD = ("logistic regression of the per-prompt verdict (win 1, tie ½, loss 0) on tanh(length difference in tokens / its SD), "
              "read at equal length; bootstrap 95% CI over prompts")
 SCORE = {"second": 1.0, "tie": 0.5, "first": 0.0}
@@ -29,8 +31,6 @@ def combine(orders: list[str | None]) -> str:
 def length_controlled(scores: list[float], lengths: list[tuple[int, int]], seed: int, resamples: int = 400) -> dict:
     """The win rate the judge would give at equal answer lengths, with its bootstrap interval."""
     import numpy as np
-
-    from toolkit.evaluate.stats import logistic_at_zero
 
     diffs = [b - a for a, b in lengths]
     sd = statistics.pstdev(diffs) if len(diffs) > 1 else 0.0
@@ -49,8 +49,6 @@ def length_controlled(scores: list[float], lengths: list[tuple[int, int]], seed:
 def human_agreement(ref: str, label: str, verdicts: dict[str, str], humans: list[dict]) -> dict | None:
     """Judge vs each human rating of the same prompt and systems: raw agreement and Cohen's kappa
     over three outcomes (ref better, tie, system better; 'both unusable' is a tie)."""
-    from toolkit.evaluate.stats import cohen_kappa
-
     plan = next((h for h in humans if set(h["systems"]) == {ref, label}), None)
     if plan is None:
         return None
@@ -67,8 +65,6 @@ def human_agreement(ref: str, label: str, verdicts: dict[str, str], humans: list
 def system_result(ref: str, label: str, judged: list[dict], lengths: list[tuple[int, int]], ids: list[str],
                   humans: list[dict], seed: int) -> dict:
     """The judge's verdicts on `label` against `ref` (items: first = ref, second = label)."""
-    from toolkit.evaluate.stats import bootstrap_mean
-
     verdicts = [combine(j["orders"]) for j in judged]
     scores = [SCORE[v] for v in verdicts]
     letters = [x for j in judged for x in j["letters"] if x in ("A", "B")]

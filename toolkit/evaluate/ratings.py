@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.errors import ConfigError, ToolkitError
+from toolkit.evaluate.metrics import PRIMARY
+from toolkit.evaluate.stats import paired
 
 DB_NAME = "ratings.sqlite"
 CHOICES = ("A", "tie", "B", "unusable")  # keys 1-4 on the page, in this order
@@ -171,24 +173,22 @@ def choose_systems(result: dict, systems: list[str]) -> tuple[str, str]:
 
 
 def default_size(result: dict, system_1: str, system_2: str) -> int:
-    """Compare's estimate of the prompts needed to detect the two systems' BERTScore difference,
-    kept between 20 and 40 (and to the prompts there are)."""
-    from toolkit.evaluate.stats import paired
-
-    f1 = [[ex["outputs"][s]["bertscore_f1"] for ex in result["per_example"]] for s in (system_1, system_2)]
-    needed = paired(f1[0], f1[1]).prompts_needed or MAX_PAIRS
+    """Compare's estimate of the prompts needed to detect the two systems' difference on the
+    headline metric (`PRIMARY`, BERTScore F1), kept between 20 and 40 (and to the prompts there are)."""
+    scores = [[ex["outputs"][s][PRIMARY] for ex in result["per_example"]] for s in (system_1, system_2)]
+    needed = paired(scores[0], scores[1]).prompts_needed or MAX_PAIRS
     return min(max(needed, MIN_PAIRS), MAX_PAIRS, len(result["per_example"]))
 
 
 def make_plan(result: dict, system_1: str, system_2: str, size: int, seed: int) -> list[dict]:
-    """A stratified, seeded sample of `size` prompts: the prompts are sorted by the BERTScore F1
-    difference between the systems and cut into strata, each sampled in proportion, so the humans
+    """A stratified, seeded sample of `size` prompts: the prompts are sorted by the headline
+    metric's (`PRIMARY`, BERTScore F1) difference between the systems and cut into strata, each sampled in proportion, so the humans
     see prompts where the metric favours either side and where it sees no difference."""
     examples = result["per_example"]
     size = min(size, len(examples))
     rng = random.Random(f"{seed}\0{system_1}\0{system_2}")
     order = sorted(range(len(examples)),
-                   key=lambda i: examples[i]["outputs"][system_2]["bertscore_f1"] - examples[i]["outputs"][system_1]["bertscore_f1"])
+                   key=lambda i: examples[i]["outputs"][system_2][PRIMARY] - examples[i]["outputs"][system_1][PRIMARY])
     strata = [order[k * len(order) // STRATA:(k + 1) * len(order) // STRATA] for k in range(STRATA)]
     quotas = [size * len(s) // len(order) for s in strata]
     for k in sorted(range(STRATA), key=lambda k: -(size * len(strata[k]) % len(order)))[: size - sum(quotas)]:

@@ -153,3 +153,24 @@ def logistic_at_zero(x: list[float], y: list[float], *, ridge: float = 1e-2) -> 
         if np.max(np.abs(step)) < 1e-10:
             break
     return float(1.0 / (1.0 + np.exp(-w[0]))), float(w[1])
+
+
+def conditional_power(diffs: list[float], total: int, *, alpha: float = 0.05) -> float:
+    """Chance that paired differences, once all `total` items are scored, show a positive mean
+    beyond noise (two-sided z test at `alpha`), if the items not scored yet continue the trend seen
+    so far (the observed mean and sd). 0 or 1 once nothing is left to score or there is no spread."""
+    from scipy.stats import norm
+
+    n = len(diffs)
+    if n == 0:
+        return 1.0
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else 0.0
+    if sd <= 1e-12:  # every difference the same: the trend decides
+        return 1.0 if mean > 1e-12 else 0.0
+    z = norm.ppf(1 - alpha / 2)
+    if n >= total:
+        return 1.0 if mean * math.sqrt(n) / sd > z else 0.0
+    rest = total - n
+    need = z * sd * math.sqrt(total) - n * mean - rest * mean
+    return float(1.0 - norm.cdf(need / (sd * math.sqrt(rest))))

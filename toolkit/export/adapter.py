@@ -20,7 +20,12 @@ import sys
 from pathlib import Path
 
 from toolkit.errors import ModelError
+from toolkit.export.modelfile.writer import build_modelfile
+from toolkit.export.modelfile.writer import write as write_mf
+from toolkit.export.outputs import Exported, reusable, run_tool, sidecar
 from toolkit.io import atomic_path, write_json
+from toolkit.models import GENERATION_STOPS, file_digest
+from toolkit.params import DEFAULTS
 
 # Weight names that a GGUF LoRA cannot carry as low-rank deltas of the base.
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_out", "output_layer")
@@ -86,16 +91,12 @@ def adapter_digest(adapter: Path, hf_dir: Path) -> str:
     """A digest of what the LoRA conversion reads: the adapter's config and weights, the base config."""
     import hashlib
 
-    from toolkit.models import file_digest
-
     files = [adapter / "adapter_config.json", *sorted(adapter.glob("adapter_model.*")), hf_dir / "config.json"]
     return hashlib.sha256("\n".join(f"{p.name}:{file_digest(p)}" for p in files).encode()).hexdigest()
 
 
 def convert_adapter(adapter: Path, hf_dir: Path, dest: Path, outtype: str = "f16", *, force: bool = False):
     """PEFT LoRA directory -> GGUF LoRA of `outtype` with llama.cpp's converter (base config from `hf_dir`)."""
-    from toolkit.export.outputs import Exported, reusable, run_tool, sidecar
-
     key = {"source": adapter_digest(adapter, hf_dir), "type": outtype, "kind": "lora"}
     if not force and reusable(dest, key):
         return Exported(dest, outtype, True)
@@ -117,10 +118,6 @@ def adapter_stem(adapter: Path) -> str:
 def write_adapter_modelfile(path: Path, base_gguf: Path, lora_gguf: Path, fmt, params=None, *,
                             license: str | None = None) -> Path:
     """A Modelfile `FROM ./base.gguf` + `ADAPTER ./lora.gguf` with the base's TEMPLATE, stops and SYSTEM."""
-    from toolkit.export.modelfile.writer import build_modelfile
-    from toolkit.export.modelfile.writer import write as write_mf
-    from toolkit.params import DEFAULTS
-
     options = (params or DEFAULTS).to_ollama_options()
     stops = fmt.stops + [s for s in options.pop("stop", []) if s not in fmt.stops]
     rel = os.path.relpath
@@ -134,8 +131,6 @@ def merged_stops(hf_dir: Path, meta: dict) -> list[str]:
     """The tokens `toolkit merge` makes the merged twin stop on (the adapter's recorded stops and
     the usual end-of-turn tokens of the vocabulary), so the adapter's Modelfile stops there too."""
     from transformers import AutoTokenizer
-
-    from toolkit.models import GENERATION_STOPS
 
     vocab = AutoTokenizer.from_pretrained(hf_dir).get_vocab()
     return [t for t in dict.fromkeys([*meta.get("stop", []), *GENERATION_STOPS]) if t in vocab]

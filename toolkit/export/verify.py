@@ -18,7 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.chat.families import candidates
+from toolkit.chat.parity import first_difference as diff
+from toolkit.chat.parity import passed, pinned_date, run_suite, writes_leading_bos
+from toolkit.data.readers import load_examples
 from toolkit.errors import ToolkitError
+from toolkit.export.convert import eos_stops
+from toolkit.export.modelfile.checks import validate_file
+from toolkit.models import is_modelfile, resolve, resolve_modelfile
+from toolkit.runtime.llamacpp import load, load_vocab, read_metadata
+from toolkit.train.merge import base_for, load_adapter
+from toolkit.train.tokens import prompt_ids
 
 # Minimum top-1 agreement per GGUF type on the default model (issue 4); other types are reported.
 TARGETS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.97}
@@ -55,8 +65,6 @@ def gguf_type(path: Path) -> str:
     """The file's quantization type name (F16, Q8_0, Q4_K_M, ...) from its metadata."""
     import llama_cpp
 
-    from toolkit.runtime.llamacpp import read_metadata
-
     ftype = int(read_metadata(path).get("general.file_type", -1))
     for name in dir(llama_cpp):
         if name.startswith("LLAMA_FTYPE_") and getattr(llama_cpp, name) == ftype:
@@ -70,8 +78,6 @@ def reference_model(hf_dir: Path, adapter: Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if adapter is not None:
-        from toolkit.train.merge import load_adapter
-
         peft_model, tok, _ = load_adapter(adapter)
         return peft_model.merge_and_unload().eval(), tok
     return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(hf_dir)
@@ -86,8 +92,12 @@ def reference_sequences(hf_dir: Path, prompts: list[str], n_tokens: int,
     seqs, starts, logprobs = [], [], []
     with torch.no_grad():
         for prompt in prompts:
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)["input_ids"]
+            if tok.chat_template:
+                ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)["input_ids"]
+            else:  # a base model: the prompt as given, BOS as llama.cpp adds it (raw mode)
+
+                ids = torch.tensor([prompt_ids(tok, prompt)])
             out = model.generate(ids, max_new_tokens=n_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             logits = model(out).logits[0, ids.shape[1] - 1 : out.shape[1] - 1]
             seqs.append(out[0].tolist())
@@ -100,8 +110,6 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
     """Score `seqs` with llama.cpp (with `lora` applied at load) and compare with the HF log-probs."""
     import numpy as np
     import torch
-
-    from toolkit.runtime.llamacpp import load
 
     kind = gguf_type(gguf)  # a LoRA is held to its base's target: it adds deltas in the same precision
     llm = load(gguf, n_ctx=max(len(s) for s in seqs) + 8, logits_all=True, lora=lora)
@@ -135,8 +143,6 @@ def compare_gguf(gguf: Path, seqs: list[list[int]], starts: list[int], hf_logpro
 
 def first_difference(a: str, b: str) -> int | None:
     """Index of the first differing character, or None when equal."""
-    from toolkit.chat.parity import first_difference as diff
-
     return diff(a, b)
 
 
@@ -146,8 +152,6 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
     leading BOS coming from llama.cpp's tokenize (checked on token ids); every end-of-turn token
     must be a stop. Returns the problems found, one per conversation that differs."""
     from transformers import AutoTokenizer
-
-    from toolkit.runtime.llamacpp import read_metadata
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     jinja = tok.chat_template or ""
@@ -166,9 +170,6 @@ def check_templates(hf_dir: Path, gguf: Path, modelfile: Path | None) -> list[st
 
 def check_modelfile(hf_dir: Path, tok, gguf: Path, modelfile: Path) -> list[str]:
     """The parity suite, the BOS rule on token ids, and the stops for one Modelfile."""
-    from toolkit.chat.parity import passed, pinned_date, run_suite
-    from toolkit.export.modelfile.checks import validate_file
-
     mf = validate_file(modelfile)
     jinja = tok.chat_template or ""
     # a date the HF template takes from strftime_now was frozen in the Modelfile at export
@@ -188,9 +189,6 @@ def check_modelfile(hf_dir: Path, tok, gguf: Path, modelfile: Path) -> list[str]
 def required_stops(hf_dir: Path, tok) -> list[str]:
     """The end-of-turn tokens a Modelfile must stop on: the generation config's eos tokens and
     the matched family's end-of-turn tokens."""
-    from toolkit.chat.families import candidates
-    from toolkit.export.convert import eos_stops
-
     stops = eos_stops(hf_dir, tok)
     vocab = tok.get_vocab()
     for family in candidates(tok.chat_template or "")[:1]:
@@ -198,20 +196,30 @@ def required_stops(hf_dir: Path, tok) -> list[str]:
     return stops
 
 
+def bos_problem(add_bos: bool, template_writes_bos: bool) -> str | None:
+    """The BOS rule's message, with its fix, when the GGUF's add-BOS flag and the template disagree
+    (None when they agree). The caller names the file."""
+    if add_bos == template_writes_bos:
+        return None
+    if template_writes_bos:
+        return ('tokenizer.ggml.add_bos_token is false but the HF chat template writes a leading BOS, so llama.cpp '
+                'would start every prompt without it: set "add_bos_token": true in the HF tokenizer_config.json and '
+                'export again, or drop the leading {{ bos_token }} from the chat template')
+    return ('tokenizer.ggml.add_bos_token is true but the HF chat template writes no leading BOS, so llama.cpp would '
+            'add one the model never saw: set "add_bos_token": false in the HF tokenizer_config.json and export '
+            'again, or start the chat template with {{ bos_token }}')
+
+
 def token_problems(gguf: Path, tok, cases) -> list[str]:
     """The BOS rule on token ids: llama.cpp's tokenize of the Go text (adding BOS as the GGUF
     says) must give the HF tokenizer's ids for the HF text."""
     import llama_cpp
 
-    from toolkit.chat.parity import writes_leading_bos
-    from toolkit.runtime.llamacpp import load_vocab
-
     llm = load_vocab(gguf)
     try:
         add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
-        if add_bos != writes_leading_bos(cases):
-            return [f"{gguf.name}: tokenizer.ggml.add_bos_token is {str(add_bos).lower()} but the HF chat template "
-                    f"{'writes' if not add_bos else 'does not write'} a leading BOS"]
+        if (problem := bos_problem(add_bos, writes_leading_bos(cases))) is not None:
+            return [problem]
         for case in cases:
             if case.refused:
                 continue
@@ -272,8 +280,6 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
         raise VerifyError(f"no GGUF files given and none in {where}", fix="run `toolkit export` first or pass --gguf FILE")
     texts = DEFAULT_PROMPTS
     if data is not None:
-        from toolkit.data.readers import load_examples
-
         texts = [ex.prompt for ex in load_examples(data)]
     texts = texts[:prompts]
     with status(f"HF model generates {tokens} tokens for {len(texts)} prompts"):
@@ -284,13 +290,18 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     for col in ("file", "type", "top-1", "decisive", "mean KL", "max KL", "templates", "result"):
         table.add_column(col, justify="left" if col in ("file", "type", "templates", "result") else "right", no_wrap=True)
     failures = []
+    applies = templates and _has_chat_template(hf_dir)
+    if templates and not applies:
+        err.print(f"the template check does not apply: {hf_dir} has no chat template (a base model); fidelity is "
+                  "checked on the prompts as given", soft_wrap=True)
     for item in files:
         path, lora, mf = _target(item)
         with status(f"scoring {item.name}"):
             fid = compare_gguf(path, seqs, starts, logprobs, lora)
-        problems = check_templates(hf_dir, path, mf if mf.exists() else None) if templates else []
+        problems = check_templates(hf_dir, path, mf if mf.exists() else None) if applies else []
         ok = fid.passed and not problems
-        template_cell = "skipped" if not templates else "MISMATCH" if problems else "same" + (" +stops" if mf.exists() else "")
+        template_cell = ("skipped" if not templates else "n/a (no chat template)" if not applies
+                         else "MISMATCH" if problems else "same" + (" +stops" if mf.exists() else ""))
         target = f" (>= {fid.target:.0%})" if fid.target else ""
         table.add_row(item.name, fid.type, f"{fid.top1_agreement:.1%}", f"{fid.decisive_agreement:.1%}", f"{fid.mean_kl:.4f}", f"{fid.max_kl:.3f}",
                       template_cell, ("[green]pass[/]" if ok else "[red]FAIL[/]") + target)
@@ -305,14 +316,16 @@ def verify(model: str, gguf: list[Path] = (), data: Path | None = None, prompts:
     return 0
 
 
+def _has_chat_template(hf_dir: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    return bool(AutoTokenizer.from_pretrained(hf_dir).chat_template)
+
+
 def _reference(model: str) -> tuple[Path | None, Path]:
     """(adapter dir or None, HF dir of the base or model) for verify's MODEL."""
-    from toolkit.models import resolve
-
     path = Path(model)
     if (path / "adapter_config.json").exists() or (path / "adapter" / "adapter_config.json").exists():
-        from toolkit.train.merge import base_for
-
         adapter, _meta, _spec, hf_dir = base_for(path)
         return adapter, hf_dir
     return None, resolve(model).require_hf()
@@ -320,8 +333,6 @@ def _reference(model: str) -> tuple[Path | None, Path]:
 
 def _target(item: Path) -> tuple[Path, Path | None, Path]:
     """(GGUF, LoRA or None, Modelfile) for one --gguf entry: a .gguf (its Modelfile beside it) or a Modelfile."""
-    from toolkit.models import is_modelfile, resolve_modelfile
-
     if is_modelfile(item):
         gguf, lora = resolve_modelfile(item, hf=False).require_llamacpp()
         return gguf, lora, item

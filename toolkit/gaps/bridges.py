@@ -12,9 +12,11 @@
   (for the expectation) leave noise out.
 * The gap score of a pair is the product of three parts, each in (0, 1], all shown as reasons:
   nearness (the pair's similarity percentile among all pairs), atypicality (1 / (1 + lift)) and
-  momentum (the percentile of the slower side's growth; 1 when there are no dates). A *candidate*
-  gap is a pair in the top quartile of similarity, bridged less than chance (lift < 1), with both
-  sides growing, and both clusters stable.
+  momentum (the percentile of the slower side's growth). A *candidate* gap is a pair in the top
+  quartile of similarity, bridged less than chance (lift < 1), with both sides growing, and both
+  clusters stable. Without growth (no dates, or too few years) momentum is left out (1 for every
+  pair) and no side has to grow: pairs are still ranked, by nearness and atypicality, and their
+  reasons say "growth unknown".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SMOOTH = 0.5
+GROWTH_UNKNOWN = "growth unknown (ranked by nearness and atypicality)"
 
 
 @dataclass
@@ -135,4 +138,6 @@ def reasons(row: dict) -> str:
              f"{row['observed_bridges']} bridging papers vs {row['expected_bridges']:.1f} by chance (lift {row['lift']:.2f})"]
     if row["growth_a"] is not None:
         parts.append(f"growth {row['growth_a']:+.0%}/yr and {row['growth_b']:+.0%}/yr")
+    else:
+        parts.append(GROWTH_UNKNOWN)
     return "; ".join(parts)

@@ -8,21 +8,67 @@ the only files written along the way, and they are what makes a re-run resume.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from toolkit.errors import ConfigError
+from toolkit.gaps.corpus import check_size, load_corpus
+from toolkit.io import write_json, write_text
+from toolkit.options import option
 from toolkit.params import DEFAULTS, DecodingParams
+from toolkit.runtime.backends import BackendName
+from toolkit.runtime.generation import check_parallel
 
 
-def _check_options(clusters: int, dims: int, bootstrap: int, window: int, bridge_quantile: float, top: int, drafts: int) -> None:
+@dataclass(frozen=True)
+class CorpusOptions:
+    """reading the corpus"""
+
+    format: str = option("auto", "input format (auto, arxiv, papers).")
+    abstract_col: str = option("abstract", "the field holding the abstract.")
+    categories: str = option("", "keep only these arXiv categories (e.g. cs.LG,cs.CL or a prefix like cs.).")
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """embedding, clustering, growth and bridges"""
+
+    encoder: str = option("minilm", "minilm (embedded all-MiniLM-L6-v2), a local HF encoder directory, or words (model-free, fast).")
+    clusters: int = option(0, "number of clusters (0 = the k with the highest silhouette over 4..24).")
+    cluster: Literal["kmeans", "hdbscan"] = option("kmeans", "kmeans (every abstract in one of k clusters) or hdbscan (density clusters, "
+                                                   "as in BERTopic: no k to pick; abstracts in no dense area are left out as noise, never ranked).")
+    min_cluster_size: int = option(0, "HDBSCAN's smallest cluster (0 = 1% of the abstracts, at least 10 as in BERTopic: a smaller group is no "
+                                      "area worth ranking, and it keeps the pairs few); lower it if HDBSCAN finds fewer than 2 clusters.")
+    dims: int = option(50, "PCA dimensions before clustering.")
+    bootstrap: int = option(5, "bootstrap re-clusterings for the stability check (0 = skip).")
+    window: int = option(5, "growth is the trend over this many last years.")
+    bridge_quantile: float = option(0.1, "the fraction of papers nearest a tie between two clusters that count as bridging.")
+    top: int = option(10, "how many candidate gaps to report.")
+    backtest: int = option(0, "fit on papers up to this YEAR and check which pairs gain bridging papers later (0 = no backtest).")
+    fit_seed: int = option(0, "seed for PCA, k-means, the bootstrap and the random baseline (HDBSCAN needs none; --seed is the drafts' sampling seed).")
+
+
+@dataclass(frozen=True)
+class DraftOptions:
+    """drafts (--draft)"""
+
+    draft: bool = option(False, "ask a local model for a problem -> approach draft for each top gap, citing its sources.")
+    drafts: int = option(5, "how many top gaps get a draft.")
+    backend: BackendName = option("llamacpp", "which backend runs the drafting model: llamacpp (in process), ollama or openai.")
+    model: str = option("smollm2", "the drafting model: embedded name (smollm2), a .gguf file, an exported directory, or a server's model name.")
+    url: str = option("", "server URL for the ollama (default: OLLAMA_HOST) and openai backends.")
+    parallel: int = option(0, "drafts generated at once (0 = the backend's default).")
+
+
+def _check_options(a: AnalysisOptions, drafts: int) -> None:
     checks = [
-        (clusters == 0 or clusters >= 2, f"--clusters {clusters}", "give 0 (choose by silhouette) or 2 or more"),
-        (dims >= 2, f"--dims {dims}", "give 2 or more PCA dimensions (50 is the default)"),
-        (0 <= bootstrap <= 100, f"--bootstrap {bootstrap}", "give 0 (no stability check) to 100 resamples"),
-        (window >= 2, f"--window {window}", "growth needs a window of 2 or more years"),
-        (0 < bridge_quantile < 0.5, f"--bridge-quantile {bridge_quantile}", "give a fraction between 0 and 0.5 (0.1 is the default)"),
-        (top >= 1, f"--top {top}", "show 1 or more gaps"),
+        (a.clusters == 0 or a.clusters >= 2, f"--clusters {a.clusters}", "give 0 (choose by silhouette) or 2 or more"),
+        (a.dims >= 2, f"--dims {a.dims}", "give 2 or more PCA dimensions (50 is the default)"),
+        (0 <= a.bootstrap <= 100, f"--bootstrap {a.bootstrap}", "give 0 (no stability check) to 100 resamples"),
+        (a.window >= 2, f"--window {a.window}", "growth needs a window of 2 or more years"),
+        (0 < a.bridge_quantile < 0.5, f"--bridge-quantile {a.bridge_quantile}", "give a fraction between 0 and 0.5 (0.1 is the default)"),
+        (a.top >= 1, f"--top {a.top}", "show 1 or more gaps"),
         (drafts >= 1, f"--drafts {drafts}", "draft 1 or more gaps"),
     ]
     for ok, what, fix in checks:
@@ -57,12 +103,8 @@ def _clean(obj):
     return obj
 
 
-def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abstract_col: str = "abstract",
-         categories: str = "", encoder: str = "minilm", clusters: int = 0, cluster: Literal["kmeans", "hdbscan"] = "kmeans",
-         min_cluster_size: int = 0, dims: int = 50, bootstrap: int = 5, window: int = 5, bridge_quantile: float = 0.1,
-         top: int = 10, backtest: int = 0, draft: bool = False,
-         drafts: int = 5, backend: str = "llamacpp", model: str = "smollm2", url: str = "", parallel: int = 0,
-         fit_seed: int = 0, params: DecodingParams = DEFAULTS) -> int:
+def gaps(corpus: Path, out: Path = Path("runs/gaps"), reading: CorpusOptions = CorpusOptions(),
+         analysis: AnalysisOptions = AnalysisOptions(), drafting: DraftOptions = DraftOptions(), params: DecodingParams = DEFAULTS) -> int:
     """Find under-explored areas in a corpus of abstracts: clusters, growth, bridges, ranked gaps.
 
     Embeds title + abstract (cached by content hash in $TOOLKIT_HOME/gaps, so a re-run or a grown
@@ -74,69 +116,46 @@ def gaps(corpus: Path, out: Path = Path("runs/gaps"), format: str = "auto", abst
     Args:
         corpus: abstracts: Kaggle arXiv metadata (JSON/JSONL), the scientific_papers JSONL, or any file the data readers take.
         out: where the report goes.
-        format: input format (auto, arxiv, papers).
-        abstract_col: the field holding the abstract.
-        categories: keep only these arXiv categories (e.g. cs.LG,cs.CL or a prefix like cs.).
-        encoder: minilm (embedded all-MiniLM-L6-v2), a local HF encoder directory, or words (model-free, fast).
-        clusters: number of clusters (0 = the k with the highest silhouette over 4..24).
-        cluster: kmeans (every abstract in one of k clusters) or hdbscan (density clusters, as in BERTopic:
-            no k to pick; abstracts in no dense area are left out as noise, never ranked).
-        min_cluster_size: HDBSCAN's smallest cluster (0 = 1% of the abstracts, at least 10 as in BERTopic:
-            a smaller group is no area worth ranking, and it keeps the pairs few); lower it if HDBSCAN finds fewer than 2 clusters.
-        dims: PCA dimensions before clustering.
-        bootstrap: bootstrap re-clusterings for the stability check (0 = skip).
-        window: growth is the trend over this many last years.
-        bridge_quantile: the fraction of papers nearest a tie between two clusters that count as bridging.
-        top: how many candidate gaps to report.
-        backtest: fit on papers up to this YEAR and check which pairs gain bridging papers later (0 = no backtest).
-        draft: ask a local model for a problem -> approach draft for each top gap, citing its sources.
-        drafts: how many top gaps get a draft.
-        backend: which backend runs the drafting model: llamacpp (in process), ollama or openai.
-        model: the drafting model: embedded name (smollm2), a .gguf file, an exported directory, or a server's model name.
-        url: server URL for the ollama (default: OLLAMA_HOST) and openai backends.
-        parallel: drafts generated at once (0 = the backend's default).
-        fit_seed: seed for PCA, k-means, the bootstrap and the random baseline (HDBSCAN needs none; --seed is the drafts' sampling seed).
     """
     from toolkit.console import err, status
     from toolkit.gaps.analysis import Settings, analyse
     from toolkit.gaps.cluster import MIN_CLUSTER_FLOOR, require_sklearn
-    from toolkit.gaps.corpus import check_size, load_corpus
     from toolkit.gaps.embed import embed_papers, open_encoder
-    from toolkit.runtime.generation import check_parallel
 
-    _check_options(clusters, dims, bootstrap, window, bridge_quantile, top, drafts)
-    _check_cluster_options(cluster, clusters, min_cluster_size)
-    if parallel:
-        check_parallel(parallel)
+    a = analysis
+    _check_options(a, drafting.drafts)
+    _check_cluster_options(a.cluster, a.clusters, a.min_cluster_size)
+    if drafting.parallel:
+        check_parallel(drafting.parallel)
     require_sklearn()
-    data = load_corpus(Path(corpus), format, categories, abstract_col)
-    if cluster == "hdbscan":
-        check_size(data, 0, min_cluster_size or MIN_CLUSTER_FLOOR, hdbscan=True)
+    data = load_corpus(Path(corpus), reading.format, reading.categories, reading.abstract_col)
+    if a.cluster == "hdbscan":
+        check_size(data, 0, a.min_cluster_size or MIN_CLUSTER_FLOOR, hdbscan=True)
     else:
-        check_size(data, clusters)
-    if backtest and data.dated:  # a YEAR outside the corpus is an error before any work, not after
+        check_size(data, a.clusters)
+    if a.backtest and data.dated:  # a YEAR outside the corpus is an error before any work, not after
         from toolkit.gaps.backtest import split
 
-        split(data.papers, backtest, data.path)
-    enc = open_encoder(encoder)
+        split(data.papers, a.backtest, data.path)
+    enc = open_encoder(a.encoder)
     X, computed = embed_papers(data.papers, enc)
     err.print(f"embedded {computed} new abstracts ({len(data.papers) - computed} from the cache)")
-    settings = Settings(clusters=clusters, cluster=cluster, min_cluster_size=min_cluster_size, dims=dims, seed=fit_seed,
-                        bootstrap=bootstrap, window=window, bridge_quantile=bridge_quantile)
-    with status(f"clustering {len(data.papers)} abstracts, {bootstrap} bootstrap rounds, bridges"):
+    settings = Settings(clusters=a.clusters, cluster=a.cluster, min_cluster_size=a.min_cluster_size, dims=a.dims, seed=a.fit_seed,
+                        bootstrap=a.bootstrap, window=a.window, bridge_quantile=a.bridge_quantile)
+    with status(f"clustering {len(data.papers)} abstracts, {a.bootstrap} bootstrap rounds, bridges"):
         fit = analyse(data.papers, X, settings)
     if fit.clustering.method == "hdbscan":
         err.print(f"HDBSCAN: {fit.k} clusters, {fit.noise} of {len(data.papers)} abstracts left as noise (never ranked)")
-    result = fit.to_dict(top)
+    result = fit.to_dict(a.top)
     result["corpus"] = {"path": str(corpus), "papers": len(data.papers), "records": data.read, "duplicates": data.duplicates,
-                        "empty": data.empty, "dated": data.dated,
-                        "years": f"{data.years[0]}..{data.years[-1]}" if data.years else None, "encoder": encoder}
+                        "empty": data.empty, "dated": data.dated, "dates_from": data.dates_from,
+                        "years": f"{data.years[0]}..{data.years[-1]}" if data.years else None, "encoder": a.encoder}
     if result["growth_skipped"]:
         err.print(f"[yellow]growth skipped:[/] {result['growth_skipped']}")
-    if backtest:
-        result["backtest"] = _backtest(data, X, backtest, settings)
-    if draft:
-        result["drafts"] = _drafts(fit, X, result, enc, backend, model, url, params, Path(out), parallel, drafts)
+    if a.backtest:
+        result["backtest"] = _backtest(data, X, a.backtest, settings)
+    if drafting.draft:
+        result["drafts"] = _drafts(fit, X, result, enc, drafting, params, Path(out))
     _write(Path(out), fit, result)
     return 0
 
@@ -153,22 +172,20 @@ def _backtest(data, X, year: int, settings) -> dict:
         return run_backtest(data.papers, X, year, settings, path=data.path)
 
 
-def _drafts(fit, X, result: dict, enc, backend: str, model: str, url: str, params: DecodingParams, out: Path,
-            parallel: int, count: int) -> list[dict]:
+def _drafts(fit, X, result: dict, enc, d: DraftOptions, params: DecodingParams, out: Path) -> list[dict]:
     from toolkit.console import err
     from toolkit.gaps.draft import draft_gaps
 
     if not result["gaps"]:
         err.print("[yellow]drafts skipped:[/] there are no candidate gaps to draft for")
         return []
-    return draft_gaps(fit, X, result["gaps"][:count], enc, backend, model, url, params, out / "drafts.sqlite", parallel or None)
+    return draft_gaps(fit, X, result["gaps"][:d.drafts], enc, d.backend, d.model, d.url, params, out / "drafts.sqlite", d.parallel or None)
 
 
 def _write(out: Path, fit, result: dict) -> None:
     """map.png, gaps.json, report.md, report.html (each atomic), then the terminal table."""
     from toolkit.console import err
     from toolkit.gaps.report import make_map, print_table, render_html, render_markdown
-    from toolkit.io import write_json, write_text
 
     result = _clean(result)
     map_png = make_map(fit, result["gaps"], out / "map.png", seed=fit.settings.seed)

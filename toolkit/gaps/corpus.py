@@ -1,8 +1,10 @@
 """The papers `toolkit gaps` works on: abstracts from any abstract reader, with a year each.
 
-A paper's year comes from its arXiv id when it has one (new style `0704.0001`, `2401.12345`; old
-style `hep-th/9901001`: the id is the submission month, which `update_date` is not), else from a
-date field (`update_date`, first four digits). Duplicate texts are dropped (the first one kept).
+A paper's year is the year of the date the readers give it (`toolkit.data.dates.dated`, the one
+rule `data check` uses too): the first version's date (the submission), else the month its arXiv
+id encodes (`0704.0001`, `hep-th/9901001`), else its date column (`update_date`: the last update,
+not the submission). The corpus counts how many papers got a date from which source, for the
+report. Duplicate texts are dropped (the first one kept).
 Every way a corpus can be unusable is one `DataError` line raised before anything is written.
 """
 
@@ -10,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.data.dates import date_of_arxiv_id, date_sources
+from toolkit.data.readers import read_records
+from toolkit.data.records import AbstractRecord
 from toolkit.errors import DataError
 
-_NEW_ID = re.compile(r"^(?:arxiv:)?(\d{2})(\d{2})\.\d{4,5}(?:v\d+)?$", re.I)
-_OLD_ID = re.compile(r"^(?:arxiv:)?[a-z][a-z-]*(?:\.[a-z]{2})?/(\d{2})(\d{2})\d{3}(?:v\d+)?$", re.I)
 _DATE = re.compile(r"^\s*(\d{4})(?:[-/.]\d{1,2})?")
 
 
@@ -41,20 +45,8 @@ class Paper:
 
 def year_of_arxiv_id(paper_id: str) -> int | None:
     """The submission year an arXiv id encodes (`0704.0001` -> 2007, `hep-th/9901001` -> 1999), else None."""
-    text = paper_id.strip()
-    m = _NEW_ID.match(text)
-    if m:
-        yy, mm = int(m.group(1)), int(m.group(2))
-        # new-style ids started in April 2007 (0704); anything else is some other numbering
-        if 1 <= mm <= 12 and (yy, mm) >= (7, 4):
-            return 2000 + yy
-        return None
-    m = _OLD_ID.match(text)
-    if m:
-        yy, mm = int(m.group(1)), int(m.group(2))
-        if 1 <= mm <= 12 and (yy >= 91 or yy <= 7):  # old-style ids ran from 1991 to March 2007
-            return 1900 + yy if yy >= 91 else 2000 + yy
-    return None
+    date = date_of_arxiv_id(paper_id)
+    return date.date.year if date is not None else None
 
 
 def year_of_date(date: str) -> int | None:
@@ -80,6 +72,7 @@ class Corpus:
     read: int
     duplicates: int
     empty: int
+    sources: Counter = field(default_factory=Counter)  # dated papers by where the date came from (dates.SOURCES)
 
     @property
     def years(self) -> list[int]:
@@ -89,6 +82,11 @@ class Corpus:
     def dated(self) -> int:
         return sum(p.year is not None for p in self.papers)
 
+    @property
+    def dates_from(self) -> str:
+        """How many papers got their date from which source: "first version 1800, arXiv id 12"."""
+        return date_sources(self.sources)
+
 
 def load_corpus(path: Path, format: str = "auto", categories: str = "", abstract_col: str = "abstract") -> Corpus:
     """Read a corpus of abstracts through the toolkit's readers; drop empty and duplicate texts.
@@ -96,13 +94,11 @@ def load_corpus(path: Path, format: str = "auto", categories: str = "", abstract
     Raises `DataError` when the file holds no abstracts (another format, or every abstract empty)
     or only duplicates of one text.
     """
-    from toolkit.data.readers import read_records
-    from toolkit.data.records import AbstractRecord
-
     path = Path(path)
     papers: list[Paper] = []
     seen: set[str] = set()
     read = duplicates = empty = 0
+    sources: Counter = Counter()
     for rec in read_records(path, format=format, categories=categories, abstract_col=abstract_col):
         if not isinstance(rec, AbstractRecord):
             kind = type(rec).__name__.removesuffix("Record").lower() or "other"
@@ -113,19 +109,22 @@ def load_corpus(path: Path, format: str = "auto", categories: str = "", abstract
         if not abstract:
             empty += 1
             continue
-        paper = Paper(rec.id, " ".join(rec.title.split()), abstract, paper_year(rec.id, rec.update_date))
+        year = rec.date.date.year if rec.date is not None else None
+        paper = Paper(rec.id, " ".join(rec.title.split()), abstract, year)
         if paper.key in seen:
             duplicates += 1
             continue
         seen.add(paper.key)
         papers.append(paper)
+        if year is not None:
+            sources[rec.date_source] += 1
     if not papers:
         raise DataError(f"no abstracts: all {read} records have an empty {abstract_col!r} field", path=path,
                         fix="pass --abstract-col if the abstracts are under another field name")
     if len(papers) == 1 and duplicates:
         raise DataError(f"all {read} records are duplicates of one abstract", path=path,
                         fix="pass a corpus of distinct abstracts")
-    return Corpus(path, papers, read, duplicates, empty)
+    return Corpus(path, papers, read, duplicates, empty, sources)
 
 
 def check_size(corpus: Corpus, clusters: int, min_per_cluster: int = 5, hdbscan: bool = False) -> None:

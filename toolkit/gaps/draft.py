@@ -7,20 +7,23 @@ sentence of problem, then the approach (hypotheses, method, evaluation).
 
 Grounding check: the draft is embedded with the same encoder; it is *grounded* when its mean
 cosine to the cited abstracts exceeds its mean cosine to `RANDOM_REFS` random other abstracts
-(seeded), and flagged otherwise. Generations are cached in OUT/drafts.sqlite by (model digest,
-decoding parameters, prompt), so a re-run or an interrupted run only generates what is missing.
+(seeded), and flagged otherwise. Generations are cached in OUT/drafts.sqlite (runtime/cache.py:
+model digest, conversation, decoding parameters, seed), so a re-run or an interrupted run only
+generates what is missing.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 
+from toolkit.data.textsplit import split_sentences
 from toolkit.gaps.analysis import Analysis
 from toolkit.params import DecodingParams
+from toolkit.runtime.backends import BackendSpec
+from toolkit.runtime.cache import GenerationCache, Request, generate_cached
 
 SOURCES_PER_SIDE = 2
 RANDOM_REFS = 20
@@ -68,7 +71,6 @@ def parse_draft(text: str) -> tuple[str, str]:
     p, a = _PROBLEM.search(text), _APPROACH.search(text)
     if p and a:
         return " ".join(p.group(1).split()), " ".join(a.group(1).split())
-    from toolkit.data.textsplit import split_sentences
 
     sentences = split_sentences(" ".join(text.split())) or [""]
     return sentences[0], " ".join(sentences[1:])
@@ -85,31 +87,21 @@ def grounding(draft_vec: np.ndarray, X: np.ndarray, cited: list[int], seed: int)
             "grounded": bool(cited_sim > random_sim), "random_refs": len(refs)}
 
 
+def draft_requests(prompts: list[str], params: DecodingParams) -> list[Request]:
+    """What the model is asked per gap: the research-scientist system turn, then the gap's prompt."""
+    return [Request.of(p, params, SYSTEM) for p in prompts]
+
+
 def draft_gaps(fit: Analysis, X: np.ndarray, gaps: list[dict], encoder, backend: str, model: str, url: str,
                params: DecodingParams, cache_path: Path, parallel: int | None = None) -> list[dict]:
     """One draft per gap (cached), each with its cited ids, the ids it mentions and its grounding."""
-    from toolkit.console import progress
     from toolkit.gaps.embed import embed_texts
-    from toolkit.runtime.backends import open_backend
-    from toolkit.runtime.cache import GenerationCache, model_id
 
     cited = [sources(fit, g) for g in gaps]
     prompts = [prompt_for(fit, g, c) for g, c in zip(gaps, cited)]
     cache = GenerationCache(cache_path)
     try:
-        mid = model_id(backend, model, url)
-        keys = [GenerationCache.key(mid, params, SYSTEM + "\n" + p) for p in prompts]
-        done = [cache.get(k) for k in keys]
-        todo = deque((i, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompts[i]}], params)
-                     for i, d in enumerate(done) if d is None)
-        if todo:
-            with open_backend(backend, model, n_ctx=params.num_ctx, url=url or None, parallel=parallel) as engine, progress() as bar:
-                task = bar.add_task("draft gaps", total=len(todo), info="")
-                engine.reserve([conv for _, conv, _ in todo], params.max_tokens)
-                for i, gen in engine.generate_stream(lambda: todo.popleft() if todo else None):
-                    done[i] = gen.to_dict()
-                    cache.put(keys[i], done[i])
-                    bar.advance(task)
+        done, _ = generate_cached(BackendSpec(backend, model, url, parallel), draft_requests(prompts, params), cache, "draft gaps")
     finally:
         cache.close()
     texts = [d["text"] for d in done]

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ModelError
+from toolkit.io import toolkit_home
+from toolkit.models import file_digest, scorer_path
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence-transformers max_seq_length
 WORDS_DIM = 256
@@ -85,8 +87,6 @@ class HFEncoder:
     """Mean-pooled token embeddings of a local HF encoder (default: the embedded MiniLM)."""
 
     def __init__(self, spec: str = "minilm", batch_size: int = 32, max_tokens: int = MAX_TOKENS):
-        from toolkit.models import file_digest, scorer_path
-
         self.path, _ = scorer_path(spec)
         weights = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
         if not weights:
@@ -158,8 +158,6 @@ def embed_texts(texts: list[str], keys: list[str], encoder, cache: EmbeddingCach
 def embed_papers(papers: list, encoder, cache_path: Path | None = None) -> tuple[np.ndarray, int]:
     """Embed `Paper`s (title + abstract) with an encoder from `open_encoder`; the cache defaults to
     `$TOOLKIT_HOME/gaps/embeddings.sqlite` (the `words` encoder is not cached: it is instant)."""
-    from toolkit.io import toolkit_home
-
     if isinstance(encoder, WordsEncoder):
         return embed_texts([p.text for p in papers], [p.key for p in papers], encoder, None)
     cache = EmbeddingCache(cache_path or toolkit_home() / "gaps" / "embeddings.sqlite")

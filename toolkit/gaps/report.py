@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.io import save_figure
+
 MAP_POINTS = 20000  # most points drawn on the map (a seeded sample beyond that)
 
 
@@ -20,8 +22,6 @@ def make_map(fit, gaps: list[dict], dest: Path, seed: int = 0) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from toolkit.io import save_figure
 
     cl = fit.clustering
     Z = cl.reduced
@@ -83,7 +83,7 @@ def summary_lines(result: dict) -> list[str]:
     """The one-line facts every report starts with."""
     c = result["corpus"]
     lines = [f"{c['papers']} distinct abstracts from {c['path']} ({c['duplicates']} duplicates and {c['empty']} empty dropped); "
-             f"{c['dated']} dated, years {c['years'] or 'none'}.",
+             f"{c['dated']} dated{_sources(c)}, years {c['years'] or 'none'}.",
              f"Clusters: {result['criterion']}. Stability: {result['stability']['bootstrap_rounds']} bootstrap re-clusterings, "
              f"mean adjusted Rand {result['stability']['mean_adjusted_rand']}; clusters with best-match Jaccard below "
              f"{result['stability']['unstable_below_jaccard']} are marked unstable and never ranked.",
@@ -91,8 +91,14 @@ def summary_lines(result: dict) -> list[str]:
              f"Bridging papers: the {result['bridges']['quantile']:.0%} of papers nearest to a tie between their two closest "
              f"clusters ({result['bridges']['bridging_papers']} papers); expected counts share them out by cluster sizes."]
     if result.get("growth_skipped"):
-        lines.append(f"Growth skipped: {result['growth_skipped']}.")
+        lines.append(f"Growth skipped: {result['growth_skipped']}; pairs are ranked with growth unknown, by nearness and atypicality.")
     return lines
+
+
+def _sources(corpus: dict) -> str:
+    """Where the dates came from: " (first version 1990, update_date (last update, not submission) 10)"."""
+    sources = corpus.get("dates_from")
+    return f" (from {sources})" if sources and sources != "none" else ""
 
 
 def noise_lines(result: dict) -> list[str]:
@@ -113,12 +119,13 @@ def print_table(result: dict, top: int = 10) -> None:
     for col in ("#", "gap (cluster labels)", "score", "similarity", "bridges obs/exp", "lift", "growth A / B"):
         table.add_column(col, justify="left" if col.startswith("gap") else "right")
     for rank, g in enumerate(result["gaps"][:top], 1):
-        growth = "-" if g["growth_a"] is None else f"{g['growth_a']:+.0%} / {g['growth_b']:+.0%}"
+        growth = "unknown" if g["growth_a"] is None else f"{g['growth_a']:+.0%} / {g['growth_b']:+.0%}"
         table.add_row(str(rank), gap_title(result, g), f"{g['score']:.3f}", f"{g['similarity']:.2f}",
                       f"{g['observed_bridges']}/{g['expected_bridges']:.1f}", f"{g['lift']:.2f}", growth)
     out.print(table)
     if not result["gaps"]:
-        out.print("no pair is near in meaning, bridged less than chance and growing on both sides; see gaps.json for every pair")
+        growing = " and growing on both sides" if not result.get("growth_skipped") else ""
+        out.print(f"no pair is near in meaning{',' if growing else ' and'} bridged less than chance{growing}; see gaps.json for every pair")
     bt = result.get("backtest")
     if bt and "methods" in bt:
         out.print(backtest_line(bt), soft_wrap=True)
@@ -171,8 +178,12 @@ def render_markdown(result: dict, map_rel: str | None) -> str:
     lines = ["# Research gaps", "", *summary_lines(result), ""]
     if map_rel:
         lines += [f"![map of the corpus]({map_rel})", ""]
-    lines += ["## Candidate gaps", "", "A gap: a pair of clusters near in meaning, bridged less than chance, both growing. "
-              "Score = nearness x atypicality x momentum (each in (0, 1]).", ""]
+    rule = ("A gap: a pair of clusters near in meaning, bridged less than chance, both growing. "
+            "Score = nearness x atypicality x momentum (each in (0, 1]).")
+    if result.get("growth_skipped"):
+        rule = ("A gap: a pair of clusters near in meaning, bridged less than chance; growth unknown. "
+                "Score = nearness x atypicality (each in (0, 1]); momentum is left out.")
+    lines += ["## Candidate gaps", "", rule, ""]
     for rank, g in enumerate(result["gaps"], 1):
         lines += [f"{rank}. **{gap_title(result, g)}**: score {g['score']:.3f}; {g['reasons']}"]
     if not result["gaps"]:

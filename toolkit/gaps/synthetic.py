@@ -16,9 +16,12 @@ Used by the backtest test, `bench/gaps.py` and anyone wanting a demo corpus.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
+
+from toolkit.io import write_jsonl
 
 GENERAL = ("method approach results propose show study analysis performance novel framework experiments demonstrate "
            "model data evaluate improve based using new efficient robust accurate large scale").split()
@@ -73,10 +76,14 @@ def _words(rng: np.random.Generator, topics: list[str], n: int) -> list[str]:
     return out
 
 
+_DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
+_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+
+
 def generate(seed: int = 0, start: int = 2015, end: int = 2024, planted_after: int = 2021, scale: float = 1.0,
              bridge_per_year: int = 25, mixed_per_year: int = 4) -> list[dict]:
-    """Records in the Kaggle arXiv format (id, title, abstract, categories, update_date), each with
-    its generating `topics` (one, or the two it mixes)."""
+    """Records in the Kaggle arXiv format (id, title, abstract, categories, versions, update_date),
+    each with its generating `topics` (one, or the two it mixes)."""
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     serial: dict[str, int] = {}
@@ -87,8 +94,11 @@ def generate(seed: int = 0, start: int = 2015, end: int = 2024, planted_after: i
         serial[yymm] = serial.get(yymm, 0) + 1
         title = " ".join(_words(rng, topics, 7)).capitalize()
         abstract = " ".join(_words(rng, topics, int(rng.integers(45, 70)))).capitalize() + "."
+        day = _DAYS[dt.date(year, month, 15).weekday()]
+        created = f"{day}, 15 {_MONTHS[month - 1]} {year} 10:00:00 GMT"  # the form of Kaggle's `versions` (no locale)
         rows.append({"id": f"{yymm}.{serial[yymm]:05d}", "title": title, "abstract": abstract,
-                     "categories": "cs.LG", "update_date": f"{year}-{month:02d}-15", "topics": topics})
+                     "categories": "cs.LG", "versions": [{"version": "v1", "created": created}],
+                     "update_date": f"{year}-{month:02d}-15", "topics": topics})
 
     for year in range(start, end + 1):
         for topic in TOPICS:
@@ -106,8 +116,6 @@ def generate(seed: int = 0, start: int = 2015, end: int = 2024, planted_after: i
 
 def write_corpus(path: Path, **kwargs) -> Path:
     """Write `generate(**kwargs)` as JSON Lines (the `topics` field kept, for checking)."""
-    from toolkit.io import write_jsonl
-
     return write_jsonl(path, generate(**kwargs))
 
 

@@ -2,7 +2,11 @@
 
 A backend turns chat messages plus `DecodingParams` into a `Generation`. `llamacpp` runs a GGUF in
 process (the model is loaded once and reused); later backends talk to Ollama or any
-OpenAI-compatible server. Every backend passes the same contract test (tests/test_backends.py).
+OpenAI-compatible server. `BACKENDS` is the registry (name -> class): a class says how it is
+opened (`open`), what identifies its weights (`weights_id`) and what it can do (`capabilities`),
+so code outside this package asks those, never compares backend names. `--backend` offers the
+registry's names (`BackendName`). Every registered backend passes the same contract test
+(tests/test_backends.py).
 """
 
 from __future__ import annotations
@@ -11,14 +15,30 @@ import abc
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from toolkit.chat.jinja import render_jinja
+from toolkit.chat.render import render_chat
 from toolkit.errors import BackendError, ConfigError
+from toolkit.models import resolve
 from toolkit.params import DecodingParams
+from toolkit.runtime import llamacpp
+from toolkit.runtime.batched import BatchedGenerator, Job
 from toolkit.runtime.generation import Generation, Messages, StreamJob, as_messages, check_parallel, per_item, run_jobs
+from toolkit.runtime.tokenize import bos_to_add, check_prompting, no_template, raw_prompt, with_bos
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by its class, so callers ask this instead of its name."""
+
+    in_process: bool = False  # generates in this process (this machine made the numbers); False: a server does
+    loads_gguf: bool = False  # opens GGUF files here: their quantization can be read, llama.cpp's machine probe applies
+    json_mode: bool = False  # can constrain a reply to JSON or a grammar
+    token_logprobs: bool = False  # can give per-token log-probabilities (what log-likelihood benchmarks need)
 
 
 class Backend(abc.ABC):
@@ -26,6 +46,24 @@ class Backend(abc.ABC):
 
     name = "backend"
     parallel = 1  # generations run at once by generate_batch and generate_stream
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> Backend:
+        """Open `model` (`url`: the server, where the backend has one) the way every command does:
+        what `open_backend` calls for a registered name."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to open it")  # a backend bug, not a user error
+
+    @classmethod
+    def weights_id(cls, model: str, url: str = "") -> str:
+        """What identifies `model`'s weights (the generation cache's model identity): here, the
+        backend, the server and the model's name there."""
+        return f"{cls.name}:{url}:{model}"
+
+    @classmethod
+    def check(cls, model: str, url: str = "") -> None:
+        """Refuse `model` before any work where this backend can tell it could not run it (a
+        server's models are only known when asked: nothing is checked here)."""
 
     def _set_parallel(self, parallel: int | None) -> None:
         if parallel is not None:
@@ -105,20 +143,46 @@ class Backend(abc.ABC):
 
 
 class LlamaCppBackend(Backend):
-    """llama.cpp in process through llama-cpp-python; the GGUF's own chat template formats turns."""
+    """llama.cpp in process through llama-cpp-python; the GGUF's own chat template formats turns (a
+    Modelfile's TEMPLATE where the GGUF has none); every text prompt gets BOS as the GGUF asks."""
 
     name = "llamacpp"
     parallel = 16
+    raw = False  # True: raw completion mode (RawLlamaCppBackend)
+    # json_mode: a llama_cpp.LlamaGrammar through stream_prompt; token_logprobs: llama.cpp's logits
+    capabilities = Capabilities(in_process=True, loads_gguf=True, json_mode=True, token_logprobs=True)
+
+    @classmethod
+    def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> LlamaCppBackend:
+        """`model`: an embedded name, a .gguf path or an exported dir (a Modelfile's ADAPTER comes along)."""
+        resolved = resolve(model, hf=False)
+        gguf, lora = resolved.require_llamacpp()
+        backend = cls(gguf, n_ctx=n_ctx, parallel=parallel, lora=lora, go_template=resolved.template)
+        if not backend.can_prompt:  # refused at load, not after the first prompt
+            backend.close()
+            raise no_template(gguf)
+        return backend
+
+    @classmethod
+    def check(cls, model: str, url: str = "") -> None:
+        """The model's files resolve and this backend can prompt it (a chat template, a Modelfile
+        TEMPLATE, or raw mode): a one-line error otherwise, reading metadata only."""
+        resolved = resolve(model, hf=False)
+        check_prompting(resolved.require_llamacpp()[0], cls.raw, resolved.template)
+
+    @classmethod
+    def weights_id(cls, model: str, url: str = "") -> str:
+        """The GGUF's digest (and its LoRA's, for a Modelfile with an ADAPTER): a renamed copy is the same model."""
+        return resolve(model, hf=False).weights_id()
 
     def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, parallel: int | None = None,
-                 vocab_only: bool = False, lora: str | Path | None = None):
+                 vocab_only: bool = False, lora: str | Path | None = None, go_template: str | None = None):
         """`vocab_only`: load the vocabulary and metadata but no weights (a few MB, under a second):
         `render`, `tokenize`, `detokenize`, `metadata` and `max_piece_bytes` work, generation does
         not. `toolkit serve` builds prompts with one, outside its generation lock, so a reload or
         an unload of the model never frees what a prompt is being tokenized with. `lora`: a GGUF
-        LoRA applied at load (one-at-a-time and batched generation alike)."""
-        from toolkit.runtime import llamacpp
-
+        LoRA applied at load (one-at-a-time and batched generation alike). `go_template`: a
+        Modelfile's Go TEMPLATE, which prompts where the GGUF has no chat template."""
         self._set_parallel(parallel)
         self.gguf = Path(gguf)
         self.n_ctx = n_ctx
@@ -127,13 +191,25 @@ class LlamaCppBackend(Backend):
         self._llm = (llamacpp.load_vocab(self.gguf) if vocab_only
                      else llamacpp.load(self.gguf, n_ctx=n_ctx, n_threads=n_threads, lora=self.lora))
         self._template = self._llm.metadata.get("tokenizer.chat_template")
+        self._go_template = go_template
         self._max_piece: int | None = None
+        self._bos = bos_to_add(self._llm._model.vocab)  # what every text prompt starts with
+
+    @property
+    def can_prompt(self) -> bool:
+        """Whether `render` can make a prompt of a conversation (raw mode, or a template)."""
+        return self.raw or self._template is not None or bool(self._go_template)
 
     def render(self, messages: Messages) -> str:
-        """The prompt text for `messages`, from the chat template embedded in the GGUF."""
-        if self._template is None:
-            raise ConfigError(f"{self.gguf} has no chat template", fix="export it with a tokenizer that has one")
-        return render_jinja(self._template, messages, bos_token=self._special("bos"), eos_token=self._special("eos"))
+        """The prompt text for `messages`: the messages as given in raw mode, else through the chat
+        template embedded in the GGUF, else through the Modelfile's Go TEMPLATE."""
+        if self.raw:
+            return raw_prompt(messages)
+        if self._template is not None:
+            return render_jinja(self._template, messages, bos_token=self._special("bos"), eos_token=self._special("eos"))
+        if self._go_template:
+            return render_chat(self._go_template, messages)
+        raise no_template(self.gguf)
 
     def _special(self, which: str) -> str:
         tid = self._llm.metadata.get(f"tokenizer.ggml.{which}_token_id")
@@ -166,7 +242,7 @@ class LlamaCppBackend(Backend):
         if self.vocab_only:
             raise BackendError(f"{self.gguf} was opened with its vocabulary only", fix="open it without vocab_only to generate")
         start = time.perf_counter()
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise BackendError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceed the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
@@ -196,10 +272,16 @@ class LlamaCppBackend(Backend):
         yield Generation(text, "length" if finish == "length" else "stop", len(tokens), max(completion, count) if finish == "length" else completion,
                          time.perf_counter() - start)
 
+    def prompt_tokens(self, text: str) -> list[int]:
+        """A text prompt's token ids as llama.cpp decodes them: special tokens read as such, BOS as
+        the GGUF asks and never twice (`toolkit.runtime.tokenize`). Every text prompt goes through
+        here (chat renders, raw prompts, `toolkit serve`); thread-safety as `tokenize`."""
+        return with_bos(self.tokenize(text), self._bos)
+
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        """`text`'s token ids as every prompt here is tokenized: no BOS added (the chat template
-        writes its own) and, with `special`, special-token text such as `<|im_start|>` read as those
-        tokens. `toolkit serve` calls it to size prompts and to return `context`.
+        """`text`'s token ids, no BOS added and, with `special`, special-token text such as
+        `<|im_start|>` read as those tokens: a piece of text, such as a completion to count (a
+        prompt goes through `prompt_tokens`).
 
         Reads only the vocabulary and computes nothing, so any thread may call it; the server does
         from request threads under its registry lock, which keeps the model loaded meanwhile.
@@ -265,8 +347,6 @@ class LlamaCppBackend(Backend):
                         cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
         """Jobs decoded together in the parallel slots, refilled as they come; a prompt another slot
         holds is shared, not prefilled again (`toolkit.runtime.batched`). Same texts as `chat()`."""
-        from toolkit.runtime.batched import Job
-
         def jobs() -> Job | None:
             job = next_job()
             if job is None:
@@ -285,12 +365,10 @@ class LlamaCppBackend(Backend):
             self._generator(max(len(self._tokens(c)) for c in conversations) + max_tokens)
 
     def _tokens(self, conversation: Messages) -> list[int]:
-        return self.tokenize(self.render(as_messages(conversation)))
+        return self.prompt_tokens(self.render(as_messages(conversation)))
 
     def _generator(self, need: int):
         """The batched engine, with room for `need` tokens per sequence."""
-        from toolkit.runtime.batched import BatchedGenerator
-
         if need > self.n_ctx:
             raise BackendError(f"a prompt + its max_tokens need {need} tokens, more than the context ({self.n_ctx})",
                                fix="shorten the prompt, lower max_tokens or raise num_ctx")
@@ -313,6 +391,19 @@ class LlamaCppBackend(Backend):
             llm.close()
 
 
+class RawLlamaCppBackend(LlamaCppBackend):
+    """llama.cpp in process in raw completion mode, as Ollama's `raw`, for base models without a
+    chat template: the prompt exactly as given (`runtime.tokenize.raw_prompt`), BOS as the GGUF asks."""
+
+    name = "llamacpp-raw"
+    raw = True
+
+    @classmethod
+    def weights_id(cls, model: str, url: str = "") -> str:
+        """Raw prompts are other requests than templated ones: a cache keeps them apart."""
+        return "raw+" + super().weights_id(model, url)
+
+
 class OllamaBackend(Backend):
     """An Ollama server (or `toolkit serve`) through the official `ollama` client.
 
@@ -321,6 +412,16 @@ class OllamaBackend(Backend):
     """
 
     name = "ollama"
+    capabilities = Capabilities(json_mode=True)  # Ollama's `format`
+
+    @classmethod
+    def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> OllamaBackend:
+        """`model`: an Ollama model name at `url` (default: OLLAMA_HOST)."""
+        return cls(model, url, parallel=parallel)
+
+    @classmethod
+    def weights_id(cls, model: str, url: str = "") -> str:
+        return super().weights_id(model, url or ollama_host())  # the server it would really ask
 
     def __init__(self, model: str, host: str | None = None, *, timeout: float = 600, parallel: int | None = None):
         import ollama
@@ -359,6 +460,14 @@ class OpenAIBackend(Backend):
     """Any OpenAI-compatible chat server (llama.cpp's llama-server, vLLM, `toolkit serve`)."""
 
     name = "openai"
+    capabilities = Capabilities()  # JSON mode and log-probabilities vary by server: none is promised
+
+    @classmethod
+    def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> OpenAIBackend:
+        """`model`: a model name at the server `url` (required)."""
+        if not url:
+            raise ConfigError("the openai backend needs a server URL", fix="pass --url http://HOST:PORT")
+        return cls(model, url, parallel=parallel)
 
     def __init__(self, model: str, base_url: str, *, api_key: str = "none", timeout: float = 600,
                  parallel: int | None = None):
@@ -406,25 +515,69 @@ class OpenAIBackend(Backend):
         self._http.close()
 
 
-BACKENDS = ("llamacpp", "ollama", "openai")
+# the registry: a new backend is its class and one entry here (the name lives on the class)
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LlamaCppBackend, OllamaBackend, OpenAIBackend)}
+# Raw completion modes, asked for with a command's --raw (`raw_backend`), not offered as --backend:
+# they prompt with the text as given, so the chat contract (tests/test_backends.py) is not theirs.
+RAW_MODES: dict[str, type[Backend]] = {RawLlamaCppBackend.name: RawLlamaCppBackend}
+
+
+def raw_backend(name: str, raw: bool) -> str:
+    """The backend a command's `--raw` asks for: the raw completion mode of `name` (llama.cpp in
+    process has one); `name` itself without `--raw`."""
+    if not raw or getattr(backend_class(name), "raw", False):
+        return name
+    if backend_class(name) is not LlamaCppBackend:
+        raise ConfigError(f"--raw is the raw completion mode of llama.cpp in process, not of the {name} backend",
+                          fix=f"drop --raw, or use --backend {LlamaCppBackend.name}")
+    return RawLlamaCppBackend.name
+
+
+class BackendName(str):
+    """A command option naming a registered backend: the CLI offers `choices()` as argparse choices."""
+
+    @staticmethod
+    def choices() -> list[str]:
+        """The registry's names, read when the parser is built (so a backend registered later is offered)."""
+        return list(BACKENDS)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The registered class called `name`, or the raw mode of that name (`RAW_MODES`); a ConfigError
+    naming the choices otherwise."""
+    try:
+        return BACKENDS[name] if name in BACKENDS else RAW_MODES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}", fix=f"use one of: {', '.join(BACKENDS)}") from None
 
 
 def open_backend(kind: str, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> Backend:
-    """Open a backend: `llamacpp` takes a model spec (embedded name, .gguf path, exported dir);
-    `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at `url`.
-    `parallel`: generations at once (default: 16 llama.cpp slots, one request at a time to a server)."""
-    if kind == "llamacpp":
-        from toolkit.models import resolve
+    """Open a registered backend: `llamacpp` takes a model spec (embedded name, .gguf path, exported
+    dir); `ollama` an Ollama model name (server from `url` or OLLAMA_HOST); `openai` a model name at
+    `url`. `parallel`: generations at once (default: 16 llama.cpp slots, one request at a time to a server)."""
+    return backend_class(kind).open(model, n_ctx=n_ctx, url=url, parallel=parallel)
 
-        gguf, lora = resolve(model, hf=False).require_llamacpp()  # a Modelfile's ADAPTER comes along
-        return LlamaCppBackend(gguf, n_ctx=n_ctx, parallel=parallel, lora=lora)
-    if kind == "ollama":
-        return OllamaBackend(model, url, parallel=parallel)
-    if kind == "openai":
-        if not url:
-            raise ConfigError("the openai backend needs a server URL", fix="pass --url http://HOST:PORT")
-        return OpenAIBackend(model, url, parallel=parallel)
-    raise ConfigError(f"unknown backend {kind!r}", fix=f"use one of: {', '.join(BACKENDS)}")
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend runs which model, opened how: what a command's --backend, --model, --url and
+    --parallel say. `n_ctx` None: the caller's requests decide (see `runtime.cache.generate_cached`)."""
+
+    name: str
+    model: str
+    url: str = ""
+    parallel: int | None = None
+    n_ctx: int | None = None
+
+    def weights_id(self) -> str:
+        return backend_class(self.name).weights_id(self.model, self.url)
+
+    def check(self) -> None:
+        """Refuse the model before any work where the backend can tell it could not run it."""
+        backend_class(self.name).check(self.model, self.url)
+
+    def open(self, n_ctx: int | None = None) -> Backend:
+        return open_backend(self.name, self.model, n_ctx=n_ctx or self.n_ctx or 2048, url=self.url or None, parallel=self.parallel)
 
 
 def ollama_host() -> str:

@@ -34,6 +34,8 @@ from pathlib import Path
 from toolkit.errors import BackendError, ModelError
 from toolkit.params import DecodingParams
 from toolkit.runtime.generation import Generation, per_item, run_jobs
+from toolkit.runtime.llamacpp import default_threads, probe_extra_bufts, quiet_logs
+from toolkit.runtime.tokenize import bos_to_add, with_bos
 
 Prompt = str | Sequence[int]
 
@@ -106,8 +108,6 @@ class BatchedGenerator:
         import llama_cpp
         from llama_cpp._logger import set_verbose
 
-        from toolkit.runtime.llamacpp import default_threads, probe_extra_bufts
-
         self._model = self._ctx = self._batch = None  # close() and __del__ work whatever fails below
         self.gguf = Path(gguf)
         if not self.gguf.exists():
@@ -118,6 +118,7 @@ class BatchedGenerator:
         self.n_ctx_per_seq = n_ctx_per_seq
         self.n_batch = max(n_batch, n_parallel)  # every generating slot must fit one decode
         set_verbose(False)  # llama.cpp's load chatter goes through this logger
+        quiet_logs()  # ...and this callback, which shows it only with --verbose
         llama_cpp.llama_backend_init()
 
         mparams = llama_cpp.llama_model_default_params()
@@ -128,6 +129,7 @@ class BatchedGenerator:
             raise ModelError(f"llama.cpp cannot load {self.gguf}", fix="is it a complete GGUF file?")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._bos = bos_to_add(self._vocab)  # what every text prompt starts with (toolkit.runtime.tokenize)
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx_per_seq * n_parallel
@@ -175,8 +177,8 @@ class BatchedGenerator:
     # -- tokens ------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """Prompt tokens for already-rendered chat text (special tokens parsed, no BOS added: the
-        chat template writes its own), exactly as `LlamaCppBackend` tokenizes."""
+        """Prompt tokens for text (special tokens parsed, BOS as the GGUF asks and never twice:
+        `toolkit.runtime.tokenize`), exactly as `LlamaCppBackend.prompt_tokens` tokenizes."""
         import llama_cpp
 
         data = text.encode()
@@ -186,7 +188,7 @@ class BatchedGenerator:
         if n < 0:  # cannot happen with one token per byte of room, but never read past the buffer
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, -n, False, True)
-        return list(buf[:n])
+        return with_bos(buf[:n], self._bos)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as text (special tokens render as nothing, as in `Llama`)."""

@@ -1,6 +1,10 @@
-"""The cache of generated texts that `data prefs`, compare, the judge and gap drafts share: one
-SQLite file per folder, keyed by (model identity, decoding parameters, prompt or conversation), so a
-re-run only generates what is missing and an interrupted run keeps every generation it finished.
+"""The cache of generated texts that `data prefs`, compare, the judge and gap drafts share, and the
+one helper they generate through (`generate_cached`).
+
+One SQLite file per folder (each command keeps its own file), keyed by one convention for every
+command: the model's identity (the backend's `weights_id`), the conversation (a bare prompt is one
+user turn), the decoding parameters and the seed. A re-run only generates what is missing and an
+interrupted run keeps every generation it finished.
 """
 
 from __future__ import annotations
@@ -8,13 +12,30 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.params import DecodingParams
+from toolkit.runtime.backends import BackendSpec
+from toolkit.runtime.generation import Messages, as_messages
+
+
+@dataclass
+class Request:
+    """One generation to make: a conversation and its decoding parameters (the seed among them)."""
+
+    conversation: Messages
+    params: DecodingParams
+
+    @classmethod
+    def of(cls, prompt: str | Messages, params: DecodingParams, system: str | None = None) -> Request:
+        """A prompt as a conversation: a bare prompt is one user turn, after `system` when given."""
+        return cls(as_messages(prompt, system), params)
 
 
 class GenerationCache:
-    """Generations keyed by (model digest, parameters, prompt) in one SQLite file."""
+    """Generations keyed by (model identity, conversation, parameters, seed) in one SQLite file."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,8 +43,12 @@ class GenerationCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     @staticmethod
-    def key(model_id: str, params: DecodingParams, prompt: str | list[dict]) -> str:
-        blob = json.dumps([model_id, params.to_dict(), prompt], sort_keys=True)
+    def key(model_id: str, request: Request) -> str:
+        """The one key convention: the same request through any command is the same key."""
+        params = request.params.to_dict()
+        seed = params.pop("seed")  # stated on its own: a different seed is a different sample
+        blob = json.dumps({"model": model_id, "conversation": as_messages(request.conversation), "params": params,
+                           "seed": seed}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
@@ -38,10 +63,31 @@ class GenerationCache:
         self._db.close()
 
 
-def model_id(backend: str, model: str, url: str) -> str:
-    """What identifies a model's weights: the GGUF digest in process, the name at a server otherwise."""
-    if backend == "llamacpp":
-        from toolkit.models import resolve
+def generate_cached(backend: BackendSpec, requests: Sequence[Request], cache: GenerationCache, label: str) -> tuple[list[dict], int]:
+    """Every request's generation (`Generation.to_dict()`), in the requests' order, and how many
+    were generated now rather than read from `cache`.
 
-        return resolve(model, hf=False).weights_id()  # the LoRA's digest too, for a Modelfile with an ADAPTER
-    return f"{backend}:{url}:{model}"
+    The backend is opened only when something is missing (with the context `backend.n_ctx`, else
+    the largest `num_ctx` asked), sized for those prompts (`reserve`), and runs up to its
+    `parallel` at once (`generate_stream`); each generation is cached as it finishes, so an
+    interrupted run loses none. `label` names the progress bar.
+    """
+    from collections import deque
+
+    from toolkit.console import progress
+
+    model = backend.weights_id()
+    keys = [GenerationCache.key(model, r) for r in requests]
+    done = [cache.get(k) for k in keys]
+    todo = deque((i, as_messages(r.conversation), r.params) for i, (r, d) in enumerate(zip(requests, done)) if d is None)
+    fresh = len(todo)
+    if todo:
+        n_ctx = backend.n_ctx or max(p.num_ctx for _, _, p in todo)
+        with backend.open(n_ctx) as engine, progress() as bar:
+            task = bar.add_task(label, total=fresh, info="")
+            engine.reserve([conv for _, conv, _ in todo], max(p.max_tokens for _, _, p in todo))  # KV room sized to these prompts
+            for i, gen in engine.generate_stream(lambda: todo.popleft() if todo else None):
+                done[i] = gen.to_dict()
+                cache.put(keys[i], done[i])
+                bar.advance(task)
+    return done, fresh  # type: ignore[return-value]  # every None was filled

@@ -21,7 +21,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.errors import ModelError
 from toolkit.io import toolkit_home, write_json
+from toolkit.models import embedded_gguf
 
 # Runs in a child process: load a quantized GGUF with llama.cpp's defaults, evaluate a prompt of
 # several tokens (a one-token prompt never reaches the batched matmul kernels that crash) and
@@ -117,8 +119,6 @@ def probe_extra_bufts(gguf: Path | None = None, *, refresh: bool = False) -> dic
             if saved.get("key") == key:
                 return saved["result"]
     if gguf is None:
-        from toolkit.models import embedded_gguf
-
         gguf = embedded_gguf()
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, text=True, timeout=300)
     if proc.returncode == 0 and "ok" in proc.stdout:
@@ -162,6 +162,35 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+# ggml's log levels as this llama.cpp numbers them (llama-cpp-python's own callback reads an older
+# numbering, so WARN lines such as Gemma 3's "using full-size SWA cache" reached every user)
+_LOG_ERROR, _LOG_CONT = 4, 5
+_log_state = {"callback": None, "last": 0}
+
+
+def quiet_logs() -> None:
+    """Route llama.cpp's log through a callback that writes only its errors to stderr, or every
+    line with `toolkit --verbose` (TOOLKIT_VERBOSE=1). Idempotent; called before each load."""
+    if _log_state["callback"] is not None:
+        return
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    verbose = os.environ.get("TOOLKIT_VERBOSE", "") not in ("", "0")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data) -> None:
+        if level != _LOG_CONT:
+            _log_state["last"] = level
+        if verbose or _log_state["last"] == _LOG_ERROR:
+            print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
+
+    _log_state["callback"] = callback  # kept alive: llama.cpp holds a pointer to it
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0, lora: Path | None = None,
          **kwargs):
     """A `llama_cpp.Llama` for `gguf`, safe on this CPU (see the module docstring).
@@ -171,8 +200,6 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
     instead of mapping it."""
     from llama_cpp import Llama
 
-    from toolkit.errors import ModelError
-
     gguf = Path(gguf)
     for path in (gguf, lora):
         if path is not None and not Path(path).exists():
@@ -180,6 +207,7 @@ def load(gguf: Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: i
     if lora is not None:
         kwargs["lora_path"] = str(lora)
     extra = probe_extra_bufts()["extra_bufts"]
+    quiet_logs()
     with _model_params(extra):
         try:
             threads = n_threads or default_threads()

@@ -4,7 +4,7 @@ uvicorn (h11) parses requests: chunked bodies, header size, keep-alive, the list
 cap on concurrent connections are its. This module adds what it leaves to the app, explicitly:
 a body limit (checked on Content-Length and while reading), a read timeout for each request's head
 and each piece of its body, a write timeout, an optional API key, and cancellation. `Api` routes a
-request to `ollama_routes` or `openai_routes`; each request then runs on a worker thread of its
+request to `ollama_routes`, `openai_routes` or `responses`; each request then runs on a worker thread of its
 own while the event loop sends what it produces (a JSON reply, an NDJSON stream or server-sent
 events) and watches the connection: a client that leaves sets the request's `cancel` event, which
 stops its generation within a decode step, streaming or not.
@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from toolkit.errors import ConfigError, DataError, ToolkitError
+from toolkit.serve import logprobs, responses
 from toolkit.serve import ollama_routes as ollama
 from toolkit.serve import openai_routes as openai
 from toolkit.serve.registry import Registry
@@ -41,9 +42,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/api/ps"): ollama.ps, ("POST", "/api/show"): ollama.show, ("POST", "/api/generate"): ollama.generate,
     ("POST", "/api/chat"): ollama.chat, ("POST", "/api/embed"): ollama.embed, ("POST", "/api/embeddings"): ollama.embeddings,
     ("GET", "/v1/models"): openai.list_models, ("POST", "/v1/chat/completions"): openai.chat,
-    ("POST", "/v1/completions"): openai.completions, ("POST", "/v1/embeddings"): openai.embeddings}
+    ("POST", "/v1/completions"): openai.completions, ("POST", "/v1/embeddings"): openai.embeddings,
+    ("POST", "/v1/responses"): responses.responses,
+    # lm-evaluation-harness's local-completions tokenizes with the server's own tokenizer
+    ("POST", "/tokenize"): logprobs.tokenize, ("POST", "/detokenize"): logprobs.detokenize,
+    ("GET", "/tokenizer_info"): logprobs.tokenizer_info}
 JSON_TYPE = "application/json; charset=utf-8"
-GENERATION = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions")
+GENERATION = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,11 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
-def _frame(item: Any, sse: bool) -> bytes:
+def _frame(item: Any, sse: bool, named: bool = False) -> bytes:
     data = item.encode() if isinstance(item, str) else dumps(item)
+    if named:  # the Responses API names each event; an error mid-stream is an "error" event
+        kind = item.get("type", "error") if isinstance(item, dict) else "error"
+        return f"event: {kind}\n".encode() + b"data: " + data + b"\n\n"
     return b"data: " + data + b"\n\n" if sse else data + b"\n"
 
 
@@ -244,12 +252,12 @@ class App:
         emit(("head", stream.sse))
         try:
             for item in itertools.chain(first, items):
-                emit(("chunk", _frame(item, stream.sse)))
+                emit(("chunk", _frame(item, stream.sse, stream.named)))
         except Cancelled:
             pass
         except Exception as exc:
             status, message = status_of(exc)
-            emit(("chunk", _frame(error_body(req.path, status, message), stream.sse)))
+            emit(("chunk", _frame(error_body(req.path, status, message), stream.sse, stream.named)))
         finally:
             items.close()  # type: ignore[attr-defined]  # stops llama.cpp if the client left
             emit(("end",))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.params import DecodingParams
+from toolkit.runtime.batched import BatchedGenerator, Completion, Job
 from toolkit.serve.request import Cancelled
 
 POLL = 0.05  # seconds between looks at a waiting request's cancel event
@@ -107,8 +108,6 @@ class Engine:
 
     def __init__(self, gguf: Path, compute: Compute, *, n_ctx: int, parallel: int, n_threads: int | None,
                  lora: Path | None = None):
-        from toolkit.runtime.batched import BatchedGenerator
-
         self.n_ctx = n_ctx
         self.gen = BatchedGenerator(gguf, n_ctx_per_seq=n_ctx, n_parallel=parallel, n_threads=n_threads, lora=lora)
         self._compute = compute
@@ -121,8 +120,6 @@ class Engine:
 
     def enqueue(self, tokens: list[int], params: DecodingParams) -> tuple[int, queue.Queue]:
         """Queue a generation for prompt `tokens` (tokenized by the caller, outside any lock)."""
-        from toolkit.runtime.batched import Job
-
         key, replies = next(self._keys), queue.Queue()
         job = Job(key, tokens, params, on_text=replies.put)
         with self._guard:
@@ -135,8 +132,6 @@ class Engine:
     def replies(self, key: int, replies: queue.Queue, cancel: threading.Event | None = None) -> Iterator[Any]:
         """Text pieces, then the Completion; a consumer that stops early, or whose `cancel` is
         set (Cancelled is raised), drops the request before the next decode step."""
-        from toolkit.runtime.batched import Completion
-
         done = False
         try:
             while not done:

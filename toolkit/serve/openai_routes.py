@@ -1,5 +1,6 @@
 """OpenAI's routes of `toolkit serve`: /v1/chat/completions, /v1/completions, /v1/models,
-/v1/models/{name} and /v1/embeddings, on the same models and generation path as Ollama's routes.
+/v1/models/{name} and /v1/embeddings, on the same models and generation path as Ollama's routes
+(/v1/responses is in `toolkit.serve.responses`).
 
 Replies are OpenAI's objects (`chat.completion`, `text_completion`, their chunks as server-sent
 events ending with `[DONE]`, `usage` on request); errors are wrapped OpenAI's way by the HTTP layer.
@@ -7,32 +8,39 @@ events ending with `[DONE]`, `usage` on request); errors are wrapped OpenAI's wa
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import secrets
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from toolkit.runtime.generation import Generation
+from toolkit.serve import logprobs
 from toolkit.serve.prompt import check_messages, render_gguf
 from toolkit.serve.registry import Done, Registry, ServedModel, drain, normalize
 from toolkit.serve.request import HTTPError, Request, Stream, embed_inputs, grammar_for, is_int, openai_params, parse_json
 
 
-def _request(registry: Registry, req: Request, struct: str) -> tuple[dict, str, ServedModel]:
+def read_request(registry: Registry, req: Request, route: str) -> tuple[dict, str, ServedModel]:
     """The body, the model name as sent and the model; a 400 for what toolkit serve does not do."""
     body = parse_json(req.body)
     if not isinstance(body, dict):
-        raise HTTPError(400, f"request body must be a JSON object for {struct}")
+        raise HTTPError(400, f"request body must be a JSON object for {route}")
     name = body.get("model")
+    if name is None and route == "/v1/completions" and len(registry.models) == 1:
+        name = next(iter(registry.models.values())).name  # as llama-server: lm-eval's `gguf` model sends none
     if not isinstance(name, str) or not name:
         raise HTTPError(400, "model is required")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise HTTPError(400, "stream must be a boolean")
     if body.get("n") not in (None, 1):
         raise HTTPError(400, "n must be 1: toolkit serve returns one choice")
-    if body.get("logprobs") or body.get("tools") or body.get("suffix") or body.get("echo"):
-        raise HTTPError(400, "logprobs, tools, suffix and echo are not supported by toolkit serve")
+    scored = ("/v1/completions", "/v1/chat/completions")  # token log-probabilities: toolkit.serve.logprobs
+    if (body.get("tools") or body.get("suffix") or (route != "/v1/completions" and body.get("echo"))
+            or (route not in scored and (body.get("logprobs") or body.get("top_logprobs")))):
+        raise HTTPError(400, "tools, suffix, echo (but on /v1/completions) and logprobs (but on completions) are not supported by toolkit serve")
     return body, name, registry.get(name)
 
 
@@ -45,17 +53,25 @@ def show_model(registry: Registry, name: str) -> dict:
 
 
 def chat(registry: Registry, req: Request) -> dict | Stream:
-    body, name, model = _request(registry, req, "/v1/chat/completions")
+    body, name, model = read_request(registry, req, "/v1/chat/completions")
+    top = logprobs.check_request(body, streams_by_default=False)
     messages = _messages(body.get("messages"))
     params = openai_params(body, registry.base(openai=True))
     check_messages(messages, model.vocab, params.num_ctx)
     events = registry.generate(model, lambda vocab: render_gguf(vocab, messages), params,
-                               grammar=_grammar(body.get("response_format")), cancel=req.cancel)
-    return _reply(events, body, name, chat=True)
+                               grammar=response_format_grammar(body.get("response_format")), cancel=req.cancel)
+    reply = _reply(events, body, name, chat=True)
+    if top is not None:  # OpenAI's shape: choices[0].logprobs.content, from the scorer
+        text = reply["choices"][0]["message"]["content"] or ""
+        content = logprobs.for_reply(registry, model, render_gguf(model.vocab, messages), text, top, req.cancel)
+        reply["choices"][0]["logprobs"] = {"content": content, "refusal": None}
+    return reply
 
 
 def completions(registry: Registry, req: Request) -> dict | Stream:
-    body, name, model = _request(registry, req, "/v1/completions")
+    body, name, model = read_request(registry, req, "/v1/completions")
+    if logprobs.wants_logprobs(body):  # echo / logprobs: the scorer's numbers (lm-evaluation-harness)
+        return logprobs.completion(registry, req, body, name, model)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
@@ -68,16 +84,41 @@ def completions(registry: Registry, req: Request) -> dict | Stream:
 
 
 def embeddings(registry: Registry, req: Request) -> dict:
-    body, name, model = _request(registry, req, "/v1/embeddings")
-    texts = embed_inputs(body.get("input"))
-    if body.get("encoding_format") not in (None, "float"):
-        raise HTTPError(400, 'encoding_format must be "float"')
+    """Unit vectors as /api/embed gives them, as floats or (`encoding_format: "base64"`, the
+    OpenAI SDKs' default) as base64 of little-endian float32, as OpenAI returns them."""
+    body, name, model = read_request(registry, req, "/v1/embeddings")
+    fmt = body.get("encoding_format")
+    if fmt not in (None, "float", "base64"):
+        raise HTTPError(400, 'encoding_format must be "float" or "base64"')
+    texts = _embedding_texts(body.get("input"), model)
     dims = body.get("dimensions")
     if dims is not None and (not is_int(dims) or dims < 1):
         raise HTTPError(400, "dimensions must be a positive integer")
     vectors, count, _ = registry.embed(model, texts, cancel=req.cancel) if texts else ([], 0, 0)
-    data = [{"object": "embedding", "embedding": normalize(v[:dims] if dims else v), "index": i} for i, v in enumerate(vectors)]
+    data = [{"object": "embedding", "embedding": _encoded(normalize(v[:dims] if dims else v), fmt), "index": i}
+            for i, v in enumerate(vectors)]
     return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": count, "total_tokens": count}}
+
+
+def _embedding_texts(value: Any, model: ServedModel) -> list[str]:
+    """OpenAI's embedding inputs: a string, strings, token ids, or lists of token ids. Token ids are
+    the served model's own (as llama.cpp's server takes them), turned back into text to embed."""
+    if isinstance(value, list) and value and all(is_int(t) for t in value):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(t, list) for t in value):
+        if not all(t and all(is_int(i) for i in t) for t in value):
+            raise HTTPError(400, "input token arrays must be non-empty lists of integers")
+        try:
+            return [model.vocab.detokenize(t) for t in value]
+        except ValueError:  # an id outside the vocabulary, refused before it reaches llama.cpp
+            raise HTTPError(400, "input contains a token id outside the model's vocabulary") from None
+    return embed_inputs(value)
+
+
+def _encoded(vector: list[float], fmt: str | None) -> list[float] | str:
+    if fmt != "base64":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def _model_object(model: ServedModel) -> dict:
@@ -103,7 +144,7 @@ def _messages(raw: Any) -> list[dict[str, str]]:
     return out
 
 
-def _grammar(fmt: Any) -> Any:
+def response_format_grammar(fmt: Any) -> Any:
     """A llama.cpp grammar for OpenAI's `response_format` (None: plain text)."""
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return None

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.chat.gotemplate.errors import TemplateError
+from toolkit.chat.gotemplate.execute import Budget, bounded
+from toolkit.chat.jinja import TemplateRefused
+from toolkit.chat.render import render_chat
 from toolkit.runtime.backends import LlamaCppBackend
 from toolkit.serve.request import HTTPError
 
@@ -54,7 +58,7 @@ def tokens_for(vocab: LlamaCppBackend, text: str, num_ctx: int) -> list[int]:
     size = utf8_size(text, limit)
     if size > limit:
         raise HTTPError(400, _too_long("the prompt is", size, limit, vocab, num_ctx))
-    return vocab.tokenize(text)
+    return vocab.prompt_tokens(text)
 
 
 def _too_long(what: str, size: int, limit: int, vocab: LlamaCppBackend, num_ctx: int) -> str:
@@ -69,9 +73,6 @@ def render_go(template: str, messages: list[dict[str, str]], max_chars: int) -> 
     size = len(template.encode("utf-8", "replace"))
     if size > MAX_TEMPLATE_BYTES:
         raise HTTPError(400, f"template is {size} bytes, over the {MAX_TEMPLATE_BYTES}-byte limit")
-    from toolkit.chat.gotemplate.errors import TemplateError
-    from toolkit.chat.gotemplate.execute import Budget, bounded
-    from toolkit.chat.render import render_chat
 
     steps = TEMPLATE_STEPS + TEMPLATE_STEPS_PER_MESSAGE * len(messages)
     try:
@@ -83,8 +84,6 @@ def render_go(template: str, messages: list[dict[str, str]], max_chars: int) -> 
 
 def render_gguf(vocab: LlamaCppBackend, messages: list[dict[str, str]]) -> str:
     """The prompt from the GGUF's own Jinja chat template; a 400 when the template refuses them."""
-    from toolkit.chat.jinja import TemplateRefused
-
     try:
         return vocab.render(messages)
     except TemplateRefused as exc:

@@ -1,10 +1,10 @@
 """The models `toolkit serve` serves: loaded once and reused, one lock, one compute thread.
 
-`Registry` owns the served models (`ServedModel`: an Ollama name over a GGUF). By default
-generation is serialised by its lock, as Ollama's default OLLAMA_NUM_PARALLEL=1 does; with
-`parallel` > 1 plain generations (no structured output) go to the model's batched `Engine`. Every
-llama.cpp computation runs on the registry's one `Compute` thread. Generations yield text pieces,
-then a `Done` with the timings Ollama reports.
+`Registry` owns the served models (`ServedModel`: an Ollama name over a GGUF; how clients see
+them is `toolkit.serve.presentation`). By default generation is serialised by its lock, as
+Ollama's default OLLAMA_NUM_PARALLEL=1 does; with `parallel` > 1 plain generations (no structured
+output) go to the model's batched `Engine`. Every llama.cpp computation runs on the registry's one
+`Compute` thread. Generations yield text pieces, then a `Done` with the timings Ollama reports.
 
 Only generation (and loading, unloading, embedding) holds the lock: prompts are rendered and
 tokenized before it, with the model's vocabulary-only handle and within the bounds of
@@ -15,7 +15,6 @@ request gets Ollama's 503. A request whose `cancel` event is set stops waiting o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -25,12 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError
+from toolkit.models import resolve
 from toolkit.params import DEFAULTS, SPECS, DecodingParams
+from toolkit.runtime import llamacpp
 from toolkit.runtime.backends import LlamaCppBackend
 from toolkit.runtime.generation import MAX_PARALLEL, Generation
 from toolkit.serve.compute import POLL, Compute, Engine
@@ -40,10 +40,6 @@ from toolkit.serve.request import Cancelled, HTTPError
 log = logging.getLogger("toolkit.serve.registry")
 
 EMBED_CTX = 512  # llama.cpp embeds one sequence per batch: longer inputs are truncated to this
-# general.file_type (llama_ftype) -> Ollama's quantization_level
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-              11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-              17: "Q5_K_M", 18: "Q6_K", 30: "IQ4_XS", 32: "BF16"}
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?(:[\w][\w.\-]*)?$")
 
 
@@ -55,19 +51,6 @@ def ollama_name(name: str) -> str:
 def ns(seconds: float) -> int:
     """Seconds as the nanoseconds Ollama reports durations in."""
     return max(0, int(seconds * 1e9))
-
-
-def stamp(path: Path) -> str:
-    """A file's modification time as Ollama writes times (RFC 3339, UTC)."""
-    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _human(count: str) -> str:
-    """A parameter count the way Ollama shows it: 134515008 -> "134.52M"."""
-    if not count.isdigit():
-        return ""
-    n = int(count)
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.2f}K"
 
 
 @dataclass
@@ -93,40 +76,16 @@ class ServedModel:
     backend: LlamaCppBackend | None = None
     vocab: LlamaCppBackend | None = None  # vocabulary only: prompts are built with it, outside the lock
     embedder: Any = None  # a second llama.cpp context with embeddings on, made on first use
+    scorer: Any = None  # token log-probabilities (toolkit.serve.logprobs), made on first use
     engine: Engine | None = None  # the batched generator when serving with parallel > 1
-    _digest: str | None = None
-
-    def digest(self) -> str:
-        if self._digest is None:  # hashing ~100 MB takes a moment: once, and only when asked
-            from toolkit.models import ResolvedModel, file_digest
-
-            if self.lora is None:
-                self._digest = file_digest(self.gguf)
-            else:  # base and LoRA together: Ollama's digests are one sha256, so hash what names both
-                weights = ResolvedModel(self.name, None, self.gguf, self.lora).weights_id()
-                self._digest = hashlib.sha256(weights.encode()).hexdigest()
-        return self._digest
 
     def trained_ctx(self) -> int | None:
         value = self.meta.get(f"{self.meta.get('general.architecture', '')}.context_length", "")
         return int(value) if value.isdigit() else None
 
-    def details(self) -> dict[str, Any]:
-        arch = self.meta.get("general.architecture", "")
-        file_type = self.meta.get("general.file_type", "")
-        level = FILE_TYPES.get(int(file_type), f"type {file_type}") if file_type.isdigit() else "unknown"
-        return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else [],
-                "parameter_size": self.meta.get("general.size_label") or _human(self.meta.get("general.parameter_count", "")),
-                "quantization_level": level}
-
     def size(self) -> int:
         """Bytes on disk: the GGUF, and the LoRA when there is one."""
         return sum(path.stat().st_size for path in (self.gguf, self.lora) if path is not None)
-
-    def listing(self) -> dict[str, Any]:
-        """The model as /api/tags lists it."""
-        return {"name": self.name, "model": self.name, "modified_at": stamp(self.gguf),
-                "size": self.size(), "digest": self.digest(), "details": self.details()}
 
 
 class Registry:
@@ -135,8 +94,6 @@ class Registry:
 
     def __init__(self, models: Mapping[str, str | os.PathLike], *, n_ctx: int = 2048, n_threads: int | None = None,
                  parallel: int = 1, max_queue: int = 512):
-        from toolkit.models import resolve
-
         DEFAULTS.replace(num_ctx=n_ctx)  # validates n_ctx before anything loads
         if not 1 <= parallel <= MAX_PARALLEL:
             raise ConfigError(f"--parallel {parallel} is outside 1..{MAX_PARALLEL}", fix="pick how many generations may run at once")
@@ -306,7 +263,7 @@ class Registry:
                 end = time.perf_counter()
                 first = first or end
                 final = item.generation
-        context = model.vocab.tokenize(text + final.text) if want_context else None
+        context = model.vocab.prompt_tokens(text + final.text) if want_context else None
         yield Done(final, ns(ready - asked), ns(first - ready), ns(end - first), context)
 
     def _generate_alone(self, backend: LlamaCppBackend, tokens: list[int], fitted: DecodingParams, grammar: Any,
@@ -332,7 +289,6 @@ class Registry:
         if any(not t for t in texts):  # llama.cpp corrupts its heap on an empty sequence
             raise HTTPError(400, "input must not contain empty strings")
         texts = [_embed_text(model.vocab, t, truncate) for t in texts]
-        from toolkit.runtime import llamacpp
 
         asked = time.perf_counter()
         with self._queued(), self._locked(cancel):

@@ -58,6 +58,7 @@ class Reply:
 class Stream:
     items: Iterator[Any]  # dicts (one JSON object each) or the string "[DONE]" for SSE
     sse: bool = False  # False: NDJSON (Ollama); True: server-sent events (OpenAI)
+    named: bool = False  # SSE events named by an `event:` line, the item's `type` (the Responses API)
 
 
 # ----------------------------------------------------------------------------------------------

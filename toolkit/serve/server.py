@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError
+from toolkit.models import DEFAULT_MODEL, resolve
 from toolkit.serve.asgi import Api, Limits, protocol, starlette_app
 from toolkit.serve.registry import Registry, ollama_name
 
@@ -160,8 +161,6 @@ def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, ho
     """Serve `models` ({name: model spec or .gguf path}; default: the embedded model) from a
     background thread on a free port: `with serve_in_thread() as url: ollama.Client(host=url)`.
     `n_threads=1` keeps a test server light on a shared machine."""
-    from toolkit.models import DEFAULT_MODEL
-
     server = Server(models or {DEFAULT_MODEL: DEFAULT_MODEL}, host=host, port=port, n_ctx=n_ctx, n_threads=n_threads,
                     parallel=parallel, max_queue=max_queue, limits=limits).start()
     try:
@@ -173,8 +172,6 @@ def serve_in_thread(models: Mapping[str, str | os.PathLike] | None = None, *, ho
 def named_models(model: str, name: str = "") -> dict[str, Path]:
     """{Ollama name: GGUF} from comma-separated model specs and optional names (default: stems). A
     model with a LoRA ADAPTER keeps its Modelfile (or export folder) instead, so the LoRA comes along."""
-    from toolkit.models import resolve
-
     specs = [s.strip() for s in model.split(",") if s.strip()]
     names = [n.strip() for n in name.split(",")] if name.strip() else []
     if not specs:

@@ -1,19 +1,19 @@
 """The options of a training run: `TrainConfig`, with defaults from the seed study, loadable from
 YAML (a file or a recipe name from this package's `recipes/`), and written resolved into the run
-directory. Every field's docstring is its `--help` text.
+directory. Every field's `option()` text is its `--help` line; `TrainOverrides` is the same fields
+as options of `toolkit train` (None = not given), which go on top of a recipe or YAML file.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from toolkit.errors import ConfigError
+from toolkit.options import default_of, option, overrides
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -22,84 +22,47 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 class TrainConfig:
     """Everything a training run needs; defaults are the seed study's (LoRA r=8, alpha=16, ...)."""
 
-    model: str = "smollm2"
-    """Base model: embedded name (smollm2), local HF directory or .gguf (dequantized to fp32 once)."""
-    train_data: str = "data/built/train.jsonl"
-    """Training examples: a built split (toolkit data build), QA CSV/JSONL or chat JSONL."""
-    validation_data: str = "data/built/validation.jsonl"
-    """Held-out examples for the validation loss ('' = none)."""
-    out: str = "runs/train"
-    """Run directory: config.yaml, adapter/, checkpoints/, metrics.jsonl, loss.png."""
-    format: Literal["chat", "tagged"] = "chat"
-    """Prompt format: the model's chat template, or <problem>..</problem><approach>..</approach> with added tokens."""
-    system: str = ""
-    """System prompt for the chat format ('' = whatever the chat template does by default)."""
-    r: int = 8
-    """LoRA rank."""
-    alpha: int = 16
-    """LoRA alpha (the update is scaled by alpha/r)."""
-    dropout: float = 0.05
-    """LoRA dropout."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"])
-    """Module names LoRA adapts."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
-    batch_size: int = 2
-    """Examples per micro-batch (per process)."""
-    grad_accum: int = 2
-    """Micro-batches per optimizer step."""
-    max_length: int = 512
-    """Longest tokenized example; longer responses are cut (and lose their end-of-turn token)."""
-    max_steps: int = 0
-    """Optimizer steps to run (0 = use epochs)."""
-    epochs: float = 3.0
-    """Passes over the training data when max_steps is 0."""
-    warmup_ratio: float = 0.03
-    """Fraction of the steps spent warming the learning rate up from 0."""
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    """Learning-rate decay after warmup."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the gradient norm to this (0 = no clipping)."""
-    seed: int = 0
-    """Seed for LoRA init, data order and dropout: same seed, same data -> same losses."""
-    eval_every: int = 50
-    """Validation loss every N steps (also at step 0 and at the end; 0 = only those)."""
-    save_every: int = 100
-    """Checkpoint every N steps for --resume (0 = no checkpoints)."""
-    keep_checkpoints: int = 2
-    """How many of the newest checkpoints to keep."""
-    group_by_length: bool = True
-    """Batch examples of similar length together (seeded), so little compute goes to padding."""
-    qlora: bool = False
-    """Load the base in 4-bit NF4 (bitsandbytes) and train LoRA on top."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, ~30% slower (for 1-7B bases)."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto = bf16 on a GPU that supports it (else fp16), fp32 on CPU and Apple MPS."""
-    stop_after: int = 0
-    """Stop after this many steps as if interrupted, keeping a checkpoint for --resume (0 = run to the end)."""
-    method: Literal["sft", "dpo", "simpo"] = "sft"
-    """sft: prompt/response; dpo: preference pairs vs the starting model (--model: SFT run, adapter or merged); simpo: reference-free."""
-    beta: float = 0.1
-    """dpo/simpo: how far the policy may move from the reference (DPO's beta, IPO's tau, SimPO's reward scale)."""
-    loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] = "sigmoid"
-    """dpo loss: sigmoid (DPO), ipo, robust (label-smoothed, for noisy labels: set label_smoothing) or hinge."""
-    label_smoothing: float = 0.0
-    """robust loss: assumed share of pairs whose labels are flipped, in [0, 0.5) (the paper suggests 0.1)."""
-    simpo_gamma: float = 0.5
-    """simpo: target reward margin (gamma)."""
-    precompute_ref: bool = True
-    """dpo: compute the reference log-probs once before training, so each step runs one model, not two."""
-    skip_bad: bool = False
-    """Preference data: skip bad rows and count them, instead of stopping before training with the first few listed."""
-    prompt_col: str = "prompt"
-    """Preference data: the field holding the prompt (as `data check --prompt-col`; common names are recognised)."""
-    chosen_col: str = "chosen"
-    """Preference data: the field holding the chosen reply."""
-    rejected_col: str = "rejected"
-    """Preference data: the field holding the rejected reply."""
+    model: str = option("smollm2", "Base model: embedded name (smollm2), local HF directory or .gguf (dequantized to fp32 once).")
+    train_data: str = option("data/built/train.jsonl", "Training examples: a built split (toolkit data build), QA CSV/JSONL or chat JSONL.")
+    validation_data: str = option("data/built/validation.jsonl", "Held-out examples for the validation loss ('' = none).")
+    out: str = option("runs/train", "Run directory: config.yaml, adapter/, checkpoints/, metrics.jsonl, loss.png.")
+    format: Literal["chat", "tagged"] = option("chat", "Prompt format: the model's chat template, or <problem>..</problem><approach>..</approach> with added tokens.")
+    system: str = option("", "System prompt for the chat format ('' = whatever the chat template does by default).")
+    r: int = option(8, "LoRA rank.")
+    alpha: int = option(16, "LoRA alpha (the update is scaled by alpha/r).")
+    dropout: float = option(0.05, "LoRA dropout.")
+    target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"], "Module names LoRA adapts.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW).")
+    batch_size: int = option(2, "Examples per micro-batch (per process).")
+    grad_accum: int = option(2, "Micro-batches per optimizer step.")
+    max_length: int = option(512, "Longest tokenized example; longer responses are cut (and lose their end-of-turn token).")
+    max_steps: int = option(0, "Optimizer steps to run (0 = use epochs).")
+    epochs: float = option(3.0, "Passes over the training data when max_steps is 0.")
+    warmup_ratio: float = option(0.03, "Fraction of the steps spent warming the learning rate up from 0.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = option("linear", "Learning-rate decay after warmup.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    seed: int = option(0, "Seed for LoRA init, data order and dropout: same seed, same data -> same losses.")
+    eval_every: int = option(50, "Validation loss every N steps (also at step 0 and at the end; 0 = only those).")
+    save_every: int = option(100, "Checkpoint every N steps for --resume (0 = no checkpoints).")
+    keep_checkpoints: int = option(2, "How many of the newest checkpoints to keep.")
+    group_by_length: bool = option(True, "Batch examples of similar length together (seeded), so little compute goes to padding.")
+    qlora: bool = option(False, "Load the base in 4-bit NF4 (bitsandbytes) and train LoRA on top.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, ~30% slower (for 1-7B bases).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 on a GPU that supports it (else fp16), fp32 on CPU and Apple MPS.")
+    stop_after: int = option(0, "Stop after this many steps as if interrupted, keeping a checkpoint for --resume (0 = run to the end).")
+    method: Literal["sft", "dpo", "simpo"] = option("sft", "sft: prompt/response; dpo: preference pairs vs the starting model "
+                                                           "(--model: SFT run, adapter or merged); simpo: reference-free.")
+    beta: float = option(0.1, "dpo/simpo: how far the policy may move from the reference (DPO's beta, IPO's tau, SimPO's reward scale).")
+    loss_type: Literal["sigmoid", "ipo", "robust", "hinge"] = option("sigmoid", "dpo loss: sigmoid (DPO), ipo, robust (label-smoothed, "
+                                                                                "for noisy labels: set label_smoothing) or hinge.")
+    label_smoothing: float = option(0.0, "robust loss: assumed share of pairs whose labels are flipped, in [0, 0.5) (the paper suggests 0.1).")
+    simpo_gamma: float = option(0.5, "simpo: target reward margin (gamma).")
+    precompute_ref: bool = option(True, "dpo: compute the reference log-probs once before training, so each step runs one model, not two.")
+    skip_bad: bool = option(False, "Preference data: skip bad rows and count them, instead of stopping before training with the first few listed.")
+    prompt_col: str = option("prompt", "Preference data: the field holding the prompt (as `data check --prompt-col`; common names are recognised).")
+    chosen_col: str = option("chosen", "Preference data: the field holding the chosen reply.")
+    rejected_col: str = option("rejected", "Preference data: the field holding the rejected reply.")
 
     def validate(self) -> TrainConfig:
         """Raise a one-line ConfigError for a value out of range."""
@@ -137,20 +100,9 @@ class TrainConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TrainOverrides = overrides(TrainConfig, "TrainOverrides", """training options (the ones given override --config)
 
-
-def field_docs(cls: type = TrainConfig) -> dict[str, str]:
-    """Each field's docstring (the string literal under it), read from the source."""
-    try:
-        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(cls)))
-    except (OSError, TypeError):  # no source (frozen app): the help loses its per-option text, nothing else
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)  # type: ignore[union-attr]
-    return docs
+    `TrainConfig`'s fields as `toolkit train`'s options: None = not given (the config's value, else the default).""")
 
 
 def field_type(name: str) -> Any:
@@ -162,8 +114,7 @@ def field_type(name: str) -> Any:
 
 def field_default(name: str) -> Any:
     """Field `name`'s default value (a fresh list for list fields)."""
-    f = FIELDS[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    return default_of(FIELDS[name])
 
 
 def coerce(name: str, value: Any) -> Any:

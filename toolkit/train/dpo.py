@@ -23,11 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.data.columns import Columns
+from toolkit.data.preference import read_pairs
 from toolkit.errors import ConfigError, DataError, ModelError
 from toolkit.io import write_json, write_text
+from toolkit.models import resolve
 from toolkit.train.config import TrainConfig
 from toolkit.train.dpo_report import eval_row, health, table_rows, train_row, write_outputs
-from toolkit.train.model import ADAPTER_META, base_identity, check_target_modules, device_kind, resolve_precision, save_adapter
+from toolkit.train.merge import merge
+from toolkit.train.model import (
+    ADAPTER_META,
+    build_adapter_meta,
+    check_target_modules,
+    device_kind,
+    resolve_precision,
+    save_adapter,
+)
 from toolkit.train.rundir import (
     TrainResult,
     already_finished,
@@ -38,6 +49,7 @@ from toolkit.train.rundir import (
     result_from_summary,
     write_metrics,
 )
+from toolkit.train.tokens import end_of_turn_id
 
 START = "start"  # OUT/start: the merged SFT model, the reference policy and the DPO adapter's base
 
@@ -60,8 +72,6 @@ def load_pairs(cfg: TrainConfig) -> Pairs:
     """Read train/validation pairs (any preference format); bad rows stop here, before any model
     loads, unless `skip_bad`."""
     from toolkit.console import err
-    from toolkit.data.columns import Columns
-    from toolkit.data.preference import read_pairs
 
     columns = Columns(prompt=cfg.prompt_col, chosen=cfg.chosen_col, rejected=cfg.rejected_col)
     result = Pairs([], [])
@@ -95,14 +105,11 @@ def start_model(cfg: TrainConfig, out: Path) -> tuple[Path, dict]:
     """(HF directory of the starting policy, its toolkit-merge.json): an SFT adapter is merged into
     OUT/start first (once; a resumed run reuses it); a merged SFT model is used as it is."""
     from toolkit.console import err
-    from toolkit.models import resolve
 
     adapter = find_sft_adapter(cfg.model)
     if adapter is not None:
         dest = out / START
         if not (dest / "toolkit-merge.json").exists():
-            from toolkit.train.merge import merge
-
             merge(adapter, dest)
         return dest, json.loads((dest / "toolkit-merge.json").read_text(encoding="utf-8"))
     hf_dir = resolve(cfg.model).require_hf()
@@ -264,27 +271,21 @@ def run_preference(cfg: TrainConfig, resume: bool = False, show_progress: bool =
     completed = done >= steps
     adapter = None
     if completed:
-        meta = adapter_meta(cfg, start, start_meta, tokenizer, system)
+        meta = preference_adapter_meta(cfg, start, start_meta, tokenizer, system)
         adapter = save_adapter(trainer.model, tokenizer, out / "adapter", meta)
     return run.finish(done, seconds, adapter, pairs, start, precision)
 
 
-def adapter_meta(cfg: TrainConfig, start: Path, start_meta: dict, tokenizer, system: str) -> dict:
+def preference_adapter_meta(cfg: TrainConfig, start: Path, start_meta: dict, tokenizer, system: str) -> dict:
     """toolkit-adapter.json of the preference adapter: its base is the starting model (OUT/start),
     so `toolkit merge RUN` gives SFT+DPO in one model."""
-    from toolkit import __version__
-    from toolkit.train.tokens import end_of_turn_id
-
     stops = start_meta.get("stop") or [tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))]
-    return {
-        "toolkit_version": __version__,
-        "base": {"spec": str(start.resolve()), "name": start.name, "hf_dir": str(start.resolve()), **base_identity(start)},
-        "format": start_meta.get("format", "chat"), "system": system, "added_tokens": {}, "stop": stops, "qlora": False,
-        "lora": {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": list(cfg.target_modules)},
-        "preference": {"method": cfg.method, "beta": cfg.beta, "loss_type": cfg.loss_type if cfg.method == "dpo" else "simpo",
-                       "label_smoothing": cfg.label_smoothing, "started_from": cfg.model,
-                       "reference": str(start.resolve()) if cfg.method == "dpo" else None},
-    }
+    start = start.resolve()
+    preference = {"method": cfg.method, "beta": cfg.beta, "loss_type": cfg.loss_type if cfg.method == "dpo" else "simpo",
+                  "label_smoothing": cfg.label_smoothing, "started_from": cfg.model,
+                  "reference": str(start) if cfg.method == "dpo" else None}
+    return build_adapter_meta(cfg, spec=str(start), name=start.name, hf_dir=start, fmt=start_meta.get("format", "chat"),
+                              system=system, stops=stops, preference=preference)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from toolkit.errors import ConfigError, DataError
 from toolkit.io import write_json, write_text
+from toolkit.models import resolve
 from toolkit.train.batches import Collator, DataOrder
 from toolkit.train.config import TrainConfig
 from toolkit.train.model import adapter_meta, build_lora_model, device_kind, resolve_precision, save_adapter
@@ -302,7 +303,6 @@ def _load_data(cfg: TrainConfig, main: bool) -> tuple[Tokenized, Tokenized | Non
     from transformers import AutoTokenizer
 
     from toolkit.console import err
-    from toolkit.models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model).require_hf())
     prepare_tokenizer(tokenizer, cfg.format)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from toolkit.errors import ConfigError, ModelError
 from toolkit.io import atomic_dir, write_json
-from toolkit.train.model import keep_tokenizer_flags
+from toolkit.models import _set_generation_defaults, resolve
+from toolkit.train.model import ADAPTER_META, base_identity, keep_tokenizer_flags, same_base
 
 TOLERANCE = 1e-4
 # Above this size the float64 recheck (two extra copies of the model in fp64) is skipped.
@@ -55,8 +56,6 @@ def find_adapter(path: str | os.PathLike) -> Path:
 
 def check_base(adapter: Path, meta: dict, hf_dir: Path, spec: str) -> None:
     """One-line ModelError when `hf_dir` is not the base the adapter was trained on."""
-    from toolkit.train.model import base_identity, same_base
-
     recorded = meta.get("base") or {}
     actual = base_identity(hf_dir)
     if not same_base(recorded, actual):
@@ -87,9 +86,6 @@ def _logits(model, input_ids, mask):
 
 def base_for(adapter: str | os.PathLike, base: str | None = None) -> tuple[Path, dict, str, Path]:
     """(adapter dir, its toolkit-adapter.json, base spec, base fp32 HF dir), checked to belong together."""
-    from toolkit.models import resolve
-    from toolkit.train.model import ADAPTER_META
-
     adapter = find_adapter(adapter)
     meta_path = adapter / ADAPTER_META
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
@@ -183,8 +179,6 @@ def merge(adapter: Path, out: Path, base: str | None = None) -> MergeResult:
 
 def _stop_at_end_of_turn(model, tokenizer, meta: dict) -> None:
     """Generation stops at the template's end of turn (<|im_end|>) and, for the tagged format, </approach>."""
-    from toolkit.models import _set_generation_defaults
-
     _set_generation_defaults(model, tokenizer)
     vocab = tokenizer.get_vocab()
     extra = [vocab[t] for t in meta.get("stop", []) if t in vocab]

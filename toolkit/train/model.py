@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from toolkit import __version__
 from toolkit.errors import ConfigError, ModelError
 from toolkit.io import atomic_dir, write_json
+from toolkit.models import resolve
 from toolkit.train.config import TrainConfig
 from toolkit.train.tokens import TAGS, end_of_turn_id, prepare_tokenizer
 
@@ -57,8 +59,6 @@ def load_for_training(model_spec: str = "smollm2", qlora: bool = False, fmt: str
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from toolkit.models import resolve
 
     resolved = resolve(model_spec)
     hf_dir = resolved.require_hf()
@@ -187,22 +187,35 @@ def build_lora_model(cfg: TrainConfig, accelerator, precision: str):
 
 
 def adapter_meta(cfg: TrainConfig, resolved, tokenizer, new_ids: list[int]) -> dict:
-    """toolkit-adapter.json: the base's identity (merge refuses another base) and how to prompt."""
-    from toolkit import __version__
-
+    """toolkit-adapter.json of an SFT adapter: its base is the model `cfg.model` resolved to."""
     stops = [tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))]
     if cfg.format == "tagged":
         stops.append(TAGS[3])
-    return {
+    return build_adapter_meta(cfg, spec=cfg.model, name=resolved.name, hf_dir=resolved.require_hf(), fmt=cfg.format,
+                              system=cfg.system, stops=stops, qlora=cfg.qlora,
+                              added_tokens={tokenizer.convert_ids_to_tokens(i): i for i in new_ids})
+
+
+def build_adapter_meta(cfg: TrainConfig, *, spec: str, name: str, hf_dir: Path, fmt: str, system: str, stops: list[str],
+                       qlora: bool = False, added_tokens: dict[str, int] | None = None,
+                       preference: dict | None = None) -> dict:
+    """The one shape of toolkit-adapter.json, for SFT and preference adapters alike: the base's
+    identity (merge refuses another base), how to prompt (format, system, stops), the LoRA shape,
+    and, for a preference adapter only, a `preference` block. `spec` is what the run was given as
+    its base, `hf_dir` the HF directory it resolved to."""
+    meta = {
         "toolkit_version": __version__,
-        "base": {"spec": cfg.model, "name": resolved.name, "hf_dir": str(resolved.hf_dir), **base_identity(resolved.require_hf())},
-        "format": cfg.format,
-        "system": cfg.system,
-        "added_tokens": {tokenizer.convert_ids_to_tokens(i): i for i in new_ids},
+        "base": {"spec": spec, "name": name, "hf_dir": str(hf_dir), **base_identity(hf_dir)},
+        "format": fmt,
+        "system": system,
+        "added_tokens": added_tokens or {},
         "stop": stops,
-        "qlora": cfg.qlora,
+        "qlora": qlora,
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": list(cfg.target_modules)},
     }
+    if preference is not None:
+        meta["preference"] = preference
+    return meta
 
 
 def save_adapter(model, tokenizer, dest: Path, meta: dict) -> Path:

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.chat.detect import match
 from toolkit.chat.families import end_of_turn_tokens
+from toolkit.data.readers import load_examples
 from toolkit.errors import ConfigError, DataError, ModelError
 from toolkit.train.config import TrainConfig
 
@@ -38,6 +40,8 @@ def end_of_turn_id(tokenizer) -> int:
     else EOS."""
     vocab = tokenizer.get_vocab()
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if template == TAGGED_TEMPLATE and tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id  # the tagged format ends a reply with </approach> and EOS
     family = template_end_of_turn(template, tokenizer.bos_token or "", tokenizer.eos_token or "") if template else None
     if family is not None and not family and tokenizer.eos_token_id is not None:
         return tokenizer.eos_token_id  # the family ends turns with EOS
@@ -49,13 +53,42 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether llama.cpp starts this model's prompts with BOS: `add_bos_token` of its
+    tokenizer_config.json, which the GGUF converter copies (transformers' generic tokenizer class
+    does not apply it itself), else whether the tokenizer adds BOS to a text."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    flag = _config_add_bos(str(getattr(tokenizer, "name_or_path", "") or ""))
+    return flag if flag is not None else tokenizer("a")["input_ids"][:1] == [bos]
+
+
+@functools.lru_cache(maxsize=16)
+def _config_add_bos(folder: str) -> bool | None:
+    import json
+
+    try:
+        flag = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8")).get("add_bos_token")
+    except (OSError, ValueError):
+        return None
+    return flag if isinstance(flag, bool) else None
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids exactly as llama.cpp will see them from the exported model: special
+    tokens read as such, BOS first when the tokenizer adds it, never twice (as
+    toolkit/runtime/tokenize.py does at inference)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [bos, *ids] if adds_bos(tokenizer) and ids[:1] != [bos] else ids
+
+
 @functools.lru_cache(maxsize=16)
 def template_end_of_turn(template: str, bos: str, eos: str) -> tuple[str, ...] | None:
     """The end-of-turn tokens of the chat family that renders `template` exactly (empty: it ends
     turns with EOS), or None when no family does. Remembered: every example asks, and fitting a
     family runs the parity suite."""
-    from toolkit.chat.detect import match
-
     try:
         found, _ = match(template, bos=bos, eos=eos)
     except Exception:  # a template the suite cannot even render is of no known family
@@ -109,19 +142,19 @@ def tokenize_example(tokenizer, example, fmt: str = "chat", max_length: int = 51
     end-of-turn token after it; anything the template adds after end-of-turn (a newline) is dropped.
 
     Prompt and reply are tokenized separately, exactly as at inference time, where the prompt is
-    tokenized alone and the model writes the rest. An example longer than `max_length` keeps its
+    tokenized alone (BOS first when the tokenizer adds it: `prompt_ids`) and the model writes the rest. An example longer than `max_length` keeps its
     prompt and loses the end of its reply; one whose prompt alone fills `max_length` has no labels.
     """
     if fmt == "tagged" and TAGS[0] not in tokenizer.get_vocab():
         raise ModelError("the tokenizer has no tag tokens", fix="call prepare_tokenizer(tokenizer, 'tagged') first")
     prompt, full = render(tokenizer, messages_for(example, fmt, system))
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_tokens = prompt_ids(tokenizer, prompt)
     reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
     eot = end_of_turn_id(tokenizer)
     if eot in reply_ids:  # keep through the last end-of-turn token: it is what teaches the model to stop
         reply_ids = reply_ids[: len(reply_ids) - reply_ids[::-1].index(eot)]
-    input_ids = (prompt_ids + reply_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + reply_ids)[:max_length]
+    input_ids = (prompt_tokens + reply_ids)[:max_length]
+    labels = ([IGNORE] * len(prompt_tokens) + reply_ids)[:max_length]
     return input_ids, labels
 
 
@@ -168,8 +201,6 @@ def tokenize_dataset(tokenizer, examples: Sequence, cfg: TrainConfig, path: str 
 
 
 def load_rows(tokenizer, path: str | os.PathLike, cfg: TrainConfig, role: str = "train") -> Tokenized:
-    from toolkit.data.readers import load_examples
-
     if not Path(path).exists():
         fix = ("build the splits with `toolkit data build data/sample/abstracts.jsonl`, or pass --train-data FILE" if role == "train"
                else "pass --validation-data FILE, or --validation-data '' to train without validation")

@@ -1,7 +1,8 @@
 """`toolkit sweep`: find better decoding parameters with Optuna, scored against references.
 
-Loads the sweep file (config.py), runs or continues its study (study.py), re-runs the best trials
-and the default with several seeds (noise.py), writes the results (report.py), and with
+Loads the sweep file (config.py), races every candidate against the default until the answer is
+known (race.py, decision.py; `mode: race`, the default) or runs the search (study.py) and re-runs
+the best trials and the default with several seeds (noise.py), writes the results (report.py), and with
 --modelfile rewrites a Modelfile's PARAMETER lines with the chosen values.
 """
 
@@ -12,21 +13,27 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from toolkit.data.readers import load_examples
 from toolkit.errors import ConfigError, DataError
+from toolkit.evaluate.machine import measured_on
+from toolkit.evaluate.metrics import MetricSuite
 from toolkit.evaluate.sweep.config import load_sweep
+from toolkit.evaluate.sweep.decision import race_results
 from toolkit.evaluate.sweep.noise import chosen_params, noise_check
+from toolkit.evaluate.sweep.race import run_race
 from toolkit.evaluate.sweep.report import print_summary, write_outputs
 from toolkit.evaluate.sweep.study import Evaluator, finished, open_study, run_trials
+from toolkit.export.modelfile.checks import validate_file
+from toolkit.export.modelfile.writer import build_modelfile
+from toolkit.export.modelfile.writer import write as write_mf
 from toolkit.params import DEFAULTS, SPECS, DecodingParams
+from toolkit.runtime.backends import BackendName, BackendSpec, open_backend, raw_backend
+from toolkit.runtime.generation import check_parallel
 
 
 def rewrite_modelfile(path: Path, params: DecodingParams, only: Iterable[str] | None = None) -> Path:
     """Rewrite a Modelfile's PARAMETER lines with `params` (or just the fields in `only`), keeping
     FROM, TEMPLATE, stops, SYSTEM, LICENSE and the other PARAMETERs."""
-    from toolkit.export.modelfile.checks import validate_file
-    from toolkit.export.modelfile.writer import build_modelfile
-    from toolkit.export.modelfile.writer import write as write_mf
-
     mf = validate_file(path)
     existing = {k: v for k, v in mf.parameters.items() if k != "stop"}
     options = params.to_ollama_options()
@@ -57,8 +64,6 @@ def _load_against(folder: Path) -> dict:
 
 
 def _examples_with_references(data: Path, n: int) -> list:
-    from toolkit.data.readers import load_examples
-
     examples = load_examples(data)
     if not examples:
         raise DataError("the split has no examples", path=data, fix="build it with `toolkit data build`")
@@ -70,9 +75,9 @@ def _examples_with_references(data: Path, n: int) -> list:
 
 
 def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo/data/validation.jsonl"),
-          backend: str = "llamacpp", url: str = "", out: Path | None = None, storage: str = "", study: str = "",
+          backend: BackendName = "llamacpp", url: str = "", out: Path | None = None, storage: str = "", study: str = "",
           trials: int = 0, prompts: int = 0, modelfile: Path | None = None, noise: bool = True,
-          against: Path | None = None, parallel: int = 0) -> int:
+          against: Path | None = None, parallel: int = 0, raw: bool = False) -> int:
     """Search decoding parameters with Optuna, scored by BERTScore (or ROUGE-L/BLEU) against references.
 
     Re-running the same command continues the study (completed trials are kept); several workers
@@ -91,22 +96,22 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
         trials: override the number of finished trials wanted.
         prompts: override the prompts per trial.
         modelfile: a Modelfile to rewrite with the chosen PARAMETER values.
-        noise: re-run the top trials and the default with several seeds and compare them.
+        noise: (mode: search) re-run the top trials and the default with several seeds and compare
+            them. A race (the default mode) always confirms a winner on the re-run seeds.
         against: another sweep's results directory (same prompts and seed): the report sets this
             search's best value and generation count beside its own.
         parallel: generations at once (0 = the backend's default: 16 llama.cpp slots, or one request
             at a time to a server; set it to the server's own parallel setting). The same
             command with the same --parallel gives the same trials.
+        raw: raw completion for a base model without a chat template: each prompt as given, no template (Ollama's raw).
     """
     from toolkit.console import err
-    from toolkit.evaluate.machine import measured_on
-    from toolkit.evaluate.metrics import MetricSuite
-    from toolkit.runtime.backends import open_backend
-    from toolkit.runtime.generation import check_parallel
 
     cfg = load_sweep(sweep_file)
     if parallel:
         check_parallel(parallel)  # before the study or any output exists
+    backend = raw_backend(backend, raw)
+    BackendSpec(backend, model, url).check()  # files and chat template too: a refused sweep writes nothing
     cfg.trials = trials or cfg.trials
     cfg.prompts = prompts or cfg.prompts
     examples = _examples_with_references(Path(data), cfg.prompts)
@@ -122,11 +127,14 @@ def sweep(sweep_file: Path, model: str = "smollm2", data: Path = Path("runs/demo
     with open_backend(backend, model, n_ctx=cfg.base_params().num_ctx, url=url or None, parallel=parallel or None) as engine:
         ev = Evaluator(engine, [ex.prompt for ex in examples], [ex.response for ex in examples], cfg.metric,
                        MetricSuite(cfg.scorer))
-        run_trials(optuna_study, cfg, ev)
-        if not noise:
-            err.print(f"{len(finished(optuna_study))} trials in {storage}")
-            return 0
-        result = noise_check(optuna_study, cfg, ev)
+        if cfg.mode == "race":
+            result = race_results(optuna_study, cfg, run_race(optuna_study, cfg, ev))
+        else:
+            run_trials(optuna_study, cfg, ev)
+            if not noise:
+                err.print(f"{len(finished(optuna_study))} trials in {storage}")
+                return 0
+            result = noise_check(optuna_study, cfg, ev)
     best = write_outputs(optuna_study, cfg, out, result, generations=ev.generations, seconds=time.perf_counter() - start,
                          storage=_without_password(storage), against=other, machine=measured_on(backend))
     print_summary(optuna_study, cfg, result)

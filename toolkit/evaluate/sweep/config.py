@@ -2,7 +2,8 @@
 
 A sweep file (YAML, see sweeps/) names the search space, the metric, the sampler and pruner, the
 number of trials and prompts, and the generation seed every trial uses (so trials differ only in
-their parameters).
+their parameters). `mode: race` (the default) races every candidate against the default and stops
+when the answer is known (race.py); `mode: search` is the older search, then re-run (noise.py).
 """
 
 from __future__ import annotations
@@ -13,14 +14,43 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError
-from toolkit.evaluate.metrics import ScorerConfig, parse_objective
+from toolkit.evaluate.metrics import PRIMARY, ScorerConfig, parse_objective
 from toolkit.params import DEFAULTS, SPECS, SWEEPABLE, DecodingParams, check_bounds
 from toolkit.space import Dimension, parse_space
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median")
+MODES = ("race", "search")
 # what a space entry keeps in the study's fingerprint (a saved study is compared with it)
 _FINGERPRINT_FIELDS = ("low", "high", "step", "log", "choices")
+
+
+@dataclass
+class RaceSettings:
+    """How a race (mode: race) decides; see toolkit/evaluate/sweep/race.py.
+
+    Attributes:
+        chunk: prompts per chunk: every decision is taken after a chunk.
+        alpha: family-wise error of "beats the default" (Holm over the candidates compared).
+        futility: a candidate whose conditional power (of beating the default once every prompt is
+            scored, given its paired differences so far) is below this is out.
+        prune_p: WilcoxonPruner's p threshold: a candidate worse than the default beyond this is out.
+        min_effect: the smallest difference worth having (metric units); 0 = any. A candidate whose
+            upper 95% bound is below it is out (equivalence).
+        wave: candidates raced together (their chunks decoded in one batch); a smaller wave never
+            costs more generations (a race stops after the first wave holding a winner).
+        max_generations: generation budget (0 = none).
+        max_seconds: wall-time budget of one run (0 = none).
+    """
+
+    chunk: int = 3
+    alpha: float = 0.05
+    futility: float = 0.05
+    prune_p: float = 0.1
+    min_effect: float = 0.0
+    wave: int = 4
+    max_generations: int = 0
+    max_seconds: float = 0.0
 
 
 @dataclass
@@ -29,7 +59,8 @@ class SweepConfig:
 
     Attributes:
         name: the study name.
-        metric: a metric name or a {metric: weight} mix (bertscore_f1, bertscore_p, bertscore_r, rouge_l, bleu).
+        metric: a metric name or a {metric: weight} mix of names in `METRICS` (toolkit/evaluate/metrics.py:
+            bertscore_f1, bertscore_p, bertscore_r, rouge_l, bleu, and any registered one), maximised.
         sampler: tpe, random or grid.
         sampler_seed: seed of the sampler: the same sweep proposes the same trials.
         pruner: none or median (prune after a prompt chunk when the running mean is below the median).
@@ -44,11 +75,14 @@ class SweepConfig:
         rerun_top: how many of the best trials to re-run with several seeds.
         rerun_seeds: the generation seeds of those re-runs.
         bootstrap: bootstrap resamples for intervals.
+        mode: race (race every candidate against the default, stop when decided) or search.
+        default: the baseline every candidate is compared with, over the defaults and `fixed`.
+        race: how a race decides (`RaceSettings`).
     """
 
     name: str
     space: dict[str, Dimension]
-    metric: dict[str, float] = field(default_factory=lambda: {"bertscore_f1": 1.0})
+    metric: dict[str, float] = field(default_factory=lambda: {PRIMARY: 1.0})
     sampler: str = "tpe"
     sampler_seed: int = 0
     pruner: str = "median"
@@ -62,10 +96,17 @@ class SweepConfig:
     rerun_top: int = 3
     rerun_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     bootstrap: int = 1000
+    mode: str = "race"
+    default: dict[str, Any] = field(default_factory=dict)
+    race: RaceSettings = field(default_factory=RaceSettings)
 
     def base_params(self) -> DecodingParams:
         """The default parameters with the fixed ones applied and the sweep's generation seed."""
         return DEFAULTS.replace(**self.fixed, seed=self.seed)
+
+    def default_params(self) -> DecodingParams:
+        """The baseline candidates are compared with: `base_params` with the `default:` block."""
+        return self.base_params().replace(**self.default)
 
     def grid_space(self) -> dict[str, list]:
         return {name: dim.grid() for name, dim in self.space.items()}
@@ -77,7 +118,8 @@ class SweepConfig:
         return data
 
 
-_TOP_KEYS = {"name", "space", "metric", "sampler", "pruner", "trials", "prompts", "seed", "fixed", "scorer", "noise"}
+_TOP_KEYS = {"name", "space", "metric", "sampler", "pruner", "trials", "prompts", "seed", "fixed", "scorer", "noise",
+             "mode", "default", "race"}
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -121,6 +163,10 @@ def parse_sweep(raw: dict, *, where: str = "sweep", default_name: str = "sweep")
         DEFAULTS.replace(**fixed)
     except ConfigError as exc:
         raise ConfigError(f"{where}: fixed: {exc.message}") from None
+    default = _default_block(raw.get("default"), fixed, where)
+    mode = raw.get("mode", "race")
+    if mode not in MODES:
+        raise ConfigError(f"{where}: mode {mode!r} is unknown", fix="use race (decide against the default) or search")
     sampler = raw.get("sampler", "tpe")
     sampler_seed = 0
     if isinstance(sampler, dict):
@@ -142,9 +188,9 @@ def parse_sweep(raw: dict, *, where: str = "sweep", default_name: str = "sweep")
     if bad:
         raise ConfigError(f"{where}: scorer.{bad[0]} is unknown", fix="valid: model, layer, idf, baseline")
     try:
-        metric = parse_objective(raw.get("metric", "bertscore_f1"))
+        metric = parse_objective(raw.get("metric", PRIMARY))  # the headline metric unless the file says
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc.message}", fix=exc.fix) from None
     cfg = SweepConfig(
         name=str(raw.get("name") or default_name), space=space, metric=metric, sampler=sampler,
         sampler_seed=sampler_seed, pruner=pruner, chunks=chunks, startup_trials=startup,
@@ -154,10 +200,45 @@ def parse_sweep(raw: dict, *, where: str = "sweep", default_name: str = "sweep")
         scorer=ScorerConfig(**scorer), rerun_top=_int(noise.get("rerun_top", 3), f"{where}: noise.rerun_top", low=0),
         rerun_seeds=[_int(s, f"{where}: noise.rerun_seeds") for s in noise.get("rerun_seeds", [1, 2, 3])],
         bootstrap=_int(noise.get("bootstrap", 1000), f"{where}: noise.bootstrap", low=100),
+        mode=mode, default=default, race=_race_settings(raw.get("race"), where),
     )
     if cfg.sampler == "grid":
         cfg.trials = math.prod(len(v) for v in cfg.grid_space().values())
     return cfg
+
+
+def _default_block(raw, fixed: dict, where: str) -> dict:
+    """The `default:` block: decoding parameters of the baseline, checked like `fixed`."""
+    default = dict(raw or {})
+    for name in default:
+        if name not in SPECS or name == "seed":
+            raise ConfigError(f"{where}: default.{name} is not a decoding parameter of the baseline",
+                              fix=f"valid: {', '.join(n for n in SPECS if n != 'seed')}")
+    try:
+        DEFAULTS.replace(**fixed, **default)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: default: {exc.message}") from None
+    return default
+
+
+def _race_settings(raw, where: str) -> RaceSettings:
+    raw = dict(raw or {})
+    known = RaceSettings.__dataclass_fields__
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise ConfigError(f"{where}: race.{bad[0]} is unknown", fix=f"valid: {', '.join(known)}")
+    values = {}
+    for name, value in raw.items():
+        if isinstance(known[name].default, int):
+            values[name] = _int(value, f"{where}: race.{name}", low=0 if name == "max_generations" else 1)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}: race.{name} must be a number of at least 0, got {value!r}")
+        else:
+            values[name] = float(value)
+    for name in ("alpha", "futility", "prune_p"):
+        if not 0 < values.get(name, 0.05) < 1:
+            raise ConfigError(f"{where}: race.{name} must be between 0 and 1, got {values[name]}")
+    return RaceSettings(**values)
 
 
 def _int(value, where: str, low: int | None = None) -> int:

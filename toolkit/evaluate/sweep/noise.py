@@ -4,6 +4,7 @@ pairwise, and say plainly whether the best beats the default beyond noise.
 
 from __future__ import annotations
 
+from toolkit.evaluate.stats import bootstrap_mean, paired
 from toolkit.evaluate.sweep.config import SweepConfig
 from toolkit.evaluate.sweep.study import Evaluator
 
@@ -13,12 +14,11 @@ def noise_check(study, cfg: SweepConfig, ev: Evaluator) -> dict:
     import optuna
 
     from toolkit.console import status
-    from toolkit.evaluate.stats import bootstrap_mean, paired
 
-    base = cfg.base_params()
+    base = cfg.default_params()
     complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                       key=lambda t: (-t.value, t.number))[: cfg.rerun_top]
-    candidates = [("default", base)] + [(f"trial {t.number}", base.replace(**trial_params(t))) for t in complete]
+    candidates = [("default", base)] + [(f"trial {t.number}", cfg.base_params().replace(**trial_params(t))) for t in complete]
     everyone = list(range(len(ev.prompts)))
     rows = {}
     with status(f"re-running the default and the top {len(complete)} trials with seeds {cfg.rerun_seeds}"):
@@ -47,6 +47,8 @@ def chosen_params(noise: dict, cfg: SweepConfig) -> tuple[str, dict]:
     """
     c = noise["comparison"]
     label = noise["best"] if c["significant"] and c["diff"]["mean"] > 0 else "default"
+    if "race" in noise:  # a race's decision, Holm-corrected and confirmed, says it
+        label = noise["best"] if noise["race"]["decision"] == "found" else "default"
     return label, {k: v for k, v in noise["candidates"][label]["params"].items() if k in cfg.space}
 
 

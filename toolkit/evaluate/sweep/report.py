@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolkit.evaluate.machine import measured_line
 from toolkit.evaluate.sweep.config import SweepConfig
 from toolkit.evaluate.sweep.noise import chosen_params, search_generations, trial_params
+from toolkit.io import save_figure, write_json, write_text
 
 
 def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generations: int, seconds: float,
@@ -19,8 +21,6 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
 
     import optuna
     import yaml
-
-    from toolkit.io import write_json, write_text
 
     trials = study.get_trials(deepcopy=False)
     names = list(cfg.space)
@@ -45,6 +45,8 @@ def write_outputs(study, cfg: SweepConfig, out: Path, noise: dict, *, generation
             "generations": generations, "seconds": round(seconds, 1)}
     if machine is not None:
         best["machine"] = machine
+    if "race" in noise:
+        best["race"] = noise["race"]
     write_json(out / "best.json", best)
     write_text(out / "best.yaml", f"# Decoding parameters chosen by `toolkit sweep` ({cfg.name}): {best['verdict']}\n"
                f"# Use: toolkit export MODEL_DIR --parameters {out / 'best.yaml'}\n"
@@ -70,8 +72,6 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
-
-    from toolkit.io import save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
@@ -104,6 +104,20 @@ def make_plots(study, cfg: SweepConfig, folder: Path, noise: dict) -> dict[str, 
     return made
 
 
+def race_lines(race: dict, cfg: SweepConfig) -> list[str]:
+    """The race's stopping rules with their numbers, under the decision."""
+    outcomes = ", ".join(f"{v} {k}" for k, v in race["outcomes"].items()) or "none yet"
+    return [f"- race: {race['raced']} of {race['candidates']} candidates judged ({outcomes}) against the default "
+            f"on the same {race['prompts']} prompts and generation seed {cfg.seed}; {race['generations']} generations, an "
+            f"exhaustive run {race['exhaustive_generations']} (every candidate and the default on every prompt, and "
+            f"{len(cfg.rerun_seeds)} re-run seeds for the default and the best)",
+            f"- rules: *found* when a candidate beats the default with Wilcoxon p < alpha/m = {race['alpha']:g}/{race['candidates']}"
+            f" (Holm's first step) and an interval above 0, confirmed on seeds {cfg.rerun_seeds}; out when WilcoxonPruner "
+            f"finds it worse (p < {race['prune_p']:g}) or its conditional power of beating the default on all prompts is below "
+            f"{race['futility']:.0%}" + (f" or its upper bound is below min_effect {race['min_effect']:g}" if race["min_effect"] else "")
+            + "; *nothing to gain* when every candidate is out", ""]
+
+
 def render_against(best: dict, other: dict) -> list[str]:
     """Report lines: this search's best and cost beside another sweep's on the same prompts and seed."""
     a, b = best["search_best_value"], other["search_best_value"]
@@ -122,18 +136,19 @@ def render_against(best: dict, other: dict) -> list[str]:
 def render_report(study, cfg: SweepConfig, best: dict, noise: dict, plots: dict, against: dict | None = None) -> str:
     import optuna
 
-    from toolkit.evaluate.machine import measured_line
-
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    lines = [f"# Sweep `{cfg.name}`", "", f"**Verdict:** {best['verdict']}", "",
+    lines = [f"# Sweep `{cfg.name}`", "", f"**{'Decision' if 'race' in noise else 'Verdict'}:** {best['verdict']}", "",
+             *(race_lines(noise["race"], cfg) if "race" in noise else []),
              f"- metric: {', '.join(f'{k} x{v:g}' for k, v in cfg.metric.items())}; {cfg.prompts} prompts; generation seed {cfg.seed}",
-             f"- sampler {cfg.sampler} (seed {cfg.sampler_seed}), pruner {cfg.pruner}" + (f" over {cfg.chunks} prompt chunks" if cfg.pruner != "none" else ""),
+             f"- sampler {cfg.sampler} (seed {cfg.sampler_seed}), " + (f"raced in chunks of {cfg.race.chunk} prompts" if cfg.mode == "race" else
+                                                                        f"pruner {cfg.pruner}" + (f" over {cfg.chunks} prompt chunks" if cfg.pruner != "none" else "")),
              f"- trials: {count[optuna.trial.TrialState.COMPLETE]} complete, {count[optuna.trial.TrialState.PRUNED]} pruned, "
              f"{count[optuna.trial.TrialState.FAIL]} failed; {best['generations']} generations in {best['seconds']} s",
              f"- storage: `{best['storage']}` (browse it with `optuna-dashboard {best['storage']}`)",
              *([f"- {measured_line(best['machine'])}"] if "machine" in best else []), "",
-             "## Re-run with seeds " + ", ".join(map(str, cfg.rerun_seeds)), "",
+             ("## Default and best (confirmation seeds when found, else the race's seed)" if "race" in noise
+              else "## Re-run with seeds " + ", ".join(map(str, cfg.rerun_seeds))), "",
              "| candidate | mean | 95% CI | " + " | ".join(cfg.space) + " |", "|---|---|---|" + "---|" * len(cfg.space)]
     for label, row in noise["candidates"].items():
         ci = row["ci"]
@@ -165,7 +180,8 @@ def print_summary(study, cfg: SweepConfig, noise: dict) -> None:
 
     from toolkit.console import out
 
-    table = Table(title=f"sweep {cfg.name}: re-run with seeds {cfg.rerun_seeds}")
+    table = Table(title=f"sweep {cfg.name}: " + ("the default and the best of the race" if "race" in noise
+                                                 else f"re-run with seeds {cfg.rerun_seeds}"))
     table.add_column("candidate")
     for name in cfg.space:
         table.add_column(name, justify="right")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import ConfigError
+from toolkit.evaluate.metrics import objective_scores
+from toolkit.evaluate.stats import bootstrap_mean
 from toolkit.evaluate.sweep.config import SweepConfig
 from toolkit.params import DecodingParams
 
@@ -41,8 +43,6 @@ class Evaluator:
 
     def score(self, gens: list, indices: list[int]) -> list[float]:
         """Objective value per generation (against the references of prompts `indices`)."""
-        from toolkit.evaluate.metrics import objective_scores
-
         return objective_scores(self.suite.score([g.text for g in gens], [self.references[i] for i in indices],
                                                  tuple(self.metric)), self.metric)
 
@@ -69,9 +69,16 @@ def _grid_sampler(space: dict, seed: int):
 
 
 def make_pruner(cfg: SweepConfig):
-    """Median pruning over prompt chunks after `startup_trials` complete ones, or none."""
+    """A race's WilcoxonPruner (per-prompt paired test, see race.py); else median pruning over
+    prompt chunks after `startup_trials` complete ones, or none."""
     import optuna
 
+    if cfg.mode == "race":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" since Optuna 3.6
+            return optuna.pruners.WilcoxonPruner(p_threshold=cfg.race.prune_p)
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
     return optuna.pruners.NopPruner()
@@ -278,8 +285,6 @@ class _Trials:
     def chunk_done(self, n: int, step: int) -> None:
         """Score a finished chunk; then prune the trial, finish it, or go on to its next chunk."""
         from optuna.trial import TrialState
-
-        from toolkit.evaluate.stats import bootstrap_mean
 
         t, idx = self.live[n], self.chunks[step]
         gens = [t.got[step][i] for i in idx]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
+from toolkit.chat.gotemplate.parser import parse as parse_template
 from toolkit.modelfile.parser import Modelfile, ModelfileError, check_requires, command_lines, read_file, typed_parameters
 
 
@@ -37,8 +39,6 @@ def check(mf: Modelfile, *, base_dir: str | os.PathLike | None = None,
 
 def _check_template(template: str, where: dict) -> None:
     # local import: only templates need the evaluator
-    from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
-    from toolkit.chat.gotemplate.parser import parse as parse_template
 
     try:
         parse_template(template)

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
+from toolkit.chat.gotemplate.parser import parse as parse_template
 from toolkit.errors import ConfigError
 from toolkit.io import write_text
 from toolkit.modelfile.parser import DEPRECATED_PARAMETERS, NON_PARAMETER_COMMANDS, Modelfile, ModelfileError, is_print, one_line, parse
@@ -158,9 +160,6 @@ def _template_problem(e) -> str:
 
 def _require_template(template: str) -> None:
     """Builder-side template check: a ConfigError naming the problem."""
-    from toolkit.chat.gotemplate.errors import TemplateError, TemplateUnsupported
-    from toolkit.chat.gotemplate.parser import parse as parse_template
-
     try:
         parse_template(template)
     except TemplateUnsupported:
