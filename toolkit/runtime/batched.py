@@ -31,11 +31,11 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.errors import BackendError, ModelError
+from toolkit.errors import BackendError
 from toolkit.params import DecodingParams
 from toolkit.runtime.generation import Generation, per_item, run_jobs
-from toolkit.runtime.llamacpp import default_threads, probe_extra_bufts, quiet_logs
-from toolkit.runtime.tokenize import bos_to_add, with_bos
+from toolkit.runtime.native import NativeModel
+from toolkit.runtime.tokenize import with_bos
 
 Prompt = str | Sequence[int]
 
@@ -91,7 +91,7 @@ class _Slot:
         return self.n_past < len(self.prompt)
 
 
-class BatchedGenerator:
+class BatchedGenerator(NativeModel):
     """Generate many completions at once from one GGUF with continuous batching.
 
     Args:
@@ -106,51 +106,18 @@ class BatchedGenerator:
     def __init__(self, gguf: str | Path, *, n_ctx_per_seq: int = 1024, n_parallel: int = 16,
                  n_threads: int | None = None, n_batch: int = 512, lora: str | Path | None = None):
         import llama_cpp
-        from llama_cpp._logger import set_verbose
 
-        self._model = self._ctx = self._batch = None  # close() and __del__ work whatever fails below
-        self.gguf = Path(gguf)
-        if not self.gguf.exists():
-            raise ModelError(f"GGUF file {self.gguf} does not exist", fix="check the path or run `toolkit export`")
         if not 1 <= n_parallel <= llama_cpp.llama_max_parallel_sequences():
             raise BackendError(f"n_parallel={n_parallel} is outside 1..{llama_cpp.llama_max_parallel_sequences()}")
         self.n_parallel = n_parallel
         self.n_ctx_per_seq = n_ctx_per_seq
         self.n_batch = max(n_batch, n_parallel)  # every generating slot must fit one decode
-        set_verbose(False)  # llama.cpp's load chatter goes through this logger
-        quiet_logs()  # ...and this callback, which shows it only with --verbose
-        llama_cpp.llama_backend_init()
-
-        mparams = llama_cpp.llama_model_default_params()
-        # Never assume: quantized kernels in the extra buffer types crash on some CPUs (see llamacpp.py)
-        mparams.use_extra_bufts = probe_extra_bufts()["extra_bufts"]
-        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mparams)
-        if not self._model:
-            raise ModelError(f"llama.cpp cannot load {self.gguf}", fix="is it a complete GGUF file?")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._load(gguf)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._bos = bos_to_add(self._vocab)  # what every text prompt starts with (toolkit.runtime.tokenize)
-
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx_per_seq * n_parallel
-        cparams.n_seq_max = n_parallel
-        cparams.n_batch = self.n_batch
-        cparams.n_ubatch = min(self.n_batch, 512)
-        cparams.n_threads = cparams.n_threads_batch = n_threads or default_threads()
-        cparams.kv_unified = False  # one KV stream per sequence: attention never scans the others
-        # Llama() runs without flash attention; llama.cpp's "auto" turns it on for CPU, and its
-        # different summation order makes texts drift from chat(). Off, a batch reproduces chat().
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            self.close()
-            raise BackendError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {self.gguf}",
-                               fix="lower n_parallel or n_ctx_per_seq")
-        if lora is not None:
-            self._apply_lora(Path(lora))
-        self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        # one KV stream per sequence (kv_unified off): attention never scans the others
+        cparams = self._context_params(n_ctx=n_ctx_per_seq * n_parallel, n_seq_max=n_parallel, n_batch=self.n_batch,
+                                       n_threads=n_threads, kv_unified=False)
+        self._open_context(cparams, lora, fix="lower n_parallel or n_ctx_per_seq")
         self._pieces: dict[int, bytes] = {}
         self._decodes = 0  # llama_decode calls so far (when copied KV data is in place)
         # per free sequence: (prompt, logits after it) when its KV cache still holds that prompt
@@ -158,50 +125,18 @@ class BatchedGenerator:
         self.prefills = self.shared_prefills = 0  # prompts prefilled, and prompts copied instead
         self.most_live = 0  # the most sequences decoded together in one step so far
 
-    def _apply_lora(self, lora: Path) -> None:
-        """Load a GGUF LoRA for this model and set it on the context, as `Llama(lora_path=)` does.
-        The adapter belongs to the model: llama.cpp frees it with the model (close())."""
-        import ctypes
-
-        import llama_cpp
-
-        adapter = llama_cpp.llama_adapter_lora_init(self._model, str(lora).encode()) if lora.exists() else None
-        if not adapter:
-            self.close()
-            raise ModelError(f"llama.cpp cannot load LoRA {lora} for {self.gguf}", fix="is the LoRA exported for this base GGUF?")
-        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-        if llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
-            self.close()
-            raise BackendError(f"llama.cpp could not apply LoRA {lora} to {self.gguf}")
-
     # -- tokens ------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
         """Prompt tokens for text (special tokens parsed, BOS as the GGUF asks and never twice:
         `toolkit.runtime.tokenize`), exactly as `LlamaCppBackend.prompt_tokens` tokenizes."""
-        import llama_cpp
-
-        data = text.encode()
-        size = len(data) + 8
-        buf = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, size, False, True)
-        if n < 0:  # cannot happen with one token per byte of room, but never read past the buffer
-            buf = (llama_cpp.llama_token * -n)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, -n, False, True)
-        return with_bos(buf[:n], self._bos)
+        return with_bos(self._text_tokens(text), self._bos)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as text (special tokens render as nothing, as in `Llama`)."""
-        import llama_cpp
-
         cached = self._pieces.get(token)
         if cached is None:
-            buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
+            cached = self._pieces[token] = self._token_piece(token, special=False)
         return cached
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -323,14 +258,6 @@ class BatchedGenerator:
             add(llama_cpp.llama_sampler_init_temp(params.temperature))
             add(llama_cpp.llama_sampler_init_dist(params.seed))
         return chain
-
-    def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        batch = self._batch
-        batch.token[n] = token
-        batch.pos[n] = pos
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = seq_id
-        batch.logits[n] = logits
 
     def _begin(self, slot: _Slot, slots: list[_Slot | None]) -> None:
         """Put a new slot's prompt in the KV cache: still there from this sequence's last job,
@@ -540,34 +467,6 @@ class BatchedGenerator:
         else:
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             self._kept[slot.seq_id] = None
-
-    # -- lifetime ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Free the batch, context and model (safe to call twice)."""
-        import llama_cpp
-
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
-        if self._model is not None:
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
-
-    def __enter__(self) -> BatchedGenerator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the bindings may already be gone
-            pass
 
 
 def _inside_character(slot: _Slot, piece: bytes) -> bool:

@@ -15,14 +15,13 @@ logits, as the harness's `hf` model takes them from torch's.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import BackendError, ModelError
-from toolkit.runtime.llamacpp import default_threads, probe_extra_bufts, quiet_logs
-from toolkit.runtime.tokenize import bos_to_add, with_bos
+from toolkit.errors import BackendError
+from toolkit.runtime.native import NativeModel
+from toolkit.runtime.tokenize import with_bos
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Scored:
         return all(self.greedy)
 
 
-class Scorer:
+class Scorer(NativeModel):
     """Score token sequences with one GGUF (and optionally a GGUF LoRA at scale 1).
 
     Args:
@@ -57,55 +56,16 @@ class Scorer:
     def __init__(self, gguf: str | Path, *, lora: str | Path | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_batch: int = 512):
         import llama_cpp
-        from llama_cpp._logger import set_verbose
 
-        self._model = self._ctx = self._batch = None  # close() works whatever fails below
-        self.gguf = Path(gguf)
-        if not self.gguf.exists():
-            raise ModelError(f"GGUF file {self.gguf} does not exist", fix="check the path or run `toolkit export`")
-        set_verbose(False)
-        quiet_logs()
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.use_extra_bufts = probe_extra_bufts()["extra_bufts"]  # see llamacpp.py: AMX traps on some CPUs
-        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mparams)
-        if not self._model:
-            raise ModelError(f"llama.cpp cannot load {self.gguf}", fix="is it a complete GGUF file?")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._load(gguf)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._model))
         self.n_ctx, self.n_batch = n_ctx, n_batch
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_seq_max = 2  # the context, and the choice being scored
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
-        cparams.n_threads = cparams.n_threads_batch = n_threads or default_threads()
-        cparams.kv_unified = True  # seq_cp shares the context's cells instead of copying them
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() runs
-        cparams.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            self.close()
-            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.gguf}", fix="lower n_ctx")
-        if lora is not None:
-            self._apply_lora(Path(lora))
-        self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._bos_rule = bos_to_add(self._vocab)
+        # two sequences: the context, and the choice being scored; kv_unified so that seq_cp
+        # shares the context's cells instead of copying them
+        cparams = self._context_params(n_ctx=n_ctx, n_seq_max=2, n_batch=n_batch, n_threads=n_threads, kv_unified=True)
+        self._open_context(cparams, lora, fix="lower n_ctx")
         self.prefilled = self.decoded = 0  # tokens decoded for contexts, and for continuations
-
-    def _apply_lora(self, lora: Path) -> None:
-        import llama_cpp
-
-        adapter = llama_cpp.llama_adapter_lora_init(self._model, str(lora).encode()) if lora.exists() else None
-        if not adapter:
-            self.close()
-            raise ModelError(f"llama.cpp cannot load LoRA {lora} for {self.gguf}", fix="is the LoRA exported for this base GGUF?")
-        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-        if llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
-            self.close()
-            raise BackendError(f"llama.cpp could not apply LoRA {lora} to {self.gguf}")
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -126,22 +86,13 @@ class Scorer:
     @property
     def adds_bos(self) -> bool:
         """Whether a text prompt gets a leading BOS (the GGUF's `tokenizer.ggml.add_bos_token`)."""
-        return self._bos_rule is not None
+        return self._bos is not None
 
     def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
         """Token ids of `text`, special-token text read as those tokens. `add_bos=None` follows
         the BOS rule (`toolkit.runtime.tokenize`: as the GGUF says, never twice); True/False force it."""
-        import llama_cpp
-
-        data = text.encode()
-        size = len(data) + 8
-        buf = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, size, False, True)
-        if n < 0:
-            buf = (llama_cpp.llama_token * -n)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, -n, False, True)
-        bos = self._bos_rule if add_bos is None else (self.bos if add_bos else None)
-        return with_bos(buf[:n], bos)
+        bos = self._bos if add_bos is None else (self.bos if add_bos else None)
+        return with_bos(self._text_tokens(text), bos)
 
     def is_eog(self, token: int) -> bool:
         """Whether `token` ends a generation (EOS, EOT and the like)."""
@@ -151,14 +102,7 @@ class Scorer:
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as their text, as a tokenizer's decode does)."""
-        import llama_cpp
-
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
-        return buf.raw[:n]
+        return self._token_piece(token, special=True)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
@@ -239,14 +183,6 @@ class Scorer:
 
         llama_cpp.llama_memory_clear(self._mem, True)
 
-    def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        batch = self._batch
-        batch.token[n] = token
-        batch.pos[n] = pos
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = seq_id
-        batch.logits[n] = logits
-
     def _decode(self, n: int) -> None:
         import llama_cpp
 
@@ -294,31 +230,6 @@ class Scorer:
         llama_cpp.llama_memory_seq_rm(self._mem, 1, -1, -1)
         self.decoded += len(tokens)
         return rows
-
-    def close(self) -> None:
-        import llama_cpp
-
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
-        if self._model is not None:
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
-
-    def __enter__(self) -> Scorer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: llama_cpp may be gone already
-            pass
 
 
 @dataclass
