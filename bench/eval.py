@@ -1,8 +1,8 @@
 """`toolkit eval` in process vs lm-evaluation-harness's `hf` model: items per second, same answers.
 
 The same merged weights twice: the default model's f16 GGUF scored by llama.cpp in process
-(`toolkit-gguf`: each item's context prefilled once, its choices scored from that context's KV
-cells) and the dequantized HF directory through the harness's own `hf` model (fp32, the same
+(`toolkit-gguf`: each item's context decoded once, its choices scored from that context's KV
+cells, many items' tokens packed into each decode) and the dequantized HF directory through the harness's own `hf` model (fp32, the same
 number of threads, at batch sizes 1, 8 and 32). Two team-written tasks of the real lengths: a
 10-shot HellaSwag-shaped task (contexts of ~700 tokens, four ~20-token endings) and a 0-shot
 ARC-shaped one (short questions, one- to three-word choices). The systems run interleaved, each
@@ -93,6 +93,7 @@ def main() -> None:
     ours = gguf_lm_class()(str(f16), n_threads=threads)
     hf = HFLM(pretrained=str(hf_dir), dtype="float32", device="cpu", batch_size=1)
     print(measured_line(machine_summary()))
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"{f16.name} (llama.cpp, {threads} threads) vs {hf_dir} (hf, fp32, torch {threads} threads); "
           f"{args.items} items per task, best of {args.repeats}")
     for label, selection in (("10-shot HellaSwag-shaped", build([("hellaswag", 10)], data, work / "hs")),
@@ -125,6 +126,7 @@ def main() -> None:
             print(f"{name:<22}{best[name]:>9.2f}{items / best[name]:>9.2f}{best[fastest_hf] / best[name]:>10.2f}x{same:>9}/{items}")
         print(f"tokens decoded by toolkit eval: {prefilled} of the naive {naive} ({100 * prefilled / max(1, naive):.0f}%: "
               f"each context prefilled once)")
+    print("load average (1, 5, 15 min) after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -148,6 +148,25 @@ def test_stop_sequences_are_honoured(backend):
     assert len(cut) < len(free)
 
 
+COLOUR = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 24}}, "required": ["colour"],
+          "additionalProperties": False}
+
+
+def test_a_json_schema_constrains_every_json_mode_backend(backend):
+    """A backend that declares a JSON mode answers a schema with a reply that follows it (llama.cpp
+    in process by its grammar; Ollama's `format` and OpenAI's `response_format` at the server),
+    and its streamed jobs give the text chat() gives."""
+    if not backend.capabilities.json_mode:
+        pytest.skip(f"{backend.name} declares no JSON mode")
+    params = DecodingParams(temperature=0.9, max_tokens=40, seed=3, num_ctx=1024)
+    conv = [{"role": "user", "content": "Name a colour."}]
+    reply = backend.chat(conv, params, schema=COLOUR)
+    assert set(json.loads(reply.text)) == {"colour"} and isinstance(json.loads(reply.text)["colour"], str), reply.text
+    queue = [("a", conv, params), ("b", conv, params.replace(seed=4))]
+    got = dict(backend.generate_stream(lambda: queue.pop(0) if queue else None, schema=COLOUR))
+    assert got["a"].text == reply.text and got["b"].text == backend.chat(conv, params.replace(seed=4), schema=COLOUR).text
+
+
 def test_streaming_yields_pieces_then_generation(backend):
     pieces = list(backend.stream([{"role": "user", "content": "Say hi."}], DecodingParams(temperature=0, max_tokens=10, num_ctx=1024)))
     assert isinstance(pieces[-1], Generation)
@@ -297,6 +316,42 @@ def test_the_same_request_is_the_same_cache_key_from_every_command():
     assert key([Request(ex.prompt, params.replace(seed=8))]) != same
     assert key([Request(ex.prompt, params.replace(top_k=1))]) != same
     assert key([Request(ex.prompt, params)], BackendSpec("ollama", "m", "http://h:2").weights_id()) != same
+    # an output schema is part of the request: set, it makes another key; unset, the key above
+    assert key([Request(ex.prompt, params, {"type": "object"})]) != same
+    assert key([Request.of(ex.prompt, params, schema=None)]) == same
+
+
+class Shaped(Reverse):
+    """Reverse with a JSON mode: its reply says which schema it was given."""
+
+    name = "shaped"
+    capabilities = Capabilities(in_process=True, json_mode=True)
+
+    def stream(self, messages, params, schema=None):
+        text = json.dumps({"schema": schema})
+        yield Generation(text, "stop", 1, 1, 0.001)
+
+
+def test_generate_cached_gives_a_schema_only_to_a_backend_with_a_json_mode(tmp_path, monkeypatch):
+    """A request's schema reaches a backend that declares a JSON mode, in the requests' order among
+    plain ones; a backend without one gets the prompt alone (Reverse's stream takes no schema)."""
+    from toolkit.runtime.backends import BackendSpec
+    from toolkit.runtime.cache import GenerationCache, Request, generate_cached
+
+    params = DecodingParams(temperature=0, max_tokens=8, seed=1)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    requests = [Request.of("one two", params, schema=schema), Request.of("three four", params), Request.of("five six", params, schema=schema)]
+    for cls in (Shaped, Reverse):
+        monkeypatch.setitem(BACKENDS, cls.name, cls)
+    cache = GenerationCache(tmp_path / "generations.sqlite")
+    try:
+        shaped, fresh = generate_cached(BackendSpec("shaped", "m"), requests, cache, "test")
+        assert fresh == 3 and [json.loads(r["text"])["schema"] for r in shaped] == [schema, None, schema]
+        assert generate_cached(BackendSpec("shaped", "m"), requests, cache, "test") == (shaped, 0)
+        plain, _ = generate_cached(BackendSpec("reverse", "m"), requests, cache, "test")
+        assert [r["text"] for r in plain] == ["two one ", "four three ", "six five "]
+    finally:
+        cache.close()
 
 
 def test_the_judge_honours_parallel_through_the_cached_helper(tmp_path, monkeypatch):

@@ -22,6 +22,30 @@ def test_help_lists_commands_without_heavy_imports():
         assert command in proc.stdout
 
 
+def test_help_imports_no_command_and_a_command_only_its_own():
+    """`toolkit --help` lists every command from its source; `toolkit CMD --help` imports CMD's module alone."""
+    from toolkit.cli import COMMANDS
+
+    modules = sorted({t.split(":")[0] for t in COMMANDS.values()})
+    code = ("import sys; from toolkit.cli import main\ntry: main(sys.argv[1:])\nexcept SystemExit: pass\n"
+            f"print(' '.join(m for m in {modules!r} if m in sys.modules), file=sys.stderr)")
+    loaded = lambda *argv: subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True).stderr.split()  # noqa: E731
+    assert loaded("--help") == [] and loaded("data", "--help") == []
+    unrelated = {"toolkit.demo", "toolkit.synth.command", "toolkit.serve.server", "toolkit.evaluate.compare"}
+    for argv, own in [(("rate", "--help"), "toolkit.evaluate.rate"), (("train", "search", "--help"), "toolkit.train.search"),
+                      (("train-search", "--help"), "toolkit.train.search"), (("data", "build", "--help"), "toolkit.data.build")]:
+        assert own in loaded(*argv) and not unrelated & set(loaded(*argv)), argv
+
+
+def test_listed_summaries_are_the_docstrings_first_lines():
+    """The summary read from the source without importing is the loaded function's docstring's first line."""
+    from toolkit.cli import COMMANDS, _load, summary
+
+    for target in COMMANDS.values():
+        desc, _ = parse_docstring(_load(target).__doc__)
+        assert summary(target) == desc.splitlines()[0], target
+
+
 def test_every_command_has_help(repo_root):
     from toolkit.cli import COMMANDS
 

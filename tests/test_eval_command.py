@@ -1,6 +1,6 @@
 """`toolkit eval`: every data layout read alike, the one-line errors, presets and the seeded sample
 (fast); the zero-shot preset on the default model with its table, results JSON and a resume after
-kill -9, and base-vs-tuned and quantization tables on a tiny model (slow)."""
+kill -9, and base-vs-tuned and quantization tables on the default model (slow)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,22 @@ def test_limit_is_a_seeded_random_sample():
     assert first["t"] != list(range(10)) and len(set(first["t"])) == 10
 
 
+def test_the_harness_bars_are_off_while_it_runs():
+    """Only the toolkit's progress shows: tqdm bars made while the harness runs print nothing, even
+    with `disable=False` passed (as the harness does), and tqdm is itself again afterwards."""
+    import io
+
+    from tqdm import tqdm
+
+    from toolkit.evaluate.harness.command import _harness_bars_off
+
+    hidden, shown = io.StringIO(), io.StringIO()
+    with _harness_bars_off():
+        assert list(tqdm(range(3), desc="Tokenizing inputs", disable=False, file=hidden)) == [0, 1, 2]
+    list(tqdm(range(3), desc="afterwards", disable=False, file=shown))
+    assert hidden.getvalue() == "" and "afterwards" in shown.getvalue()
+
+
 # -- slow: real models ------------------------------------------------------------------------
 
 
@@ -122,13 +138,15 @@ def _per_item(out: Path, label: str) -> dict:
 
 
 @pytest.mark.slow
-def test_zeroshot_preset_on_the_default_model_and_resume_after_kill(default_gguf, layouts, tmp_path, monkeypatch):
+def test_zeroshot_preset_on_the_default_model_and_resume_after_kill(default_gguf, layouts, tmp_path, monkeypatch, capfd):
     from toolkit.evaluate.harness.command import evaluate
     from toolkit.runtime import scoring
 
     data = layouts[0]
     full = tmp_path / "full"
     assert evaluate(["zeroshot"], model=["default"], data_dir=data, out=full) == 0
+    err = capfd.readouterr().err  # the harness's and datasets' own tqdm bars stay off
+    assert "Tokenizing inputs" not in err and "examples/s" not in err
     report = (full / "report.md").read_text()
     for task in ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "openbookqa", "mmlu"):
         assert f"| {task} | 0 |" in report
@@ -139,7 +157,8 @@ def test_zeroshot_preset_on_the_default_model_and_resume_after_kill(default_gguf
     # kill -9 mid-run, then re-run: only the requests not yet cached are scored, and the answers are the uninterrupted run's
     cut, subset = tmp_path / "cut", ["arc_easy", "hellaswag", "openbookqa"]
     env = dict(os.environ, TOOLKIT_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", *subset, "--data-dir", str(data), "--out", str(cut)],
+    # decodes of 16 tokens: items finish one by one (512 packs most of them into the same last decodes)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", *subset, "--data-dir", str(data), "--out", str(cut), "--n-batch", "16"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while _rows(cut / "requests.sqlite") < 5 and proc.poll() is None and time.time() < deadline:
@@ -149,8 +168,9 @@ def test_zeroshot_preset_on_the_default_model_and_resume_after_kill(default_gguf
     proc.wait()
     kept = _rows(cut / "requests.sqlite")
     scored = []
-    original = scoring.Scorer.score
-    monkeypatch.setattr(scoring.Scorer, "score", lambda self, ctx, conts, **kw: scored.extend(conts) or original(self, ctx, conts, **kw))
+    original = scoring.Scorer.score_many  # every scoring path goes through it (`score` too)
+    monkeypatch.setattr(scoring.Scorer, "score_many",
+                        lambda self, items, **kw: original(self, ((ctx, scored.extend(conts) or conts) for ctx, conts in items), **kw))
     assert evaluate(subset, model=["default"], data_dir=data, out=cut) == 0
     total = _rows(cut / "requests.sqlite")
     assert 0 < kept < total
@@ -159,35 +179,39 @@ def test_zeroshot_preset_on_the_default_model_and_resume_after_kill(default_gguf
     assert _per_item(cut, "default") == {k: v for k, v in full_items.items() if k[0] in subset}
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, default_hf_dir):
-    """A tiny model (f16 GGUF, its Q8_0 and Q4_K_M) and a LoRA trained two steps on it, shipped as a Modelfile."""
-    from test_family_export import build_tiny_model
+def _resps(out: Path, label: str) -> list:
+    return [json.loads(line)["resps"] for line in (out / label / "samples.jsonl").read_text().splitlines()]
 
-    from toolkit.export.convert import export, quantize
+
+@pytest.fixture(scope="module")
+def default_models(tmp_path_factory, default_hf_dir):
+    """The default model as f16, Q8_0 and Q4_K_M GGUFs, and a LoRA trained two steps on it shipped
+    as an ADAPTER Modelfile over the f16 GGUF: one `export --adapter` converts them all."""
+    from toolkit.export.convert import export
     from toolkit.train.command import TrainOverrides, train
 
-    root = tmp_path_factory.mktemp("eval-tiny")
-    tiny = build_tiny_model(default_hf_dir, root / "tiny", "qwen2.5")
+    root = tmp_path_factory.mktemp("eval-default")
     rows = [{"prompt": f"Question: {q}", "response": f"Answer: {c[a]}"} for q, c, a in ARC]
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train(options=TrainOverrides(model=str(tiny), train_data=str(data), validation_data="", out=str(root / "run"), max_steps=2,
-                                          batch_size=2, grad_accum=1, max_length=64, lr=5e-2, eval_every=0, save_every=0))
+    result = train(options=TrainOverrides(model=str(default_hf_dir), train_data=str(data), validation_data="", out=str(root / "run"),
+                                          max_steps=2, batch_size=2, grad_accum=1, max_length=64, lr=5e-2, eval_every=0, save_every=0))
     out = root / "gguf"
-    assert export(str(tiny), out=out, outtype="f16", adapter=result.adapter) == 0
-    f16 = out / "tiny-f16.gguf"
-    quants = {q: quantize(f16, out / f"tiny-{q}.gguf", q).path for q in ("Q8_0", "Q4_K_M")}
-    return {"f16": f16, "tuned": next(out.glob("*.Modelfile")), **quants}
+    assert export(str(default_hf_dir), out=out, outtype="f16", quant=["Q8_0", "Q4_K_M"], adapter=result.adapter) == 0
+    models = {q: out / f"SmolLM2-135M-Instruct-{q}.gguf" for q in ("f16", "Q8_0", "Q4_K_M")}
+    return {**models, "tuned": next(out.glob("*-F16.Modelfile"))}
 
 
 @pytest.mark.slow
-def test_base_vs_tuned_paired_and_quantization_table(tiny_models, layouts, tmp_path):
+def test_base_vs_tuned_paired_and_quantization_table_on_the_default_model(default_models, layouts, tmp_path):
+    """The issue's comparisons on the default model, at --limit 4 to keep CI short: base vs a LoRA
+    trained in the test (McNemar, bootstrap) and f16 / Q8_0 / Q4_K_M, each against f16."""
     from toolkit.evaluate.harness.command import evaluate
 
     data, tasks = layouts[0], ["arc_easy", "hellaswag", "piqa", "winogrande"]
     out = tmp_path / "tuned"
-    assert evaluate(tasks, model=[f"base={tiny_models['f16']}", f"tuned={tiny_models['tuned']}"], data_dir=data, out=out) == 0
+    models = [f"base={default_models['f16']}", f"tuned={default_models['tuned']}"]
+    assert evaluate(tasks, model=models, data_dir=data, out=out, limit=4) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [c["task"] for c in summary["comparisons"]] == tasks
     for c in summary["comparisons"]:
@@ -195,16 +219,17 @@ def test_base_vs_tuned_paired_and_quantization_table(tiny_models, layouts, tmp_p
         assert c["low"] <= c["diff"] <= c["high"] and 0 <= c["mcnemar_p"] <= 1
         assert c["diff"] == pytest.approx(c["acc_other"] - c["acc_base"])
     # the LoRA really changes the scores (its log-likelihoods differ from the base's)
-    resps = {label: [json.loads(line)["resps"] for line in (out / label / "samples.jsonl").read_text().splitlines()] for label in ("base", "tuned")}
-    assert resps["base"] != resps["tuned"]
+    assert _resps(out, "base") != _resps(out, "tuned")
     assert "McNemar" in (out / "report.md").read_text()
 
     quant = tmp_path / "quant"
-    models = [f"{q}={tiny_models[q]}" for q in ("f16", "Q8_0", "Q4_K_M")]
-    assert evaluate(tasks[:2], model=models, data_dir=data, out=quant) == 0
+    models = [f"{q}={default_models[q]}" for q in ("f16", "Q8_0", "Q4_K_M")]
+    assert evaluate(tasks[:2], model=models, data_dir=data, out=quant, limit=4) == 0
     pairs = [(c["other"], c["base"], c["task"]) for c in json.loads((quant / "summary.json").read_text())["comparisons"]]
     assert pairs == [(q, "f16", t) for q in ("Q8_0", "Q4_K_M") for t in tasks[:2]]
     assert "Q4_K_M vs f16" in (quant / "report.md").read_text()
+    # the quantized files really are other weights: their log-likelihoods differ from f16's
+    assert _resps(quant, "f16") != _resps(quant, "Q4_K_M")
 
 
 def test_model_labels():

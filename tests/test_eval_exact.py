@@ -5,7 +5,9 @@ distribution is peaked (with the default init every token is near-uniform, and s
 token would still agree): one whose tokenizer adds no BOS (as the default model's) and one that
 adds it. f32 GGUF vs HF fp32: within 1e-3 nats per token; f16: within 2e-2 on average with the
 same answers; the harness's token boundary rule pinned where joint and separate tokenization
-differ; and the same per-item accuracy on a tiny task through the harness's own evaluator.
+differ; packed scoring (many items per decode, contexts shared by their choices' sequences)
+within 1e-4 nats per token of each choice scored alone; and the same per-item accuracy on a tiny
+task through the harness's own evaluator.
 """
 
 from __future__ import annotations
@@ -139,6 +141,16 @@ def test_token_boundary_follows_the_harness_rule(tiny):
     assert continuation != ours.tok_encode("ld, again", add_special_tokens=False)
 
 
+PACKED = 1e-4  # nats per token: f32 weights and K/V cells, only the summation order differs (~1e-6..1e-5 measured)
+
+
+def _close(a, b) -> bool:
+    """Two Scored lists agree token by token within PACKED, with the same greedy flags. A wrong
+    mask, position or logits row moves a token's log-probability by far more (the model is peaked)."""
+    return all(len(x.logprobs) == len(y.logprobs) and x.greedy == y.greedy
+               and max(abs(u - v) for u, v in zip(x.logprobs, y.logprobs)) < PACKED for x, y in zip(a, b, strict=True))
+
+
 def test_sharing_the_context_changes_nothing(tiny):
     """Choices scored after one prefill equal each choice scored alone (a fresh prefill each)."""
     ours = _gguf_lm(tiny[1])
@@ -146,7 +158,31 @@ def test_sharing_the_context_changes_nothing(tiny):
     choices = [ours.tok_encode(t, add_special_tokens=False) for t in (" one", " two three four", " five six")]
     together = ours.scorer.score(context, choices)
     alone = [ours.scorer.score(context, [c])[0] for c in choices]
-    assert [s.logprobs for s in together] == [s.logprobs for s in alone]
+    assert _close(together, alone)
+    assert max(abs(lp) for s in alone for lp in s.logprobs) > 5  # peaked: a wrong row would not agree
+
+
+def test_packed_items_score_as_one_at_a_time(tiny):
+    """Many items in shared decodes (contexts longer than n_batch=16, one-token choices read from
+    the context, several items' tokens per decode) score as each choice alone, each context once."""
+    ours = _gguf_lm(tiny[1])
+    enc = lambda text: ours.tok_encode(text, add_special_tokens=False)  # noqa: E731
+    items = [(ours.tok_encode(context), [enc(c) for c in choices]) for context, choices in [
+        (LONG, [" near", " far away from here", " x"]), ("Question: 2 + 2?\nAnswer:", [" 4", " four", " 5 or so"]),
+        ("Hello", [" world", " there, friend"]), ("The sky is", [" blue"]), ("A B C D", [" E F", " G", " H I J"])]]
+    packed = list(ours.scorer.score_many(items))
+    assert ours.scorer.prefilled == sum(len(context) for context, _ in items)
+    alone = [[ours.scorer.score(context, [c])[0] for c in choices] for context, choices in items]
+    for got, want in zip(packed, alone, strict=True):
+        assert _close(got, want)
+    # an item whose choices do not fit the cache together is scored in parts, its context prefilled again
+    from toolkit.runtime.scoring import Scorer
+
+    context, choices = items[1][0] * 3, [enc(" one two three four five six")] * 4
+    small = Scorer(tiny[1], n_ctx=len(context) + 2 * len(choices[0]), n_batch=16)  # room for two choices, not four
+    parts = small.score(context, choices)
+    assert small.prefilled > len(context)
+    assert _close(parts, [ours.scorer.score(context, [c])[0] for c in choices])
 
 
 def _per_item(results: dict, task: str) -> list[tuple[float, float]]:

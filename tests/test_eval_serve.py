@@ -132,5 +132,45 @@ def test_chat_logprobs_through_the_official_clients(server):
     assert "".join(e["token"] for e in content) == reply.choices[0].message.content and _greedy(content)
     # the chat reply scores the same through both APIs (one scorer)
     assert [e["logprob"] for e in content] == pytest.approx([e.logprob for e in chat.logprobs][:len(content)], abs=1e-6)
-    with pytest.raises(openai.BadRequestError):
-        oa.chat.completions.create(model="smollm2", messages=messages, logprobs=True, stream=True)
+
+
+def _joined(chunks: list[tuple[str, list[dict]]]) -> list[dict]:
+    """The entries of streamed chunks (text, entries) joined, checking that no chunk carries a token
+    whose text has not arrived yet (the tokens so far spell a prefix of the text so far)."""
+    text, entries = "", []
+    for piece, found in chunks:
+        text, entries = text + piece, entries + found
+        assert text.startswith("".join(e["token"] for e in entries))
+    return entries
+
+
+def test_streamed_chat_logprobs_equal_the_non_streamed_through_the_official_clients(server):
+    """With stream and logprobs, each Ollama chunk and each OpenAI chunk carries its tokens'
+    log-probabilities; joined, they are the non-streamed reply's (the same greedy request)."""
+    import ollama
+    import openai
+
+    client = ollama.Client(host=server)
+    messages = [{"role": "user", "content": "Name a color."}]
+    options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 8}
+    whole = client.chat(model="smollm2", messages=messages, logprobs=True, top_logprobs=2, options=options)
+    chunks = [(c.message.content, [e.model_dump() for e in c.logprobs or []])
+              for c in client.chat(model="smollm2", messages=messages, logprobs=True, top_logprobs=2, options=options, stream=True)]
+    assert "".join(text for text, _ in chunks) == whole.message.content
+    assert len(chunks) > 2 and _joined(chunks) == [e.model_dump() for e in whole.logprobs]
+
+    options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 6}
+    whole = client.generate(model="smollm2", prompt="The sky is", raw=True, logprobs=True, top_logprobs=2, options=options)
+    chunks = [(c.response, [e.model_dump() for e in c.logprobs or []])
+              for c in client.generate(model="smollm2", prompt="The sky is", raw=True, logprobs=True, top_logprobs=2, options=options,
+                                       stream=True)]
+    assert "".join(text for text, _ in chunks) == whole.response
+    assert _joined(chunks) == [e.model_dump() for e in whole.logprobs]
+
+    oa = openai.OpenAI(base_url=server + "/v1", api_key="none")
+    ask = dict(model="smollm2", messages=messages, logprobs=True, top_logprobs=2, temperature=0, max_tokens=8)
+    reply = oa.chat.completions.create(**ask)
+    chunks = [(c.choices[0].delta.content or "", [e.model_dump() for e in c.choices[0].logprobs.content] if c.choices[0].logprobs else [])
+              for c in oa.chat.completions.create(**ask, stream=True) if c.choices]
+    assert "".join(text for text, _ in chunks) == reply.choices[0].message.content
+    assert _joined(chunks) == [e.model_dump() for e in reply.choices[0].logprobs.content]

@@ -39,6 +39,26 @@ def test_shipped_template_is_documented_and_overridable(tmp_path):
     assert '"evaluate/judge_prompt.txt"' in (ROOT / "pyproject.toml").read_text()  # shipped in the wheel
 
 
+def test_synth_templates_are_read_as_the_judge_prompt_is(tmp_path):
+    """One reader (judge.read_prompt) for the judge prompt, synth's rubric and its generation prompts:
+    leading '#' lines dropped, and a missing file or placeholder named in one line with its fix."""
+    from toolkit.synth.judge import load_rubric
+    from toolkit.synth.seeds import load_template as synth_template
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("# mine\n# more\nQ: {question} A: {answer} T: {topic}\n")
+    assert load_rubric(mine) == ("Q: {question} A: {answer} T: {topic}", str(mine))
+    assert synth_template("topics", mine) == ("Q: {question} A: {answer} T: {topic}", str(mine))
+    cases = [(lambda: load_rubric(tmp_path / "none.txt"), r"judge rubric .*none.txt not found \(pass an existing file to --judge-prompt\)"),
+             (lambda: synth_template("abstracts", mine), r"prompt template .*mine.txt lacks \{title\}, \{abstract\} \(a --abstracts template"),
+             (lambda: synth_template("imitate", tmp_path / "none.txt"), r"not found \(pass an existing file to --prompt\)"),
+             (lambda: load_template(mine), r"judge prompt .*lacks \{prompt\}, \{answer_a\}, \{answer_b\} \(the template must contain")]
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("reply, verdict", [
     ("[[A]]", "A"), ("My verdict: [[B]]", "B"), ("[[C]]", "tie"), ("[[ A ]] because", "A"),
     ("A", "A"), ("B is better.", "B"), ("Answer B", "B"), ("It is a tie.", "tie"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
+import review_pages
+from review_pages import NO_BROWSER, chromedriver, free_port, headless_chrome, start_serving
 
 from toolkit.errors import ConfigError, DataError
 from toolkit.evaluate.human import human_summary
@@ -172,73 +175,27 @@ def test_stats_helpers_match_scipy_and_sklearn():
         cohen_kappa(["x"], [])
 
 
-def _chromedriver() -> str | None:
-    import shutil
-
-    from toolkit.evaluate.browser import find_browser
-
-    driver = shutil.which("chromedriver") or (Path("/usr/bin/chromedriver") if Path("/usr/bin/chromedriver").exists() else None)
-    return str(driver) if driver and find_browser() else None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(folder: Path, port: int):
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "rate", str(folder), "--no-open", "--port", str(port), "--pairs", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as res:
-                if res.status == 200:
-                    return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"the rate server exited: {proc.stdout.read().decode()}") from None
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the rate server did not start in 60 s")
+    cmd = [sys.executable, "-m", "toolkit", "rate", str(folder), "--no-open", "--port", str(port), "--pairs", "5"]
+    return start_serving(cmd, port, 60, "the rate server")
 
 
-@pytest.mark.skipif(_chromedriver() is None, reason="no headless Chromium + chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
+@pytest.mark.skipif(chromedriver() is None, reason=NO_BROWSER)
 def test_rating_in_a_real_browser_clicks_keys_undo_reload_and_a_killed_server(tmp_path):
     import signal
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from toolkit.evaluate.browser import FLAGS, find_browser
-
     folder = write_compare_dir(tmp_path / "cmp")
-    port = _free_port()
+    port = free_port()
     server = _start_server(folder, port)
-    options = Options()
-    options.binary_location = find_browser()
-    for flag in (*FLAGS, "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument("--headless=new" if flag == "--headless" else flag)
-    driver = webdriver.Chrome(service=Service(_chromedriver()), options=options)
+    driver = headless_chrome()
     url = f"http://127.0.0.1:{port}/"
-
-    def progress_is(text: str) -> None:
-        WebDriverWait(driver, 15).until(lambda d: d.find_element(By.ID, "progress").text == text,
-                                        message=f"progress never showed {text!r}")
-
-    def key(k: str) -> None:
-        driver.find_element(By.TAG_NAME, "body").send_keys(k)
+    progress_is = functools.partial(review_pages.progress_is, driver)
+    key = functools.partial(review_pages.key, driver)
 
     try:
         driver.get(url)

@@ -332,6 +332,19 @@ def test_openai_body_maps_to_decoding_params():
         openai_params({"stop": 3}, base)
 
 
+def test_streamed_logprobs_go_with_the_piece_that_completes_their_token():
+    """A token spanning two pieces goes with the second; a byte the pieces never show (a tokenizer's
+    added space) puts its token with the last piece; every token is sent once, in order."""
+    from toolkit.serve.logprobs import _shares
+
+    entry = lambda text: {"token": text, "bytes": list(text.encode())}  # noqa: E731
+    found = [entry("Hello"), entry(" wor"), entry("ld"), entry("é!")]
+    shares = _shares(["Hel", "lo wor", "ldé", "!"], found)
+    assert [[e["token"] for e in share] for share in shares] == [[], ["Hello", " wor"], ["ld"], ["é!"]]
+    shares = _shares(["Hi", " there"], [entry(" Hi"), entry(" there")])
+    assert [[e["token"] for e in share] for share in shares] == [[], [" Hi", " there"]]
+
+
 def test_a_taken_port_fails_before_any_model_loads():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -4,18 +4,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from sweep_files import ROOT, run_workers, shared_trials, storages, sweep_cmd, validation_split, write_sweep_file
 
 from toolkit.errors import ConfigError, DataError
 from toolkit.evaluate.sweep.command import sweep
 from toolkit.evaluate.sweep.config import load_sweep, parse_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 # the search (mode: search): TPE with median pruning, then re-runs; the race is tested in test_sweep_race.py
 TINY = {"name": "tiny", "mode": "search", "sampler": {"type": "tpe", "seed": 0}, "pruner": {"type": "median", "chunks": 2, "startup_trials": 1},
         "trials": 3, "prompts": 4, "seed": 7, "fixed": {"max_tokens": 16},
@@ -24,17 +23,12 @@ TINY = {"name": "tiny", "mode": "search", "sampler": {"type": "tpe", "seed": 0},
 
 
 def write_sweep(path: Path, **changes) -> Path:
-    path.write_text("# test sweep\n" + yaml.safe_dump({**TINY, **changes}))
-    return path
+    return write_sweep_file(path, "test sweep", {**TINY, **changes})
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
-    from toolkit.data.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("data")
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, options=BuildOptions(split="80,10,10", seed=0, tokenizer="words"))
-    return out / "validation.jsonl"
+    return validation_split(tmp_path_factory)
 
 
 def test_every_shipped_sweep_loads_and_says_what_it_is_for():
@@ -142,7 +136,7 @@ def test_reports_never_show_a_storage_password():
 
 
 def _cmd(sweep_file: Path, split: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "toolkit", "sweep", str(sweep_file), "--data", str(split), "--out", str(out), "--no-noise", *extra]
+    return sweep_cmd(sweep_file, split, out, "--no-noise", *extra)
 
 
 @pytest.mark.slow
@@ -174,15 +168,8 @@ def test_kill_and_rerun_continues_the_study(tmp_path, split):
     assert all(after[n] == v for n, v in before.items()), "completed trials must survive the kill intact"
 
 
-def _storages():
-    pg = os.environ.get("TOOLKIT_TEST_POSTGRES")
-    return [pytest.param(None, id="sqlite"),
-            pytest.param(pg, id="postgresql", marks=pytest.mark.skipif(
-                not pg, reason="set TOOLKIT_TEST_POSTGRES=postgresql://... (.ci/run starts a local server)"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", _storages())
+@pytest.mark.parametrize("storage", storages())
 def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, split, storage):
     import uuid
 
@@ -195,18 +182,8 @@ def test_two_workers_share_one_study_without_losing_or_duplicating(tmp_path, spl
     name = f"tiny-{uuid.uuid4().hex[:8]}"
     extra = ["--storage", storage, "--study", name] if storage else ["--study", name]
     url = storage or f"sqlite:///{out / 'study.db'}"
-    env = {**os.environ, "TOOLKIT_THREADS": "1"}  # two workers share two cores
-    workers = [subprocess.Popen(_cmd(f, split, out, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-               for _ in range(2)]
-    for w in workers:
-        assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
-    from toolkit.evaluate.sweep.study import sqlalchemy_url
-
-    try:
-        trials = optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).trials
-    finally:
-        if storage:
-            optuna.delete_study(study_name=name, storage=sqlalchemy_url(url))
+    run_workers([_cmd(f, split, out, *extra)] * 2)
+    trials = shared_trials(name, url, server=bool(storage))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))

@@ -7,18 +7,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
+from sweep_files import run_workers, shared_trials, storages, sweep_cmd, validation_split, write_sweep_file
 
 from toolkit.errors import ConfigError
 from toolkit.evaluate.sweep.config import parse_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the model reads an abstract and writes a summary of its main result in plain words for readers".split()
 
 
@@ -161,17 +159,12 @@ def test_budget_stop_says_where_the_race_was_heading(tmp_path):
 # --- the real default model -------------------------------------------------------------------
 
 def write(path: Path, raw: dict) -> Path:
-    path.write_text("# a test race: does any setting beat the default?\n" + yaml.safe_dump(raw))
-    return path
+    return write_sweep_file(path, "a test race: does any setting beat the default?", raw)
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
-    from toolkit.data.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("data")
-    build([ROOT / "data" / "sample" / "abstracts.jsonl"], out=out, options=BuildOptions(split="80,10,10", seed=0, tokenizer="words"))
-    return out / "validation.jsonl"
+    return validation_split(tmp_path_factory)
 
 
 REAL = {"name": "real", "metric": "rouge_l", "sampler": {"type": "grid", "seed": 0}, "prompts": 8, "seed": 7,
@@ -202,10 +195,6 @@ def test_real_model_near_identical_settings_end_nothing_to_gain_early(tmp_path, 
     assert race["generations"] < (race["candidates"] + 1) * race["prompts"], "decided before every prompt was scored"
 
 
-def _cmd(sweep_file: Path, split: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "toolkit", "sweep", str(sweep_file), "--data", str(split), "--out", str(out), *extra]
-
-
 @pytest.mark.slow
 def test_real_model_kill_9_mid_race_then_rerun_matches_an_uninterrupted_race(tmp_path, split):
     import optuna
@@ -213,9 +202,9 @@ def test_real_model_kill_9_mid_race_then_rerun_matches_an_uninterrupted_race(tmp
     f = write(tmp_path / "k.yaml", {**REAL, "default": {"max_tokens": 2}, "fixed": {"temperature": 0.3},
                                     "race": {"chunk": 4, "wave": 1},
                                     "space": {"max_tokens": {"values": [2, 3, 4, 24]}}})
-    subprocess.run(_cmd(f, split, tmp_path / "whole"), check=True, capture_output=True)
+    subprocess.run(sweep_cmd(f, split, tmp_path / "whole"), check=True, capture_output=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(sweep_cmd(f, split, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -228,43 +217,26 @@ def test_real_model_kill_9_mid_race_then_rerun_matches_an_uninterrupted_race(tmp
     assert proc.poll() is None, "the race ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(_cmd(f, split, out), check=True, capture_output=True)
+    subprocess.run(sweep_cmd(f, split, out), check=True, capture_output=True)
     studies = [optuna.load_study(study_name="real", storage=f"sqlite:///{d / 'study.db'}") for d in (tmp_path / "whole", out)]
     assert outcomes(studies[1]) == outcomes(studies[0])
     decisions = [json.loads((d / "best.json").read_text())["race"] for d in (tmp_path / "whole", out)]
     assert [(d["decision"], d.get("params")) for d in decisions[1:]] == [(decisions[0]["decision"], decisions[0].get("params"))]
 
 
-def _storages():
-    pg = os.environ.get("TOOLKIT_TEST_POSTGRES")
-    return [pytest.param(None, id="sqlite"),
-            pytest.param(pg, id="postgresql", marks=pytest.mark.skipif(
-                not pg, reason="set TOOLKIT_TEST_POSTGRES=postgresql://... (.ci/run starts a local server)"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", _storages())
+@pytest.mark.parametrize("storage", storages())
 def test_two_workers_race_to_one_decision(tmp_path, split, storage):
     import uuid
 
     import optuna
 
-    from toolkit.evaluate.sweep.study import sqlalchemy_url
-
     f = write(tmp_path / "w.yaml", {**REAL, "fixed": {"max_tokens": 8, "temperature": 0.0}, "race": {"chunk": 4, "wave": 2},
                                     "space": {"top_p": {"values": [0.8, 0.9, 0.95, 1.0]}}})
     name = f"race-{uuid.uuid4().hex[:8]}"
     url = storage or f"sqlite:///{tmp_path / 'shared.db'}"
-    env = {**os.environ, "TOOLKIT_THREADS": "1"}  # two workers share two cores
-    workers = [subprocess.Popen(_cmd(f, split, tmp_path / f"w{i}", "--storage", url, "--study", name),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for i in range(2)]
-    for w in workers:
-        assert w.wait(timeout=900) == 0, w.stderr.read().decode()[-2000:]
-    try:
-        trials = optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).trials
-    finally:
-        if storage:
-            optuna.delete_study(study_name=name, storage=sqlalchemy_url(url))
+    run_workers([sweep_cmd(f, split, tmp_path / f"w{i}", "--storage", url, "--study", name) for i in range(2)])
+    trials = shared_trials(name, url, server=bool(storage))
     decisions = [json.loads((tmp_path / f"w{i}" / "best.json").read_text())["race"] for i in range(2)]
     assert decisions[0]["decision"] == decisions[1]["decision"] == "nothing to gain"
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]

@@ -241,3 +241,22 @@ def test_parse_skips_a_preamble_that_names_the_question_on_its_own_line():
     assert parse_pair("Here is a new question:\nQuestion: What are ways to check it?\nAnswer: Use a held-out split.") == (
         "What are ways to check it?", "Use a held-out split.")
     assert parse_pair("The question is: Why warm up?\nAnswer: Early steps are noisy.") == ("Why warm up?", "Early steps are noisy.")
+
+
+def test_the_shipped_prompts_ask_for_json_through_the_schema_and_a_lines_prompt_does_not(tmp_path):
+    """A template showing `{"question": ...` asks for JSON: its requests carry the pair's schema
+    (the backend's JSON/grammar mode enforces it); one asking for labelled lines carries none."""
+    from toolkit.params import DEFAULTS
+    from toolkit.synth.parse import PAIR_SCHEMA
+    from toolkit.synth.seeds import Planner, load_template
+
+    seeds = {"topics": "a,b", "abstracts": str(SAMPLE / "abstracts.jsonl"), "imitate": str(SAMPLE / "qa.csv")}
+    for kind, value in seeds.items():
+        template, _ = load_template(kind, None)
+        assert Planner(kind, read_seeds(kind, value), template, DEFAULTS, 0).attempt(0).request.schema == PAIR_SCHEMA, kind
+    custom = tmp_path / "lines.txt"
+    custom.write_text('Write a research question about {topic}.\nWrite the question after "Question:" and the answer after "Answer:".\n')
+    template, _ = load_template("topics", custom)
+    assert Planner("topics", read_seeds("topics", "a,b"), template, DEFAULTS, 0).attempt(0).request.schema is None
+    # llama.cpp's JSON grammar lets a model write a raw line break inside a string: it is read
+    assert parse_pair('{"question": "Why seeds?", "answer": "Runs\nvary."}') == ("Why seeds?", "Runs vary.")

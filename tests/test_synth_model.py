@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from synth_plant import SAMPLE, lines
+from synth_plant import SAMPLE, lines, reply, run_planted
 
 from toolkit.errors import BackendError, DataError
 from toolkit.params import DEFAULTS
@@ -73,3 +73,35 @@ def test_kill_9_mid_run_loses_no_generation_and_the_rerun_repeats_none(default_g
     after = _cached(out)
     assert len(after) == 4
     assert {k: after[k] for k in before} == before  # a regenerated entry would carry a new timing
+
+
+def test_the_default_model_as_judge_is_applied_or_reported_too_weak(default_gguf, tmp_path, capsys):
+    """`--judge` on a real model (the embedded default; planted generator replies, so only the judge
+    runs): it is calibrated on the bundled sample QA and either applied (every kept row carries its
+    score, every other pair is dropped for its score) or reported too weak (said on the terminal and
+    in stats.json, and no pair is dropped for a score). Which one depends on the CPU's sampling, so
+    the test asserts one of the two with its evidence."""
+    replies = [reply("How should a learning-rate sweep be set up for fine-tuning a small model?"),
+               reply("Which statistical test suits comparing two models on the same evaluation prompts?",
+                     "Score both models on the same prompts and compare the per-prompt differences with a paired bootstrap "
+                     "interval or a Wilcoxon signed-rank test; report the interval, not only the p-value.")]
+    topics = "learning rates,evaluation"
+    assert run_planted(tmp_path / "plain", replies, topics=topics, count=2)["kept"] == 2  # without a judge both pass
+    out = tmp_path / "judged"
+    try:
+        result = run_planted(out, replies, topics=topics, count=2, judge=str(default_gguf), min_score=4)
+    except DataError as exc:  # the judge dropped both: only an applied judge drops for a score
+        printed = capsys.readouterr()
+        assert "was dropped" in str(exc) and "too weak" not in printed.err
+        assert "dropped: judge score below 4" in printed.out and not (out / "stats.json").exists()
+        return
+    stats, rows = json.loads((out / "stats.json").read_text()), lines(out / "synthetic.jsonl")
+    calibration = stats["judge"]["calibration"]
+    assert stats["judge"]["calibrated_on"] == "the bundled sample QA" and calibration["pairs"] == 24
+    assert stats["judge"]["applied"] == calibration["passed"] == result["judge"]["applied"]
+    if stats["judge"]["applied"]:
+        assert calibration["p_value"] < 0.05 and all(r["judge_score"] >= 4 for r in rows)
+        assert stats["drops"].get("judge score below 4", 0) == 2 - len(rows)
+    else:
+        assert "too weak to trust" in capsys.readouterr().err
+        assert len(rows) == 2 and not any("judge_score" in r for r in rows) and stats["drops"] == {}

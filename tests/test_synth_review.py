@@ -3,13 +3,15 @@ Chromium (keys, clicks, undo, a killed server, resume, and only accepted pairs w
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
+import review_pages
+from review_pages import NO_BROWSER, chromedriver, free_port, headless_chrome, start_serving
 from synth_plant import SAMPLE, SPEC, lines, plant, reply
-from test_rate import _chromedriver, _free_port
 
 from toolkit.synth.command import SynthOptions
 from toolkit.synth.review import ReviewStore, build_app
@@ -62,55 +64,27 @@ def test_review_api_decides_undoes_refuses_and_finishes_only_when_done(tmp_path)
 
 def _start(out: Path, port: int):
     """The real command with --review, on planted replies (no model), waiting until its page answers."""
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
     cmd = [sys.executable, "-m", "toolkit", "data", "synth", "--topics", "planning,evaluation", "--count", "3", "--max-attempts", "4",
            "--backend", SPEC.name, "--url", SPEC.url, "--model", SPEC.model, "--review", "--no-open", "--port", str(port), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as res:
-                if res.status == 200:
-                    return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"synth --review exited: {proc.stdout.read().decode()}") from None
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the review server did not start in 120 s")
+    return start_serving(cmd, port, 120, "synth --review")
 
 
-@pytest.mark.skipif(_chromedriver() is None, reason="no headless Chromium + chromedriver (Debian: apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(chromedriver() is None, reason=NO_BROWSER)
 def test_review_in_a_real_browser_writes_only_accepted_pairs(tmp_path):
     import signal
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from toolkit.evaluate.browser import FLAGS, find_browser
-
     out = tmp_path / "out"
     plant(out, SynthOptions(topics="planning,evaluation", count=3, max_attempts=4), [reply(q) for q in QUESTIONS] + ["not a pair"])
-    port = _free_port()
+    port = free_port()
     server = _start(out, port)
-    options = Options()
-    options.binary_location = find_browser()
-    for flag in (*FLAGS, "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument("--headless=new" if flag == "--headless" else flag)
-    driver = webdriver.Chrome(service=Service(_chromedriver()), options=options)
-
-    def progress_is(text: str) -> None:
-        WebDriverWait(driver, 15).until(lambda d: d.find_element(By.ID, "progress").text == text, message=f"progress never showed {text!r}")
-
-    def key(k: str) -> None:
-        driver.find_element(By.TAG_NAME, "body").send_keys(k)
+    driver = headless_chrome()
+    progress_is = functools.partial(review_pages.progress_is, driver)
+    key = functools.partial(review_pages.key, driver)
 
     try:
         driver.get(f"http://127.0.0.1:{port}/")

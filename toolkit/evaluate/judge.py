@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,17 +65,23 @@ class Judge:
 def load_template(path: Path | None) -> tuple[str, str]:
     """The template text without its leading comment lines, and where it came from."""
     source = f"{path}" if path else "judge_prompt.txt (shipped)"
-    path = Path(path) if path else TEMPLATE
+    return read_prompt(Path(path) if path else TEMPLATE, PLACEHOLDERS, "judge prompt", "--judge-prompt", "the template"), source
+
+
+def read_prompt(path: Path, placeholders: Sequence[str], what: str, option: str, needs: str) -> str:
+    """A prompt template's text without its leading '#' comment lines (the judge's, and synth's
+    rubric and generation prompts). A missing file is a ConfigError naming `what` and the `option`
+    that passes another; a template without one of its `placeholders`, one saying what `needs` them."""
     if not path.is_file():
-        raise ConfigError(f"judge prompt {path} not found", fix="pass an existing file to --judge-prompt")
+        raise ConfigError(f"{what} {path} not found", fix=f"pass an existing file to {option}")
     lines = path.read_text(encoding="utf-8").splitlines()
     while lines and lines[0].startswith("#"):
         lines.pop(0)
     text = "\n".join(lines).strip()
-    missing = [p for p in PLACEHOLDERS if p not in text]
+    missing = [p for p in placeholders if p not in text]
     if missing:
-        raise ConfigError(f"judge prompt {path} lacks {', '.join(missing)}", fix=f"the template must contain {', '.join(PLACEHOLDERS)}")
-    return text, source
+        raise ConfigError(f"{what} {path} lacks {', '.join(missing)}", fix=f"{needs} must contain {', '.join(placeholders)}")
+    return text
 
 
 def render(template: str, prompt: str, answer_a: str, answer_b: str) -> str:

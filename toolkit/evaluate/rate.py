@@ -1,7 +1,8 @@
 """`toolkit rate COMPARE_DIR`: rate two systems' answers blind, in the browser, one pair at a time.
 
-A small Starlette app (the web stack of `toolkit serve`) serves one page (rate_page.html) and a JSON
-API over the ratings store (ratings.py):
+The review-page base (review_base.py: Starlette on uvicorn, SQLite, one decision committed per
+request, keys, undo, resume) serves one page (rate_page.html) and a JSON API over the ratings store
+(ratings.py):
 
     GET  /api/state?rater=NAME        progress and the next pair for this rater (systems hidden)
     POST /api/rate  {rater, pair_id, choice}   choice: A, tie, B or unusable
@@ -15,11 +16,12 @@ folder adds the human result to its report.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.evaluate.ratings import RatingError, RatingStore, UnknownPair, check_rater, choose_systems, default_size, make_plan
+from toolkit.evaluate.ratings import RatingStore, check_rater, choose_systems, default_size, make_plan
+from toolkit.evaluate.review_base import UnknownItem, page_url, progress, serve
+from toolkit.evaluate.review_base import build_app as page_app
 
 PAGE = Path(__file__).with_name("rate_page.html")
 
@@ -34,9 +36,7 @@ class Session:
 
     def state(self, rater: str) -> dict:
         """Progress and the first pair of the plan this rater has not rated (None at the end)."""
-        rated = self.store.rated(rater)
-        done = sum(p["pair_id"] in rated for p in self.pairs)
-        nxt = next((p for p in self.pairs if p["pair_id"] not in rated), None)
+        done, nxt = progress(self.pairs, "pair_id", self.store.rated(rater))
         state = {"rater": rater, "total": len(self.pairs), "done": done, "pair": None}
         if nxt is not None:
             first, second = (nxt["text_1"], nxt["text_2"]) if nxt["shown_a"] == self.system_1 else (nxt["text_2"], nxt["text_1"])
@@ -46,58 +46,25 @@ class Session:
 
 
 def build_app(session: Session):
-    """The Starlette application: the page and its JSON API."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse
-    from starlette.routing import Route
+    """The Starlette application: the page and its JSON API (the review-page base's, with these actions)."""
 
-    def refuse(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def state(query: dict) -> dict:
+        return session.state(check_rater(query.get("rater")))
 
-    async def body(request: Request) -> dict:
-        try:
-            data = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise RatingError(f"the request body is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise RatingError("the request body must be a JSON object")
-        return data
-
-    def guarded(handler):
-        async def endpoint(request: Request):
-            try:
-                return JSONResponse(await handler(request))
-            except RatingError as exc:
-                return refuse(exc.status, str(exc))
-        return endpoint
-
-    async def page(request: Request):
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
-
-    async def state(request: Request):
-        return session.state(check_rater(request.query_params.get("rater")))
-
-    async def rate(request: Request):
-        data = await body(request)
+    def rate(data: dict) -> dict:
         rater = check_rater(data.get("rater"))
         pid = data.get("pair_id")
         if not isinstance(pid, str) or pid not in {p["pair_id"] for p in session.pairs}:
-            raise UnknownPair(f"no pair {pid!r} in this plan")
+            raise UnknownItem(f"no pair {pid!r} in this plan")
         session.store.rate(rater, pid, data.get("choice"))
         return session.state(rater)
 
-    async def undo(request: Request):
-        rater = check_rater((await body(request)).get("rater"))
+    def undo(data: dict) -> dict:
+        rater = check_rater(data.get("rater"))
         session.store.undo(rater, session.system_1, session.system_2)
         return session.state(rater)
 
-    async def not_found(request: Request, exc):
-        return refuse(404, f"no such page: {request.url.path}")
-
-    routes = [Route("/", page), Route("/api/state", guarded(state)), Route("/api/rate", guarded(rate), methods=["POST"]),
-              Route("/api/undo", guarded(undo), methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    return page_app(PAGE, state, {"rate": rate, "undo": undo})
 
 
 def open_session(compare_dir: Path, systems: list[str], pairs: int, seed: int) -> Session:
@@ -122,11 +89,6 @@ def open_session(compare_dir: Path, systems: list[str], pairs: int, seed: int) -
     return Session(store, system_1, system_2)
 
 
-def _should_open(open_flag: bool) -> bool:
-    """Never in CI or in tests; elsewhere when asked."""
-    return open_flag and not os.environ.get("CI") and not os.environ.get("PYTEST_CURRENT_TEST")
-
-
 def rate(compare_dir: Path, systems: list[str] | None = None, pairs: int = 0, host: str = "127.0.0.1", port: int = 8766,
          open: bool = True, seed: int = 0) -> int:
     """Rate two systems' answers blind in the browser; `toolkit compare --again --out DIR` reports the result.
@@ -147,24 +109,11 @@ def rate(compare_dir: Path, systems: list[str] | None = None, pairs: int = 0, ho
         open: open the page in the browser (never under CI).
         seed: seeds which prompts are drawn and which answer is shown as A.
     """
-    import threading
-    import webbrowser
-
-    import uvicorn
-
     from toolkit.console import err
 
     session = open_session(Path(compare_dir), list(systems or []), pairs, seed)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this port can rate (there is no login)")
-    err.print(f"rating {session.system_1} vs {session.system_2} on {len(session.pairs)} prompts at {url}\n"
+    err.print(f"rating {session.system_1} vs {session.system_2} on {len(session.pairs)} prompts at {page_url(host, port)}\n"
               f"ratings are saved as you go in {session.store.path}; press Ctrl-C to stop; "
               f"then `toolkit compare --again --out {compare_dir}` adds them to the report")
-    if _should_open(open):
-        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    try:
-        uvicorn.run(build_app(session), host=host, port=port, log_level="warning")
-    except SystemExit as exc:  # uvicorn exits when it cannot bind
-        raise ConfigError(f"cannot listen on {host}:{port}", fix="pick another --port") from exc
+    serve(lambda stop: build_app(session), host, port, open)
     return 0

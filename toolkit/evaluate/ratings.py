@@ -7,19 +7,19 @@ rating is committed on its own, so closing the browser or killing the server los
 rater continues at the first pair of the plan they have not rated.
 
 `toolkit rate` (rate.py) serves the page over this store; `toolkit compare` reads it back (human.py).
+The connection, the refusals and the decision times are the review-page base's (review_base.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import sqlite3
-from datetime import datetime, timezone
 from pathlib import Path
 
-from toolkit.errors import ConfigError, ToolkitError
+from toolkit.errors import ConfigError
 from toolkit.evaluate.metrics import PRIMARY
+from toolkit.evaluate.review_base import AlreadyDecided, BadDecision, UnknownItem, connect, now
 from toolkit.evaluate.stats import paired
 
 DB_NAME = "ratings.sqlite"
@@ -54,24 +54,6 @@ CREATE TABLE IF NOT EXISTS ratings (
 """
 
 
-class RatingError(ToolkitError):
-    """A rating request the store refuses; `status` is the HTTP status the page's API answers with."""
-
-    status = 400
-
-
-class UnknownPair(RatingError):
-    status = 404
-
-
-class AlreadyRated(RatingError):
-    status = 409
-
-
-class BadChoice(RatingError):
-    status = 422
-
-
 def pair_id(system_1: str, system_2: str, example_id: str) -> str:
     """A short id that names neither system (the page is blind)."""
     return hashlib.sha256(f"{system_1}\0{system_2}\0{example_id}".encode()).hexdigest()[:12]
@@ -80,7 +62,7 @@ def pair_id(system_1: str, system_2: str, example_id: str) -> str:
 def check_rater(rater) -> str:
     name = rater.strip() if isinstance(rater, str) else ""
     if not name or len(name) > 60:
-        raise BadChoice("a rater name is 1 to 60 characters", fix="type your name on the page")
+        raise BadDecision("a rater name is 1 to 60 characters", fix="type your name on the page")
     return name
 
 
@@ -93,16 +75,8 @@ class RatingStore:
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys = ON")
-        try:
-            with db:  # commit on success, roll back on error
-                yield db
-        finally:
-            db.close()
+        return connect(self.path, rows=True)
 
     # -- the plan -----------------------------------------------------------------------------
 
@@ -125,17 +99,17 @@ class RatingStore:
         four, and a pair this rater already rated."""
         rater = check_rater(rater)
         if choice not in CHOICES:
-            raise BadChoice(f"choice {choice!r} is not one of {', '.join(CHOICES)}")
+            raise BadDecision(f"choice {choice!r} is not one of {', '.join(CHOICES)}")
         with self._connect() as db:
             pair = db.execute("SELECT * FROM pairs WHERE pair_id = ?", (pid,)).fetchone()
             if pair is None:
-                raise UnknownPair(f"no pair {pid!r} in this plan")
+                raise UnknownItem(f"no pair {pid!r} in this plan")
             shown_b = pair["system_2"] if pair["shown_a"] == pair["system_1"] else pair["system_1"]
-            row = (rater, pid, pair["shown_a"], shown_b, choice, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            row = (rater, pid, pair["shown_a"], shown_b, choice, now())
             try:
                 db.execute("INSERT INTO ratings (rater, pair_id, shown_a, shown_b, choice, rated_at) VALUES (?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
-                raise AlreadyRated(f"{rater} already rated pair {pid}", fix="undo the last rating to change it") from None
+                raise AlreadyDecided(f"{rater} already rated pair {pid}", fix="undo the last rating to change it") from None
         return dict(zip(("rater", "pair_id", "shown_a", "shown_b", "choice", "rated_at"), row))
 
     def undo(self, rater: str, system_1: str, system_2: str) -> str:
@@ -145,7 +119,7 @@ class RatingStore:
             last = db.execute("SELECT r.id, r.pair_id FROM ratings r JOIN pairs p USING (pair_id) WHERE r.rater = ? "
                               "AND p.system_1 = ? AND p.system_2 = ? ORDER BY r.id DESC LIMIT 1", (rater, system_1, system_2)).fetchone()
             if last is None:
-                raise AlreadyRated(f"{rater} has no rating to undo")
+                raise AlreadyDecided(f"{rater} has no rating to undo")
             db.execute("DELETE FROM ratings WHERE id = ?", (last["id"],))
         return last["pair_id"]
 

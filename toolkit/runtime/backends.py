@@ -37,7 +37,7 @@ class Capabilities:
 
     in_process: bool = False  # generates in this process (this machine made the numbers); False: a server does
     loads_gguf: bool = False  # opens GGUF files here: their quantization can be read, llama.cpp's machine probe applies
-    json_mode: bool = False  # can constrain a reply to JSON or a grammar
+    json_mode: bool = False  # can constrain a reply to a JSON schema (`stream`'s and `generate_stream`'s `schema`)
     token_logprobs: bool = False  # can give per-token log-probabilities (what log-likelihood benchmarks need)
 
 
@@ -70,13 +70,17 @@ class Backend(abc.ABC):
             self.parallel = check_parallel(parallel)
 
     @abc.abstractmethod
-    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
-        """Yield text pieces as they are produced, then the final `Generation`."""
+    def stream(self, messages: Messages, params: DecodingParams, schema: dict | None = None) -> Iterator[str | Generation]:
+        """Yield text pieces as they are produced, then the final `Generation`. `schema`: a JSON
+        schema the reply must follow, given only to a backend whose `capabilities.json_mode` says it
+        can (one without it may leave the argument out)."""
 
-    def chat(self, messages: str | Messages, params: DecodingParams) -> Generation:
-        """Generate a whole reply."""
+    def chat(self, messages: str | Messages, params: DecodingParams, *, schema: dict | None = None) -> Generation:
+        """Generate a whole reply (`schema`: as `stream`'s)."""
         final = None
-        for piece in self.stream(as_messages(messages), params):
+        # no schema, no argument: a backend without a JSON mode need not take one
+        pieces = self.stream(as_messages(messages), params) if schema is None else self.stream(as_messages(messages), params, schema)
+        for piece in pieces:
             if isinstance(piece, Generation):
                 final = piece
         if final is None:  # a backend bug, not a user error
@@ -95,10 +99,12 @@ class Backend(abc.ABC):
         jobs = [(i, conv, p.replace(seed=seed)) for i, (conv, p, seed) in enumerate(zip(conversations, each, seeds))]
         return run_jobs(self.generate_stream, jobs)
 
-    def generate_stream(self, next_job: Callable[[], StreamJob | None],
-                        cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
+    def generate_stream(self, next_job: Callable[[], StreamJob | None], cancelled: Callable[[Hashable], bool] = lambda key: False,
+                        *, schema: dict | None = None) -> Iterator[tuple[Hashable, Generation]]:
         """Generate for jobs as `next_job()` hands them out (None: none waiting), yielding
-        (key, Generation) as each finishes; jobs may appear between yields.
+        (key, Generation) as each finishes; jobs may appear between yields. `schema`: every reply
+        follows this JSON schema (as `stream`'s; `runtime.cache.generate_cached` passes it only to
+        a backend with `capabilities.json_mode`).
 
         Here: up to `parallel` requests at once (a server with several slots, such as Ollama with
         OLLAMA_NUM_PARALLEL or `toolkit serve --parallel`, decodes them together), each answered
@@ -114,7 +120,7 @@ class Backend(abc.ABC):
             while True:
                 while len(running) < self.parallel and (job := next_job()) is not None:
                     key, conv, params = job
-                    running.append((key, pool.submit(self.chat, conv, params)))
+                    running.append((key, pool.submit(self.chat, conv, params, schema=schema)))
                 dropped = [r for r in running if cancelled(r[0])]
                 for key, reply in dropped:  # not waited for; their room goes to the next jobs
                     running.remove((key, reply))
@@ -149,7 +155,7 @@ class LlamaCppBackend(Backend):
     name = "llamacpp"
     parallel = 16
     raw = False  # True: raw completion mode (RawLlamaCppBackend)
-    # json_mode: a llama_cpp.LlamaGrammar through stream_prompt; token_logprobs: llama.cpp's logits
+    # json_mode: a schema becomes a llama_cpp.LlamaGrammar (`json_grammar`); token_logprobs: llama.cpp's logits
     capabilities = Capabilities(in_process=True, loads_gguf=True, json_mode=True, token_logprobs=True)
 
     @classmethod
@@ -220,9 +226,9 @@ class LlamaCppBackend(Backend):
             raise ConfigError(f"num_ctx={params.num_ctx} exceeds the loaded context {self.n_ctx}",
                               fix="open the backend with a larger n_ctx")
 
-    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+    def stream(self, messages: Messages, params: DecodingParams, schema: dict | None = None) -> Iterator[str | Generation]:
         self._check_num_ctx(params)  # before rendering: a num_ctx too large is reported first
-        yield from self.stream_prompt(self.render(messages), params)
+        yield from self.stream_prompt(self.render(messages), params, grammar=json_grammar(schema))
 
     def stream_prompt(self, prompt: str | list[int], params: DecodingParams, *, grammar: Any = None,
                       cancelled: Callable[[], bool] | None = None) -> Iterator[str | Generation]:
@@ -343,10 +349,17 @@ class LlamaCppBackend(Backend):
         batched = self._generator(max(len(t) + p.max_tokens for t, p in zip(prompts, each)))
         return batched.generate(prompts, each, seeds)
 
-    def generate_stream(self, next_job: Callable[[], StreamJob | None],
-                        cancelled: Callable[[Hashable], bool] = lambda key: False) -> Iterator[tuple[Hashable, Generation]]:
+    def generate_stream(self, next_job: Callable[[], StreamJob | None], cancelled: Callable[[Hashable], bool] = lambda key: False,
+                        *, schema: dict | None = None) -> Iterator[tuple[Hashable, Generation]]:
         """Jobs decoded together in the parallel slots, refilled as they come; a prompt another slot
-        holds is shared, not prefilled again (`toolkit.runtime.batched`). Same texts as `chat()`."""
+        holds is shared, not prefilled again (`toolkit.runtime.batched`). Same texts as `chat()`.
+        With a `schema`, one job at a time on this backend's own context, as `toolkit serve` runs a
+        request with a format: the batched engine samples without a grammar (one as a link of each
+        slot's chain gave the same texts but was no faster here: README, "Synthetic training data")."""
+        if schema is not None:
+            yield from self._one_at_a_time(next_job, cancelled, json_grammar(schema))
+            return
+
         def jobs() -> Job | None:
             job = next_job()
             if job is None:
@@ -359,6 +372,16 @@ class LlamaCppBackend(Backend):
         batched = getattr(self, "_batched", None) or self._generator(self.n_ctx)
         for key, done in batched.stream(jobs, cancelled):
             yield key, done.generation
+
+    def _one_at_a_time(self, next_job: Callable[[], StreamJob | None], cancelled: Callable[[Hashable], bool],
+                       grammar: Any) -> Iterator[tuple[Hashable, Generation]]:
+        while (job := next_job()) is not None:
+            key, conv, params = job
+            if cancelled(key):
+                continue
+            self._check_num_ctx(params)
+            *_, final = self.stream_prompt(self.render(as_messages(conv)), params, grammar=grammar)
+            yield key, final
 
     def reserve(self, conversations: list[Messages], max_tokens: int) -> None:
         if conversations:
@@ -412,7 +435,7 @@ class OllamaBackend(Backend):
     """
 
     name = "ollama"
-    capabilities = Capabilities(json_mode=True)  # Ollama's `format`
+    capabilities = Capabilities(json_mode=True)  # Ollama's `format`, which takes a JSON schema
 
     @classmethod
     def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> OllamaBackend:
@@ -431,7 +454,7 @@ class OllamaBackend(Backend):
         self.host = host or ollama_host()
         self._client = ollama.Client(host=self.host, timeout=timeout)
 
-    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+    def stream(self, messages: Messages, params: DecodingParams, schema: dict | None = None) -> Iterator[str | Generation]:
         import httpx
         import ollama
 
@@ -439,7 +462,7 @@ class OllamaBackend(Backend):
         pieces: list[str] = []
         try:
             for chunk in self._client.chat(model=self.model, messages=messages, stream=True,
-                                           options=params.to_ollama_options()):
+                                           options=params.to_ollama_options(), format=schema):
                 text = chunk.message.content or ""
                 if text:
                     pieces.append(text)
@@ -460,7 +483,9 @@ class OpenAIBackend(Backend):
     """Any OpenAI-compatible chat server (llama.cpp's llama-server, vLLM, `toolkit serve`)."""
 
     name = "openai"
-    capabilities = Capabilities()  # JSON mode and log-probabilities vary by server: none is promised
+    # json_mode: `response_format` with a json_schema, which llama-server, vLLM, Ollama's /v1 and
+    # `toolkit serve` honour; log-probabilities vary by server: none are promised
+    capabilities = Capabilities(json_mode=True)
 
     @classmethod
     def open(cls, model: str, *, n_ctx: int = 2048, url: str | None = None, parallel: int | None = None) -> OpenAIBackend:
@@ -478,13 +503,15 @@ class OpenAIBackend(Backend):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
 
-    def stream(self, messages: Messages, params: DecodingParams) -> Iterator[str | Generation]:
+    def stream(self, messages: Messages, params: DecodingParams, schema: dict | None = None) -> Iterator[str | Generation]:
         import json
 
         import httpx
 
         body = {"model": self.model, "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}} | params.to_openai()
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         start = time.perf_counter()
         pieces: list[str] = []
         finish, usage = "stop", {}
@@ -578,6 +605,22 @@ class BackendSpec:
 
     def open(self, n_ctx: int | None = None) -> Backend:
         return open_backend(self.name, self.model, n_ctx=n_ctx or self.n_ctx or 2048, url=self.url or None, parallel=self.parallel)
+
+
+def json_grammar(schema: dict | None) -> Any:
+    """The llama.cpp grammar (`llama_cpp.LlamaGrammar`) a reply following the JSON `schema` is
+    sampled under; None for no schema. A schema llama.cpp cannot convert is a ConfigError."""
+    if schema is None:
+        return None
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # the converter raises several types for a schema it cannot read
+        raise ConfigError(f"llama.cpp cannot turn this JSON schema into a grammar ({exc})",
+                          fix="give a JSON schema of objects, strings, numbers and arrays") from None
 
 
 def ollama_host() -> str:

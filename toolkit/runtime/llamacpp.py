@@ -24,6 +24,7 @@ from pathlib import Path
 from toolkit.errors import ModelError
 from toolkit.io import toolkit_home, write_json
 from toolkit.models import embedded_gguf
+from toolkit.runtime.threads import thread_count
 
 # Runs in a child process: load a quantized GGUF with llama.cpp's defaults, evaluate a prompt of
 # several tokens (a one-token prompt never reaches the batched matmul kernels that crash) and
@@ -153,13 +154,9 @@ def _model_params(use_extra_bufts: bool) -> Iterator[None]:
 
 
 def default_threads() -> int:
-    """The CPUs this process may run on (`TOOLKIT_THREADS` overrides: llama.cpp's threads spin, so
-    processes sharing the cores, like several sweep workers on one machine, want fewer each)."""
-    if os.environ.get("TOOLKIT_THREADS", "").isdigit() and int(os.environ["TOOLKIT_THREADS"]) > 0:
-        return int(os.environ["TOOLKIT_THREADS"])
-    with contextlib.suppress(AttributeError):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """llama.cpp's thread count: `--threads` (the CLI puts it in TOOLKIT_THREADS), else
+    TOOLKIT_THREADS, else the CPUs this process may run on (toolkit.runtime.threads)."""
+    return thread_count()[0]
 
 
 # ggml's log levels as this llama.cpp numbers them (llama-cpp-python's own callback reads an older

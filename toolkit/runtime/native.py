@@ -58,8 +58,9 @@ class NativeModel:
         cparams.no_perf = True
         return cparams
 
-    def _open_context(self, cparams, lora: str | Path | None, fix: str) -> None:
-        """Create the context (`fix` says what to lower when it cannot be), set the LoRA, make the batch."""
+    def _open_context(self, cparams, lora: str | Path | None, fix: str, seqs_per_token: int = 1) -> None:
+        """Create the context (`fix` says what to lower when it cannot be), set the LoRA, make the
+        batch (each token in up to `seqs_per_token` sequences)."""
         import llama_cpp
 
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
@@ -69,7 +70,7 @@ class NativeModel:
         if lora is not None:
             self._apply_lora(Path(lora))
         self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, seqs_per_token)
 
     def _apply_lora(self, lora: Path) -> None:
         """Load a GGUF LoRA for this model and set it on the context, as `Llama(lora_path=)` does.

@@ -8,17 +8,22 @@ text follows the BOS rule; a prompt given as token ids (what `local-completions`
 exactly as given, no BOS added. With logprobs, the completion is greedy (temperature 0, as the
 harness asks): `max_tokens` 0 scores the prompt alone, 1 (the harness's) adds the next token, an
 end-of-generation token included (the harness drops the last token, so it must be there).
+
+Chat replies (/api/chat, /api/generate, /v1/chat/completions) get `logprobs` the same way: the reply
+as generated, tokenized as the model reads it back and scored after its prompt, streamed or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from toolkit.runtime.scoring import Scorer, Step
-from toolkit.serve.registry import Registry, ServedModel
+from toolkit.serve.registry import Done, Registry, ServedModel
 from toolkit.serve.request import HTTPError, Request, is_int, parse_json
 
 MAX_TOP = 20  # top_logprobs per position, as OpenAI's legacy completions allow at most 5 (llama-server 10+)
@@ -197,16 +202,13 @@ def entries(registry: Registry, model: ServedModel, steps: list, top: int) -> li
     return [_entry(engine, s.token, s.logprob) | {"top_logprobs": [_entry(engine, t, lp) for t, lp in s.top[:top]]} for s in steps]
 
 
-def check_request(body: dict, *, streams_by_default: bool, top_key: str = "top_logprobs") -> int | None:
+def check_request(body: dict, *, top_key: str = "top_logprobs") -> int | None:
     """The number of top log-probabilities a chat request asks for, None when it asks for none;
-    a 400 for what is not served (streaming with logprobs, a bad count). Ollama's API streams
-    unless told not to, OpenAI's does not unless told to."""
+    a 400 for a bad count, or a count without logprobs."""
     if not body.get("logprobs"):
         if body.get(top_key):
             raise HTTPError(400, f"{top_key} needs logprobs: true")
         return None
-    if body.get("stream", streams_by_default):
-        raise HTTPError(400, "logprobs are served on non-streaming requests (stream: false)")
     top = body.get(top_key) or 0
     if not is_int(top) or not 0 <= top <= MAX_TOP:
         raise HTTPError(400, f"{top_key} must be between 0 and {MAX_TOP}")
@@ -216,3 +218,41 @@ def check_request(body: dict, *, streams_by_default: bool, top_key: str = "top_l
 def for_reply(registry: Registry, model: ServedModel, prompt: str, text: str, top: int, cancel=None) -> list[dict]:
     """The entries of a reply's tokens (`reply_steps` then `entries`)."""
     return entries(registry, model, reply_steps(registry, model, prompt, text, top, cancel), top)
+
+
+def streamed(registry: Registry, model: ServedModel, prompt: str, events: Iterator[str | Done], top: int,
+             cancel=None) -> Iterator[tuple[str, list[dict]] | Done]:
+    """A streamed reply with `logprobs`: each piece of the generation with the entries of the reply
+    tokens it completes, then the generation's `Done`. The reply is scored whole, once it has ended,
+    by `for_reply` as a non-streamed one is (one at a time, the generation holds the lock and the
+    compute thread while it runs, so its tokens cannot be scored as they come): the chunks follow the
+    generation's end, and their entries joined are the non-streamed reply's, token for token."""
+    pieces: list[str] = []
+    done = None
+    with contextlib.closing(events):  # a client that leaves stops the generation
+        for event in events:
+            if isinstance(event, Done):
+                done = event
+            else:
+                pieces.append(event)
+    found = for_reply(registry, model, prompt, "".join(pieces), top, cancel)
+    yield from zip(pieces, _shares(pieces, found))
+    if done is not None:
+        yield done
+
+
+def _shares(pieces: list[str], found: list[dict]) -> list[list[dict]]:
+    """Each piece's entries: a token goes with the piece its last byte arrives in; one past the
+    pieces' text (a byte the tokenizer adds, such as a leading space) goes with the last piece."""
+    ends, total = [], 0
+    for piece in pieces:
+        total += len(piece.encode("utf-8"))
+        ends.append(total)
+    shares: list[list[dict]] = [[] for _ in pieces]
+    at = index = 0
+    for entry in found:
+        at += len(entry["bytes"])
+        while index < len(ends) - 1 and ends[index] < at:
+            index += 1
+        shares[index].append(entry)
+    return shares

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -70,13 +70,32 @@ def _final(name: str, done: Done, started: float, *, chat: bool, text: str) -> d
     return reply | {k: v for k, v in metrics.items() if v}  # Go's omitempty: zero metrics are left out
 
 
-def _ollama_stream(events: Iterator[str | Done], name: str, started: float, *, chat: bool) -> Iterator[dict]:
+def _ollama_stream(events: Iterator[str | tuple[str, list] | Done], name: str, started: float, *, chat: bool) -> Iterator[dict]:
+    """NDJSON chunks of text pieces, or of (piece, its tokens' logprobs) from `logprobs.streamed`."""
     with contextlib.closing(events):  # closing the stream stops the generation and frees the lock
         for event in events:
             if isinstance(event, Done):
                 yield _final(name, event, started, chat=chat, text="")
+            elif isinstance(event, tuple):
+                yield _piece(name, event[0], chat=chat) | {"logprobs": event[1]}
             else:
                 yield _piece(name, event, chat=chat)
+
+
+def _answer(registry: Registry, req: Request, body: dict, model: ServedModel, events: Iterator[str | Done],
+            prompt: Callable[[], str], *, chat: bool) -> dict | Stream:
+    """The reply, streamed unless `stream: false`; with `logprobs`, its tokens' log-probabilities
+    from the scorer (toolkit.serve.logprobs) after `prompt()`, the text the model was given."""
+    sent, top = body.get("model", ""), body.get("top_logprobs") or 0
+    if body.get("stream", True):
+        if body.get("logprobs"):
+            events = logprobs.streamed(registry, model, prompt(), events, top, req.cancel)
+        return Stream(_ollama_stream(events, sent, req.started, chat=chat))
+    done = drain(events)
+    reply = _final(sent, done, req.started, chat=chat, text=done.gen.text)
+    if body.get("logprobs"):
+        reply["logprobs"] = logprobs.for_reply(registry, model, prompt(), done.gen.text, top, req.cancel)
+    return reply
 
 
 def _typed(value: str) -> Any:
@@ -97,7 +116,7 @@ def _refuse(body: dict, model: ServedModel, sent: str) -> None:
     top = body.get("top_logprobs")
     if top is not None and not 0 <= top <= 20:
         raise HTTPError(400, "top_logprobs must be between 0 and 20")
-    logprobs.check_request(body, streams_by_default=True)  # served from the scorer, not streaming
+    logprobs.check_request(body)
     for key, capability in (("tools", "tools"), ("suffix", "insert"), ("images", "vision")):
         if body.get(key):
             raise HTTPError(400, f"{model.name} does not support {capability}")
@@ -233,14 +252,7 @@ def generate(registry: Registry, req: Request) -> dict | Stream:
     events = registry.generate(model, lambda vocab: _generate_prompt(body, vocab, params.num_ctx), params,
                                grammar=grammar_for(body.get("format")), want_context=not raw,
                                unload=keep_alive_seconds(body.get("keep_alive")) == 0, cancel=req.cancel)
-    if body.get("stream", True):
-        return Stream(_ollama_stream(events, sent, req.started, chat=False))
-    done = drain(events)
-    reply = _final(sent, done, req.started, chat=False, text=done.gen.text)
-    if body.get("logprobs"):
-        prompt = _generate_prompt(body, model.vocab, params.num_ctx)
-        reply["logprobs"] = logprobs.for_reply(registry, model, prompt, done.gen.text, body.get("top_logprobs") or 0, req.cancel)
-    return reply
+    return _answer(registry, req, body, model, events, lambda: _generate_prompt(body, model.vocab, params.num_ctx), chat=False)
 
 
 def chat(registry: Registry, req: Request) -> dict | Stream:
@@ -259,14 +271,7 @@ def chat(registry: Registry, req: Request) -> dict | Stream:
     events = registry.generate(model, lambda vocab: render_gguf(vocab, messages), params,
                                grammar=grammar_for(body.get("format")),
                                unload=keep_alive_seconds(body.get("keep_alive")) == 0, cancel=req.cancel)
-    if body.get("stream", True):
-        return Stream(_ollama_stream(events, sent, req.started, chat=True))
-    done = drain(events)
-    reply = _final(sent, done, req.started, chat=True, text=done.gen.text)
-    if body.get("logprobs"):
-        prompt = render_gguf(model.vocab, messages)
-        reply["logprobs"] = logprobs.for_reply(registry, model, prompt, done.gen.text, body.get("top_logprobs") or 0, req.cancel)
-    return reply
+    return _answer(registry, req, body, model, events, lambda: render_gguf(model.vocab, messages), chat=True)
 
 
 # -- embeddings --------------------------------------------------------------------------------

@@ -54,14 +54,16 @@ def show_model(registry: Registry, name: str) -> dict:
 
 def chat(registry: Registry, req: Request) -> dict | Stream:
     body, name, model = read_request(registry, req, "/v1/chat/completions")
-    top = logprobs.check_request(body, streams_by_default=False)
+    top = logprobs.check_request(body)
     messages = _messages(body.get("messages"))
     params = openai_params(body, registry.base(openai=True))
     check_messages(messages, model.vocab, params.num_ctx)
     events = registry.generate(model, lambda vocab: render_gguf(vocab, messages), params,
                                grammar=response_format_grammar(body.get("response_format")), cancel=req.cancel)
+    if top is not None and body.get("stream"):  # each chunk: its tokens' entries in choices[0].logprobs.content
+        events = logprobs.streamed(registry, model, render_gguf(model.vocab, messages), events, top, req.cancel)
     reply = _reply(events, body, name, chat=True)
-    if top is not None:  # OpenAI's shape: choices[0].logprobs.content, from the scorer
+    if top is not None and not body.get("stream"):  # OpenAI's shape: choices[0].logprobs.content, from the scorer
         text = reply["choices"][0]["message"]["content"] or ""
         content = logprobs.for_reply(registry, model, render_gguf(model.vocab, messages), text, top, req.cancel)
         reply["choices"][0]["logprobs"] = {"content": content, "refusal": None}
@@ -176,13 +178,15 @@ def _reply(events: Iterator[str | Done], body: dict, name: str, *, chat: bool) -
     return {"object": kind} | head | {"choices": [choice], "usage": _usage(gen)}
 
 
-def _chunks(events: Iterator[str | Done], head: dict, *, chat: bool, usage: bool) -> Iterator[dict | str]:
-    """OpenAI streaming: a chunk per piece, one with finish_reason, optionally one with usage, [DONE]."""
+def _chunks(events: Iterator[str | tuple[str, list] | Done], head: dict, *, chat: bool, usage: bool) -> Iterator[dict | str]:
+    """OpenAI streaming: a chunk per piece (with its tokens' logprobs when the events are
+    `logprobs.streamed`'s pairs), one with finish_reason, optionally one with usage, [DONE]."""
     head = {"object": "chat.completion.chunk" if chat else "text_completion"} | head
 
-    def chunk(text: str, finish: str | None) -> dict:
+    def chunk(text: str, finish: str | None, found: list | None = None) -> dict:
         choice = {"delta": {"role": "assistant", "content": text} if text or not finish else {}} if chat else {"text": text}
-        return head | {"choices": [{"index": 0, **choice, "finish_reason": finish, "logprobs": None}]}
+        scored = None if found is None else {"content": found, "refusal": None}
+        return head | {"choices": [{"index": 0, **choice, "finish_reason": finish, "logprobs": scored}]}
 
     with contextlib.closing(events):
         for event in events:
@@ -190,6 +194,8 @@ def _chunks(events: Iterator[str | Done], head: dict, *, chat: bool, usage: bool
                 yield chunk("", event.gen.finish_reason)
                 if usage:
                     yield head | {"choices": [], "usage": _usage(event.gen)}
+            elif isinstance(event, tuple):
+                yield chunk(event[0], None, event[1])
             else:
                 yield chunk(event, None)
     yield "[DONE]"

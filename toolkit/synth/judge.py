@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.data.readers import load_examples
-from toolkit.errors import ConfigError
-from toolkit.evaluate.judge import corrupt
+from toolkit.evaluate.judge import corrupt, read_prompt
 from toolkit.evaluate.stats import beats_chance
 from toolkit.params import DEFAULTS
 from toolkit.runtime.backends import BackendSpec
@@ -36,16 +35,7 @@ _DIGIT = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
 
 def load_rubric(path: Path | None) -> tuple[str, str]:
     """The rubric without its leading '#' comment lines, and where it came from."""
-    file = Path(path) if path else RUBRIC
-    if not file.is_file():
-        raise ConfigError(f"judge rubric {file} not found", fix="pass an existing file to --judge-prompt")
-    lines = file.read_text(encoding="utf-8").splitlines()
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
-    text = "\n".join(lines).strip()
-    missing = [p for p in PLACEHOLDERS if p not in text]
-    if missing:
-        raise ConfigError(f"judge rubric {file} lacks {', '.join(missing)}", fix=f"the rubric must contain {', '.join(PLACEHOLDERS)}")
+    text = read_prompt(Path(path) if path else RUBRIC, PLACEHOLDERS, "judge rubric", "--judge-prompt", "the rubric")
     return text, str(path) if path else "prompts/rubric.txt (shipped)"
 
 

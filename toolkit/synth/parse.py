@@ -1,11 +1,11 @@
 """Reading one question and one answer out of a generator's reply.
 
-The shipped prompts ask for `Question:` / `Answer:` lines: without a grammar the embedded 135M
-model almost never writes valid JSON (0 of 4 replies to a JSON prompt with an example, against 1-2
-of 4 for labelled lines, on this machine), while a bigger model writes either. Three forms are read,
+The shipped prompts ask for one JSON object {"question", "answer"} and their requests carry
+`PAIR_SCHEMA`, which the backend's JSON/grammar mode enforces (runtime/cache.py `Request.schema`;
+the embedded 135M model measured both ways in the README, "Synthetic training data"). Three forms are read,
 in this order: a JSON object with string `question` and `answer` fields anywhere in the reply (code
-fences and prose around it are fine: a custom --prompt or a JSON-mode server may give one);
-`Question:` / `Answer:` labels (also `Q:` / `A:`, after any preamble); a reply that opens with a question (a sentence
+fences and prose around it are fine); `Question:` / `Answer:` labels (also `Q:` / `A:`, after any
+preamble: a custom --prompt may ask for them); a reply that opens with a question (a sentence
 ending in `?`) followed by its answer. Anything else, or a reply holding more than one pair, is
 malformed and is dropped with the reason.
 """
@@ -22,9 +22,17 @@ _SECOND_PAIR = re.compile(r"\n\W*(?:question|q)\s*[:.]", re.IGNORECASE)
 _LEADING_QUESTION = re.compile(r"^[\s\"'*#]*(?P<q>[A-Z][^?\n]{9,300}\?)[\"'*]*\s+(?P<a>\S.+)$", re.DOTALL)
 
 
+# The reply a JSON prompt asks for, sent through the backend's JSON/grammar mode where it has one
+# (runtime/cache.py `Request.schema`): llama.cpp writes the question first, then the answer, and
+# neither empty (under a grammar without minLength the 135M model wrote `"question": ""` in 2 of 16).
+PAIR_SCHEMA = {"type": "object", "properties": {"question": {"type": "string", "minLength": 1}, "answer": {"type": "string", "minLength": 1}},
+               "required": ["question", "answer"], "additionalProperties": False}
+
+
 def _json_objects(text: str) -> list[dict]:
-    """Every JSON object that parses starting at a `{` of `text`, outermost first, none nested in another."""
-    decoder, found, i = json.JSONDecoder(), [], 0
+    """Every JSON object that parses starting at a `{` of `text`, outermost first, none nested in another.
+    Raw line breaks inside strings are read (llama.cpp's JSON grammar lets a model write them)."""
+    decoder, found, i = json.JSONDecoder(strict=False), [], 0
     while (i := text.find("{", i)) != -1:
         try:
             obj, end = decoder.raw_decode(text, i)
@@ -35,6 +43,11 @@ def _json_objects(text: str) -> list[dict]:
             found.append(obj)
         i = end
     return found
+
+
+def json_pairs(text: str) -> list[tuple[str, str]]:
+    """The (question, answer) of every JSON object in `text` that has both as strings."""
+    return [p for p in (_pair_of(o) for o in _json_objects(text)) if p is not None]
 
 
 def _pair_of(obj: dict) -> tuple[str, str] | None:
@@ -49,7 +62,7 @@ def parse_pair(text: str) -> tuple[str, str] | str:
     if not text:
         return "empty reply"
     objects = _json_objects(text)
-    pairs = [p for p in (_pair_of(o) for o in objects) if p is not None]
+    pairs = [p for p in map(_pair_of, objects) if p is not None]
     if len(pairs) > 1:
         return "more than one pair"
     if pairs:

@@ -16,15 +16,19 @@ from pathlib import Path
 
 from toolkit.data.columns import Columns
 from toolkit.data.readers import load_examples, read_records, resolve_format
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import DataError
+from toolkit.evaluate.judge import read_prompt
 from toolkit.params import DecodingParams
 from toolkit.runtime.cache import Request
+from toolkit.synth.parse import PAIR_SCHEMA, json_pairs
 
 PROMPTS = Path(__file__).with_name("prompts")
 TEMPLATES = {"topics": "topics.txt", "abstracts": "abstract.txt", "imitate": "imitate.txt"}
 PLACEHOLDERS = {"topics": ("{topic}",), "abstracts": ("{title}", "{abstract}"), "imitate": ("{examples}",)}
 SHOTS = 3  # example pairs per imitation request
 MIN_ABSTRACT_WORDS = 20  # a shorter abstract cannot ground a detailed answer
+# a template showing a JSON object that opens with "question" asks for JSON (`asks_json`)
+_JSON_EXAMPLE = re.compile(r'\{\s*"question"\s*:')
 
 
 @dataclass(frozen=True)
@@ -101,17 +105,7 @@ def load_template(kind: str, path: Path | None) -> tuple[str, str]:
     """The template text without its leading '#' comment lines, and where it came from."""
     source = str(path) if path else f"prompts/{TEMPLATES[kind]} (shipped)"
     file = Path(path) if path else PROMPTS / TEMPLATES[kind]
-    if not file.is_file():
-        raise ConfigError(f"prompt template {file} not found", fix="pass an existing file to --prompt")
-    lines = file.read_text(encoding="utf-8").splitlines()
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
-    text = "\n".join(lines).strip()
-    missing = [p for p in PLACEHOLDERS[kind] if p not in text]
-    if missing:
-        raise ConfigError(f"prompt template {file} lacks {', '.join(missing)}",
-                          fix=f"a --{kind} template must contain {', '.join(PLACEHOLDERS[kind])}")
-    return text, source
+    return read_prompt(file, PLACEHOLDERS[kind], "prompt template", "--prompt", f"a --{kind} template"), source
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -119,11 +113,19 @@ def fill(template: str, values: dict[str, str]) -> str:
     return re.sub("|".join(re.escape(k) for k in values), lambda m: values[m.group(0)], template)
 
 
+def asks_json(template: str) -> bool:
+    """Whether a template asks for a JSON object: it shows one opening with a "question" field
+    (`{"question": ...`). Its requests then carry `parse.PAIR_SCHEMA`, which the backend's
+    JSON/grammar mode enforces where it has one."""
+    return bool(_JSON_EXAMPLE.search(template))
+
+
 class Planner:
     """Attempt `i` from the seeds, the template, the decoding parameters and the run's seed."""
 
     def __init__(self, kind: str, seeds: list[Seed], template: str, params: DecodingParams, seed: int):
         self.kind, self.seeds, self.template, self.params, self.seed = kind, seeds, template, params, seed
+        self.schema = PAIR_SCHEMA if asks_json(template) else None
 
     def attempt(self, i: int) -> Attempt:
         if self.kind == "imitate":
@@ -135,13 +137,13 @@ class Planner:
             item = self.seeds[i % len(self.seeds)]
             values = {"{topic}": item.text} if self.kind == "topics" else {"{title}": item.title or "(untitled)", "{abstract}": item.text}
             used, prompt = [item], fill(self.template, values)
-        return Attempt(i, used, Request.of(prompt, self.params.replace(seed=(self.seed * 1_000_003 + i) % 2**31)))
+        return Attempt(i, used, Request.of(prompt, self.params.replace(seed=(self.seed * 1_000_003 + i) % 2**31), schema=self.schema))
 
     def examples(self) -> list[tuple[str, str]]:
-        """The (question, answer) pairs the template shows as examples ("Question:" / "Answer:" lines):
-        a reply copying one is dropped."""
+        """The (question, answer) pairs the template shows as examples ("Question:" / "Answer:" lines,
+        or JSON objects): a reply copying one is dropped."""
         found = re.findall(r"^Question:[ \t]*(.+)\nAnswer:[ \t]*(.+)$", self.template, re.MULTILINE)
-        return [(q.strip(), a.strip()) for q, a in found]
+        return [(q.strip(), a.strip()) for q, a in found] + json_pairs(self.template)
 
     def attempts(self, start: int, stop: int) -> list[Attempt]:
         return [self.attempt(i) for i in range(start, stop)]

@@ -9,7 +9,9 @@ resumes where it stopped), and writes the reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from toolkit.errors import BackendError, ConfigError
@@ -142,17 +144,17 @@ def evaluate(tasks: list[str], model: list[str] = ("default",), data_dir: Path =
     """
     from toolkit.console import progress
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the harness's own bars; ours shows progress
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _quiet_harness()
     out = Path(out)
     chosen = taskmod.expand(list(tasks), num_fewshot)
     pairs = parse_models(list(model) or ["default"])
-    selection = taskmod.build(chosen, Path(data_dir), out)
+    with _harness_bars_off():
+        selection = taskmod.build(chosen, Path(data_dir), out)
     samples = taskmod.sample(selection.tasks, limit, seed)
     runs: dict[str, dict] = {}
     for label, spec in pairs:
-        with progress() as bar:
+        with progress() as bar, _harness_bars_off():
             lm, identity, described = open_model(spec, out / "requests.sqlite", batch_size=batch_size, n_batch=n_batch,
                                                  progress=_Bar(bar, label))
             results = run_model(lm, selection, samples, seed)
@@ -160,6 +162,25 @@ def evaluate(tasks: list[str], model: list[str] = ("default",), data_dir: Path =
                        "summary": summarize(results, selection, chosen)}
         _write_run(out / label, results)
     return _finish(out, runs, chosen, selection, limit, seed, data_dir)
+
+
+@contextlib.contextmanager
+def _harness_bars_off() -> Iterator[None]:
+    """Every tqdm bar off while the harness runs (ours shows the progress). TQDM_DISABLE cannot do
+    it: tqdm reads it at import as a default, and the harness passes `disable=False` explicitly."""
+    from tqdm import std
+
+    saved = std.tqdm.__dict__["__init__"]
+    shown = std.tqdm.__init__  # the plain function, with tqdm's own defaults applied
+
+    def hidden(self, *args, **kwargs) -> None:
+        shown(self, *args, **(kwargs | {"disable": True}))
+
+    std.tqdm.__init__ = hidden
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = saved
 
 
 def _quiet_harness() -> None:

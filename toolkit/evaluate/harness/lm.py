@@ -6,8 +6,8 @@ pair tokenized together, the context's own tokens cut off the front, trailing sp
 moved to the continuation; an empty context scored after BOS, else EOS), with the GGUF's
 tokenizer and its BOS rule (`toolkit.runtime.tokenize`); long inputs are cut from the left at
 `max_length` as the `hf` model cuts them. Requests that share their context tokens (a
-multiple-choice item's choices) are scored together: the context is prefilled once
-(`toolkit.runtime.scoring.Scorer`).
+multiple-choice item's choices) are scored together: the context is prefilled once, and many
+items' tokens share each decode (`toolkit.runtime.scoring.Scorer.score_many`).
 
 `RequestCache` keeps every answer in SQLite, keyed by the model's identity (the GGUF's digest and
 its LoRA's) and the request, written as each item finishes: a run killed mid-way repeats no scored
@@ -110,37 +110,46 @@ def gguf_lm_class():
             return self.scorer.detokenize(tokens)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-            """(log-probability, is greedy) per (strings, context tokens, continuation tokens), items sharing a
-            context scored together, each item's answers cached as soon as it is scored."""
+            """(log-probability, is greedy) per (strings, context tokens, continuation tokens): requests
+            sharing a context are one item, all items scored in one packed run of the scorer, each
+            item's answers cached as soon as it is scored."""
             if self.progress:
                 self.progress(0, total=len(requests))
+            inputs = [(strings, *self._truncated(list(context), list(continuation))) for strings, context, continuation in requests]
+            self.naive_tokens += sum(len(c) + len(x) - 1 for _, c, x in inputs)  # what scoring each request alone decodes
             groups: dict[tuple[int, ...], list[int]] = {}
-            inputs = []
-            for i, (strings, context, continuation) in enumerate(requests):
-                context, continuation = self._truncated(list(context), list(continuation))
-                self.naive_tokens += len(context) + len(continuation) - 1  # what a model scoring each request alone decodes
-                inputs.append((strings, context, continuation))
+            for i, (_, context, _) in enumerate(inputs):
                 groups.setdefault(tuple(context), []).append(i)
             results: list[tuple[float, bool] | None] = [None] * len(requests)
+            pending = []  # (context, members, key -> requests asking it) of the items not all cached
             for context, members in groups.items():
-                todo: dict[str, list[int]] = {}  # key -> requests asking it (two tasks may share items)
-                for i in members:
-                    key = self._key("loglikelihood", inputs[i])
-                    cached = self.cache.get(key) if self.cache else None
-                    if cached is not None:
-                        results[i] = (float(cached[0]), bool(cached[1]))
-                    else:
-                        todo.setdefault(key, []).append(i)
+                todo = self._from_cache(inputs, members, results)
                 if todo:
-                    scored = self.scorer.score(list(context), [inputs[same[0]][2] for same in todo.values()])
-                    for same, s in zip(todo.values(), scored):
-                        for i in same:
-                            results[i] = (s.total, s.is_greedy)
-                    if self.cache:
-                        self.cache.put_many([(key, list(results[same[0]])) for key, same in todo.items()])
+                    pending.append((context, members, todo))
+                elif self.progress:
+                    self.progress(len(members))
+            items = ((list(context), [inputs[same[0]][2] for same in todo.values()]) for context, _, todo in pending)
+            for (_, members, todo), scored in zip(pending, self.scorer.score_many(items)):
+                for same, s in zip(todo.values(), scored):
+                    for i in same:
+                        results[i] = (s.total, s.is_greedy)
+                if self.cache:
+                    self.cache.put_many([(key, list(results[same[0]])) for key, same in todo.items()])
                 if self.progress:
                     self.progress(len(members))
             return results  # type: ignore[return-value]
+
+        def _from_cache(self, inputs, members: list[int], results: list) -> dict[str, list[int]]:
+            """Fill `results` of the cached requests among `members`; the rest by key (two tasks may share items)."""
+            todo: dict[str, list[int]] = {}
+            for i in members:
+                key = self._key("loglikelihood", inputs[i])
+                cached = self.cache.get(key) if self.cache else None
+                if cached is not None:
+                    results[i] = (float(cached[0]), bool(cached[1]))
+                else:
+                    todo.setdefault(key, []).append(i)
+            return todo
 
         def _truncated(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
             """The `hf` model's left cut: context + continuation to max_length + 1 tokens."""
