@@ -9,6 +9,7 @@ a benchmark run).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from pathlib import Path
 
 from toolkit.errors import BackendError, ModelError
@@ -111,12 +112,15 @@ class NativeModel:
         return buf.raw[:n]
 
     def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        """Token `n` of the batch in one sequence."""
+        self._put_seqs(n, token, pos, (seq_id,), logits)
+
+    def _put_seqs(self, n: int, token: int, pos: int, seqs: Sequence[int], logits: bool) -> None:
+        """Token `n` of the batch in every sequence of `seqs` (the scorer: a context shared by its choices)."""
         batch = self._batch
-        batch.token[n] = token
-        batch.pos[n] = pos
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = seq_id
-        batch.logits[n] = logits
+        batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, len(seqs), logits
+        for i, seq in enumerate(seqs):
+            batch.seq_id[n][i] = seq
 
     # -- lifetime ----------------------------------------------------------------------------
 

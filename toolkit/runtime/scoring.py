@@ -237,13 +237,6 @@ class Scorer(NativeModel):
         self.prefilled += len(context)
         return self._row(len(context) - 1 - (len(context) - 1) // self.n_batch * self.n_batch)
 
-    def _put_seqs(self, n: int, token: int, pos: int, seqs: Sequence[int], logits: bool) -> None:
-        """Token `n` of the batch in every sequence of `seqs` (a context shared by its choices)."""
-        batch = self._batch
-        batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, len(seqs), logits
-        for i, seq in enumerate(seqs):
-            batch.seq_id[n][i] = seq
-
     def _logits(self, index: int):
         """The float32 logits at batch position `index` of the last decode, read in place (valid until the next decode)."""
         import llama_cpp
