@@ -57,11 +57,12 @@ APPLY = """
 import json, os, sys
 from toolkit.runtime import threads
 before = dict(os.environ)
-nice = os.nice(0)
+nice, group = os.nice(0), threads.group_nice()
 threads.apply(None, interactive=False)
 import llama_cpp  # libgomp loads now and prints the values it read (OMP_DISPLAY_ENV)
 changed = {k: v for k, v in os.environ.items() if before.get(k) != v}
-print(json.dumps({"changed": changed, "removed": sorted(set(before) - set(os.environ)), "nice": [nice, os.nice(0)]}))
+print(json.dumps({"changed": changed, "removed": sorted(set(before) - set(os.environ)), "nice": [nice, os.nice(0)],
+                  "group": [group, threads.group_nice()]}))
 """
 
 
@@ -69,7 +70,8 @@ def _apply_in_child(**env: str) -> tuple[dict, str]:
     import json
 
     base = {k: v for k, v in os.environ.items() if k not in WAIT_DEFAULTS and k not in {"TOOLKIT_FAIR", "TOOLKIT_NICE", "TOOLKIT_THREADS"}}
-    proc = subprocess.run([sys.executable, "-c", APPLY], capture_output=True, text=True, check=True,
+    # a session of its own, so lowering its autogroup cannot touch the test run's
+    proc = subprocess.run([sys.executable, "-c", APPLY], capture_output=True, text=True, check=True, start_new_session=True,
                           env={**base, "OMP_DISPLAY_ENV": "verbose", **env})
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -80,8 +82,12 @@ def test_apply_sets_the_environment_before_libgomp_reads_it_and_nices_batch_work
     assert f"GOMP_SPINCOUNT = '{WAIT_DEFAULTS['GOMP_SPINCOUNT']}'" in libgomp and "OMP_WAIT_POLICY = 'PASSIVE'" in libgomp
     before, after = result["nice"]
     assert after == max(before, BATCH_NICE)
+    group_before, group_after = result["group"]
+    if group_before is not None:  # the kernel groups by session: the session's group is lowered too
+        assert group_after == max(group_before, BATCH_NICE)
     off, libgomp = _apply_in_child(TOOLKIT_FAIR="0")
     assert off["changed"] == {} and off["removed"] == [] and off["nice"][0] == off["nice"][1]
+    assert off["group"][0] == off["group"][1]
     assert "GOMP_SPINCOUNT = '300000'" in libgomp  # libgomp's own default spin, untouched
 
 

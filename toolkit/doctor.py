@@ -65,8 +65,9 @@ def sharing_rows(sharing: Sharing, load: float | None, nice_now: int, grouped: b
     else:
         level = f"run at nice {sharing.nice}" if sharing.nice is not None else "keep theirs too"
         nice = f"nice {nice_now} now; batch commands {level} (TOOLKIT_NICE), serve and chat keep theirs"
-        if grouped:
-            nice += "; the kernel's autogroup is on, so nice orders one terminal session's processes only"
+        if grouped and sharing.nice is not None:
+            nice += ("; the kernel's autogroup is on, so a batch command lowers its terminal session's group "
+                     "to that level too (until the session ends)")
     shown = "unknown" if load is None else f"{load:.1f}"
     torch = "torch too (OMP_NUM_THREADS)" if "OMP_NUM_THREADS" in sharing.writes else "torch keeps its own count"
     rows = [("threads", f"{sharing.threads} ({sharing.source}) for llama.cpp, fixed for the run; {torch}"),

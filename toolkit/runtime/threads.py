@@ -20,7 +20,7 @@ training run or a sweep goes on beside it. Three settings:
 * Priority: batch work (every command but serve and chat) runs at nice BATCH_NICE (TOOLKIT_NICE),
   so an interactive server wins the cores. Linux keeps nice per thread and threads inherit it, so
   it is set before any pool starts. With the kernel's autogroup on (most desktops), nice orders
-  the processes of one terminal session only.
+  the processes of one terminal session only, so the session's group is lowered too (`lower_group`).
 
 TOOLKIT_FAIR=0 switches the waiting and priority defaults off and leaves the environment as it
 was (bench/contention.py compares both in one run). llama.cpp's own polling level (the ggml
@@ -44,6 +44,7 @@ from toolkit.options import option
 # ~3 ms and 200 ms); bench/contention.py measures them on and off
 WAIT_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 BATCH_NICE = 10  # batch work's nice level (TOOLKIT_NICE); serve and chat keep theirs
+AUTOGROUP = Path("/proc/self/autogroup")  # this process's session group and its nice level (sched(7))
 FROM_FLAG, FROM_ENV, FROM_CORES = "--threads", "TOOLKIT_THREADS", "every usable core"
 
 
@@ -138,6 +139,7 @@ def apply(threads: int | None = None, *, interactive: bool) -> Sharing:
             now = os.nice(0)
             if sharing.nice > now:
                 os.nice(sharing.nice - now)
+        lower_group(sharing.nice)
     torch = sys.modules.get("torch")  # already loaded (a Python caller): its pool takes the count now
     if torch is not None and "OMP_NUM_THREADS" in sharing.writes:
         torch.set_num_threads(sharing.threads)
@@ -162,6 +164,27 @@ def autogroup() -> bool:
     with contextlib.suppress(OSError, ValueError):
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     return False
+
+
+def group_nice() -> int | None:
+    """The nice level of this process's autogroup (None: the kernel groups nothing, or it cannot be read)."""
+    if not autogroup():
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(AUTOGROUP.read_text().split("nice")[1])
+    return None
+
+
+def lower_group(level: int) -> None:
+    """With autogroup on, the kernel first shares the CPU between sessions (a terminal, a service)
+    and only then between one session's processes, so a process's own nice does nothing against a
+    server started from another terminal: bench/contention.py measured `serve` beside a niced
+    `train` in another session at 7.9x its latency alone. Lower the session's group as well (it
+    stays lowered until the session ends; raising it back would need privileges)."""
+    now = group_nice()
+    if now is not None and level > now:
+        with contextlib.suppress(OSError):
+            AUTOGROUP.write_text(str(level))
 
 
 def oversubscribed(sharing: Sharing, load: float | None) -> list[str]:
