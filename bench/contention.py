@@ -44,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from toolkit.runtime.threads import WAIT_DEFAULTS  # noqa: E402  (light: no torch, no llama_cpp)
+
 HOST = "127.0.0.1"
 PROMPTS = ["Write a short paragraph about the history of the bicycle.", "Explain how a refrigerator keeps food cold.",
            "Describe a walk through a forest in autumn.", "Tell me about the planets of the solar system.",
@@ -51,7 +53,7 @@ PROMPTS = ["Write a short paragraph about the history of the bicycle.", "Explain
            "Describe how bread is made, step by step.", "Explain what a compiler does."]
 SETTINGS = ("on", "off")  # the toolkit's sharing defaults, and TOOLKIT_FAIR=0
 # what a run inherits must not decide the comparison: each child gets only its setting
-CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "TOOLKIT_FAIR", "TOOLKIT_NICE", "TOOLKIT_THREADS")
+CLEARED = (*WAIT_DEFAULTS, "OMP_NUM_THREADS", "TOOLKIT_FAIR", "TOOLKIT_NICE", "TOOLKIT_THREADS")
 
 
 def env_for(setting: str) -> dict[str, str]:

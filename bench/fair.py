@@ -22,35 +22,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contention import env_for, spread  # bench/ is on the path of a script run from it
+from contention import SETTINGS, env_for, order, spread  # bench/ is on the path of a script run from it
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench -> (arguments, {figure: pattern whose first group is the number in the bench's output})
-BENCHES: dict[str, tuple[list[str], dict[str, str]]] = {
-    "decode": (["--repeats", "1", "--tokens", "128"],
+# bench -> (its script, arguments, {figure: pattern whose first group is the number in its output})
+BENCHES: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "decode": ("decode.py", ["--repeats", "1", "--tokens", "128"],
                {"transformers fp32 tok/s": r"^transformers fp32\s+([\d.]+)",
                 "GGUF f16 tok/s (ours)": r"^GGUF f16 \(ours\)\s+([\d.]+)",
                 "GGUF Q4_K_M tok/s (ours)": r"^GGUF Q4_K_M \(ours\)\s+([\d.]+)"}),
-    "train": (["--steps", "6"], {"train useful tok/s (ours)": r"^ours: toolkit train.*?([\d.]+)\s+[\d.]+x\s+\d+ MB$"}),
-    "sweep": (["--trials", "4", "--prompts", "6", "--max-tokens", "48"],
+    "train": ("train_throughput.py", ["--steps", "6"],
+              {"train useful tok/s (ours)": r"^ours: toolkit train.*?([\d.]+)\s+[\d.]+x\s+\d+ MB$"}),
+    "sweep": ("sweep.py", ["--trials", "4", "--prompts", "6", "--max-tokens", "48"],
               {"sweep seconds (ours, lower)": r"^ours, median pruning\s+([\d.]+)"}),
 }
-SCRIPTS = {"decode": "decode.py", "train": "train_throughput.py", "sweep": "sweep.py"}
 CHILD = ("import runpy, sys; from toolkit.runtime.threads import apply; apply(interactive=False); "
          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def run_once(bench: str, setting: str) -> dict[str, float]:
-    args, figures = BENCHES[bench]  # the child runs in ROOT, so `-c` finds the toolkit there
-    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "bench" / SCRIPTS[bench]), *args], env=env_for(setting), cwd=ROOT,
+    script, args, figures = BENCHES[bench]  # the child runs in ROOT, so `-c` finds the toolkit there
+    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "bench" / script), *args], env=env_for(setting), cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"bench/{SCRIPTS[bench]} ({setting}) failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"bench/{script} ({setting}) failed:\n{done.stderr[-2000:]}")
     found = {}
     for name, pattern in figures.items():
         match = re.search(pattern, done.stdout, re.MULTILINE)
         if not match:
-            raise SystemExit(f"bench/{SCRIPTS[bench]}: no line for {name!r} in its output:\n{done.stdout[-2000:]}")
+            raise SystemExit(f"bench/{script}: no line for {name!r} in its output:\n{done.stdout[-2000:]}")
         found[name] = float(match.group(1))
     return found
 
@@ -60,7 +60,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bench", nargs="*", default=list(BENCHES), choices=list(BENCHES))
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from toolkit.evaluate.machine import measured_line
     from toolkit.runtime.llamacpp import machine_summary
 
@@ -68,15 +67,14 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     for repeat in range(args.repeats):
-        settings = ("on", "off") if repeat % 2 == 0 else ("off", "on")
         for bench in args.bench:
-            for setting in settings:
+            for setting in order(SETTINGS, repeat):
                 print(f"  repeat {repeat + 1}: {bench}, defaults {setting} ...", flush=True)
                 for name, value in run_once(bench, setting).items():
                     results.setdefault((bench, setting), {}).setdefault(name, []).append(value)
     print(f"\n{'figure':<30}{'defaults on':>22}{'off (TOOLKIT_FAIR=0)':>24}{'on/off':>8}")
     for bench in args.bench:
-        for name in BENCHES[bench][1]:
+        for name in BENCHES[bench][2]:
             on, off = results[bench, "on"][name], results[bench, "off"][name]
             print(f"{name:<30}{spread(on, '{:.1f}'):>22}{spread(off, '{:.1f}'):>24}"
                   f"{statistics.median(on) / statistics.median(off):>8.2f}")
