@@ -264,13 +264,18 @@ def test_models_takes_the_model_as_the_readme_writes_it(capsys):
 @pytest.mark.slow  # two imports of peft, half a minute
 def test_hub_notices_are_quiet_unless_verbose():
     """peft's import makes bitsandbytes ask `kernels` for a CPU kernel; offline, `kernels` notes
-    it skips its publisher trust check. Ordinary runs keep that off stderr."""
-    code = "import sys; from toolkit.cli import quiet_libraries; '{}' and quiet_libraries(); import peft"
+    it skips its publisher trust check. Ordinary runs keep that off stderr. bitsandbytes asks only
+    on CPUs with AVX-512 BF16 (its own probe, printed by the child): elsewhere there is no notice."""
+    code = ("import sys; from toolkit.cli import quiet_libraries; '{}' and quiet_libraries(); import peft; "
+            "from bitsandbytes.functional import has_avx512bf16; print(bool(has_avx512bf16()))")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     quiet = subprocess.run([sys.executable, "-c", code.format("q")], capture_output=True, text=True, env=env)
     loud = subprocess.run([sys.executable, "-c", code.format("")], capture_output=True, text=True, env=env)
     assert quiet.returncode == loud.returncode == 0
-    assert "trust check" not in quiet.stderr and "trust check" in loud.stderr
+    assert "trust check" not in quiet.stderr
+    if loud.stdout.split() != ["True"]:
+        pytest.skip("bitsandbytes asks for its CPU kernel only where the CPU has AVX-512 BF16; this one has not")
+    assert "trust check" in loud.stderr
 
 
 def test_verbose_is_taken_from_any_position():

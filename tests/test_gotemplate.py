@@ -174,7 +174,7 @@ SMOLLM2_JINJA = (
 
 
 def test_smollm2_maps_to_chatml_with_its_default_system():
-    assert ollama_template_for(SMOLLM2_JINJA) == (CHATML.template, list(CHATML.stops))
+    assert ollama_template_for(SMOLLM2_JINJA) == (CHATML.template, tuple(CHATML.stops))
     assert default_system_prompt(SMOLLM2_JINJA) == SMOLLM2_DEFAULT_SYSTEM
     escaped = SMOLLM2_JINJA.replace("\n", "\\n")  # the same template with Jinja-escaped newlines
     assert default_system_prompt(escaped) == SMOLLM2_DEFAULT_SYSTEM

@@ -7,6 +7,7 @@ default system message the HF template inserts (read from a render), passes the 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,11 +103,13 @@ def match(jinja: str, *, bos: str = "", eos: str = "", now: datetime | None = No
     return None, attempts
 
 
-def ollama_template_for(hf_chat_template: str, bos: str = "", eos: str = "") -> tuple[str, list[str]] | None:
+@functools.lru_cache(maxsize=64)
+def ollama_template_for(hf_chat_template: str, bos: str = "", eos: str = "") -> tuple[str, tuple[str, ...]] | None:
     """(Go template, stop tokens) that render this Jinja chat template exactly, or None if unsure.
 
     Pass the model's bos/eos token texts: families that end turns with the eos token (Zephyr,
-    Llama 2, Mistral, DeepSeek) are only found when it is known.
+    Llama 2, Mistral, DeepSeek) are only found when it is known. Remembered per template: the
+    parity suite behind it takes 60 ms, and `toolkit serve` asks on every /api/show.
     """
     found, _ = match(hf_chat_template, bos=bos, eos=eos)
-    return None if found is None else (found.template, found.stops)
+    return None if found is None else (found.template, tuple(found.stops))

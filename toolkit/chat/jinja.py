@@ -9,6 +9,7 @@ can be pinned to a date (Llama 3.2 and granite 3.1+ write today's date into the 
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 
@@ -31,13 +32,26 @@ def render_jinja(template: str, messages: list[dict[str, str]], *, bos_token: st
 
     Raises TemplateRefused when the template itself rejects the conversation.
     """
+    moment = now or datetime.now()
+    # strftime_now goes in the render's context (macros see it there), not in the shared globals
+    return _compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                      bos_token=bos_token, eos_token=eos_token, tools=None, documents=None,
+                                      strftime_now=moment.strftime)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(template: str):
+    """A template compiled once (5 ms for SmolLM2's, paid on every chat before): templates are
+    immutable, and rendering one from several threads at once is safe."""
+    return _environment().from_string(template)
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
-    moment = now or datetime.now()
     env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = moment.strftime
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos_token, eos_token=eos_token, tools=None, documents=None)
+    return env

@@ -212,7 +212,7 @@ def show(registry: Registry, req: Request) -> dict:
         raise HTTPError(400, "model is required")
     model = registry.get(name)
 
-    found = ollama_template_for(model.meta.get("tokenizer.chat_template", "")) or ("", [])
+    found = ollama_template_for(model.meta.get("tokenizer.chat_template", "")) or ("", ())
     params = _parameters(registry.n_ctx, list(found[1]))
     info = {k: _typed(v) for k, v in sorted(model.meta.items()) if k not in ("general.name", "tokenizer.chat_template")}
     return {"license": model.meta.get("general.license", ""), "modelfile": _modelfile(model, params),
