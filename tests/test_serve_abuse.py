@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -327,6 +328,29 @@ def test_a_burst_of_connections_is_all_served(server):
                            capture_output=True, text=True, timeout=120)
     assert burst.returncode == 0, burst.stderr
     assert burst.stdout.splitlines() == ["HTTP/1.1 200 OK"] * 200
+
+
+def test_an_idle_server_does_not_wake_and_still_dates_its_replies(server, http):
+    """uvicorn's main loop ticks ten times a second to refresh the Date header and poll for exit;
+    on a 2-core VM that alone held an idle server at 1.5% of a core. Ours sleeps until work comes."""
+    stat = Path(f"/proc/self/task/{server._thread.native_id}/schedstat")
+    if not stat.exists():
+        pytest.skip("needs Linux's per-thread /proc/self/task/<tid>/schedstat")
+    time.sleep(1.5)  # earlier tests' connections time out (1 s here), ending their timers
+    slices = int(stat.read_text().split()[2])  # times the thread was scheduled in
+    time.sleep(2)
+    assert int(stat.read_text().split()[2]) - slices <= 1  # uvicorn's tick: 20
+    dated = parsedate_to_datetime(http.get("/api/version").headers["date"])
+    assert abs(dated.timestamp() - time.time()) < 3
+
+
+def test_an_idle_server_stops_as_soon_as_it_is_told(gguf):
+    with Server({MODEL: gguf}, port=0, n_ctx=256, n_threads=1, limits=TIGHT) as srv:
+        srv.start()
+        thread = srv._thread
+        srv.uvicorn.should_exit = True  # what Ctrl-C's handler and close() do
+        thread.join(5)  # no tick polls for it: the setter wakes the loop
+        assert not thread.is_alive()
 
 
 def test_past_the_queue_bound_requests_get_ollamas_503(server, http):

@@ -10,6 +10,7 @@ and runs the Starlette app of `toolkit.serve.asgi` on uvicorn, every limit set e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -78,6 +79,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _uvicorn_server() -> type:
+    """uvicorn's server without its 10 Hz tick: an idle `toolkit serve` wakes for nothing.
+
+    Each wake of an idle process costs CPU, and on some VMs a lot: on a 2-core Xeon VM a plain
+    time.sleep loop paid 2.8 ms a wake at 1 Hz, and uvicorn's tick held an idle server at 1.3-1.5%
+    of a core whether it ran at 10 Hz or 1 Hz (bench/contention.py measures it). The tick refreshes
+    the Date header and polls `should_exit`; here the Date header is made when a response asks for
+    it, and setting `should_exit` (Ctrl-C, `close()`) wakes the loop itself.
+    """
+    from email.utils import formatdate
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    class State(ServerState):
+        _extra: list[tuple[bytes, bytes]] = []
+        _date: tuple[int, bytes] = (0, b"")
+
+        @property
+        def default_headers(self) -> list[tuple[bytes, bytes]]:  # read for each request, on the loop's thread
+            second = int(time.time())
+            if self._date[0] != second:
+                self._date = (second, formatdate(second, usegmt=True).encode())
+            return [(b"date", self._date[1]), *self._extra]
+
+        @default_headers.setter
+        def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:  # uvicorn's on_tick
+            self._extra = [(k, v) for k, v in value if k != b"date"]
+
+    class Quiet(uvicorn.Server):
+        _wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+        def __init__(self, config: uvicorn.Config):
+            super().__init__(config)
+            self.server_state = State()
+
+        @property
+        def should_exit(self) -> bool:
+            return self.__dict__.get("_should_exit", False)
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:  # from a signal handler or another thread
+            self.__dict__["_should_exit"] = value
+            if value and self._wake is not None:
+                loop, event = self._wake
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                    loop.call_soon_threadsafe(event.set)
+
+        async def main_loop(self) -> None:
+            self._wake = (asyncio.get_running_loop(), asyncio.Event())
+            while not await self.on_tick(0):  # once, unless told to exit meanwhile
+                await self._wake[1].wait()
+
+    return Quiet
+
+
 class Server:
     """The HTTP server and its models. `start()` serves from a background thread, `serve_forever()`
     from this one; `close()` stops serving, cancels what still runs and frees the models.
@@ -106,7 +163,7 @@ class Server:
             timeout_keep_alive=self.limits.keep_alive, timeout_graceful_shutdown=5,
             h11_max_incomplete_event_size=self.limits.max_header, proxy_headers=False, server_header=False,
             access_log=False, log_config=None, log_level="warning")
-        self.uvicorn = uvicorn.Server(config)
+        self.uvicorn = _uvicorn_server()(config)
         self._thread: threading.Thread | None = None
 
     @property
